@@ -1,0 +1,172 @@
+"""A batch sampler that builds batches out of sibling leaves, so every HEAL level gets positives and hard negatives."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
+
+class HierarchicalBatchSampler(DefaultBatchSampler):
+    """Batches made of groups of ``samples_per_leaf`` texts from the same leaf, with sibling leaves together.
+
+    Each batch is filled group by group: pick a parent (the label one level above the leaf) at random, weighted
+    by how many groups it still has, then take up to ``leaves_per_parent`` groups from *different* leaves under
+    that parent (siblings: hard negatives at the leaf level, positives at the parent level), then move on to the
+    next parent. Groups are never split, so a batch can be a few rows short of ``batch_size``; every row is used
+    once per epoch (``drop_last`` drops only a final batch under half full). Shuffling is deterministic for a
+    given ``seed`` and epoch.
+
+    The sampler reads the ``label`` column (rows from :meth:`heal_rag.LabelPaths.to_label_rows`).
+
+    Args:
+        dataset: The training dataset (a ``datasets.Dataset`` with a label column).
+        batch_size: Number of rows per batch.
+        drop_last: Drop the last, smaller batch.
+        valid_label_columns: Names to look for the label column under (the trainer passes these).
+        generator: Unused; the sampler seeds its own ``random.Random(seed + epoch)``.
+        seed: Base seed.
+        leaf_level: Column of the label rows holding the leaf id (default ``-1``: the last hierarchy column).
+        n_levels: Number of hierarchy id columns in a row, when rows also hold a document key or weights
+            (default: every column is a hierarchy level).
+        samples_per_leaf: Texts drawn from each leaf in a row (at least 2, so the leaf level has positives).
+        leaves_per_parent: Sibling leaves taken under one parent before moving on.
+
+    Example:
+        ```python
+        from functools import partial
+        from sentence_transformers import SentenceTransformerTrainingArguments
+        from heal_rag import HierarchicalBatchSampler
+
+        args = SentenceTransformerTrainingArguments(
+            output_dir="out",
+            batch_sampler=partial(HierarchicalBatchSampler, samples_per_leaf=4, leaves_per_parent=4),
+        )
+        ```
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        drop_last: bool = False,
+        valid_label_columns: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        *,
+        leaf_level: int = -1,
+        n_levels: int | None = None,
+        samples_per_leaf: int = 4,
+        leaves_per_parent: int = 4,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
+        if samples_per_leaf < 2:
+            raise ValueError(f"samples_per_leaf must be >= 2 so the leaf level has positives, got {samples_per_leaf}.")
+        if batch_size < samples_per_leaf:
+            raise ValueError(f"batch_size ({batch_size}) must be >= samples_per_leaf ({samples_per_leaf}).")
+        if leaves_per_parent < 1:
+            raise ValueError(f"leaves_per_parent must be >= 1, got {leaves_per_parent}.")
+        self.samples_per_leaf = samples_per_leaf
+        self.leaves_per_parent = leaves_per_parent
+        rows = _label_rows(dataset, valid_label_columns or ["label", "labels"])
+        self.leaf_groups, self.parent_of_leaf = group_rows_by_leaf(rows, leaf_level=leaf_level, n_levels=n_levels)
+        self.n_samples = sum(len(v) for v in self.leaf_groups.values())
+
+    @classmethod
+    def from_label_rows(
+        cls, rows: Sequence[Sequence[float]], batch_size: int, **kwargs: Any
+    ) -> HierarchicalBatchSampler:
+        """Build a sampler straight from label rows (handy outside the trainer and in tests)."""
+        return cls({"label": [list(r) for r in rows]}, batch_size=batch_size, valid_label_columns=["label"], **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._plan_batches(self.epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._plan_batches(self.epoch)
+
+    def _plan_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of one epoch; a pure function of ``seed`` and ``epoch``."""
+        rng = random.Random(self.seed + epoch)
+        # Shuffle inside each leaf and cut into groups of samples_per_leaf; a short tail joins the last group so
+        # no group is a singleton (it would have no leaf-level positive).
+        groups_by_parent: dict[int, dict[int, list[list[int]]]] = defaultdict(dict)
+        for leaf in sorted(self.leaf_groups):
+            members = list(self.leaf_groups[leaf])
+            rng.shuffle(members)
+            chunks = [members[i : i + self.samples_per_leaf] for i in range(0, len(members), self.samples_per_leaf)]
+            if len(chunks) > 1 and len(chunks[-1]) < 2:
+                chunks[-2].extend(chunks.pop())
+            groups_by_parent[self.parent_of_leaf[leaf]][leaf] = chunks
+
+        # Order groups so that sibling leaves follow each other, then pack whole groups into batches: a group is
+        # never split across two batches, so a batch may be a few rows short of batch_size.
+        ordered_groups: list[list[int]] = []
+        parents = sorted(groups_by_parent)
+        while parents:
+            remaining = [sum(len(c) for c in groups_by_parent[p].values()) for p in parents]
+            parent = rng.choices(parents, weights=remaining, k=1)[0]
+            leaves = [leaf for leaf, chunks in groups_by_parent[parent].items() if chunks]
+            rng.shuffle(leaves)
+            for leaf in leaves[: self.leaves_per_parent]:
+                ordered_groups.append(groups_by_parent[parent][leaf].pop())
+            if not any(groups_by_parent[parent].values()):
+                parents.remove(parent)
+
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        for group in ordered_groups:
+            if batch and len(batch) + len(group) > self.batch_size:
+                batches.append(batch)
+                batch = []
+            batch.extend(group[: self.batch_size])
+        if batch and not (self.drop_last and len(batch) < self.batch_size // 2):
+            batches.append(batch)
+        return batches
+
+
+def group_rows_by_leaf(
+    rows: Sequence[Sequence[float]], leaf_level: int = -1, n_levels: int | None = None
+) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Group row indices by leaf id and map each leaf to its parent id (itself for one-level hierarchies)."""
+    if not rows:
+        raise ValueError("The dataset has no rows to sample from.")
+    width = len(rows[0])
+    n_levels = width if n_levels is None else n_levels
+    if not 1 <= n_levels <= width:
+        raise ValueError(f"n_levels must be in [1, {width}] for label rows of width {width}, got {n_levels}.")
+    leaf_col = leaf_level % n_levels
+    parent_col = leaf_col - 1
+    leaf_groups: dict[int, list[int]] = defaultdict(list)
+    parent_of_leaf: dict[int, int] = {}
+    for index, row in enumerate(rows):
+        leaf = int(round(row[leaf_col]))
+        if leaf < 0:  # masked at the leaf level: fall back to the deepest labelled level
+            labelled = [int(round(v)) for v in row[:leaf_col] if int(round(v)) >= 0]
+            leaf = -(labelled[-1] + 1) if labelled else -(10**9)
+        parent = int(round(row[parent_col])) if parent_col >= 0 else 0
+        leaf_groups[leaf].append(index)
+        parent_of_leaf.setdefault(leaf, parent)
+    return dict(leaf_groups), parent_of_leaf
+
+
+def _label_rows(dataset: Any, columns: Sequence[str]) -> list[list[float]]:
+    names = dataset.column_names if hasattr(dataset, "column_names") else list(dataset)
+    for name in columns:
+        if name in names:
+            rows = dataset[name]
+            if rows and not isinstance(rows[0], (list, tuple)):
+                rows = [[r] for r in rows]
+            return [list(r) for r in rows]
+    raise ValueError(f"HierarchicalBatchSampler needs a label column (one of {list(columns)}); found {names}.")
