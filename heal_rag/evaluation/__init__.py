@@ -1,0 +1,7 @@
+"""Evaluation of retrieval quality in a label hierarchy."""
+
+from __future__ import annotations
+
+from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval, top_k_indices
+
+__all__ = ["RetrievalReport", "evaluate_retrieval", "top_k_indices"]

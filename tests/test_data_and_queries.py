@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from heal_rag.data import CorpusFormatError, demo_corpus_path, hashed_split, read_corpus, read_queries
+from heal_rag.evaluation.retrieval import evaluate_retrieval, top_k_indices
+from heal_rag.queries import KeySentenceQueryGenerator, QueryGenerator, split_sentences
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_demo_corpus_is_bundled_and_labelled():
+    corpus = read_corpus(demo_corpus_path())
+    assert len(corpus) == 2145
+    assert corpus.labels.depth == 3
+    assert [corpus.labels.n_labels(level) for level in range(3)] == [6, 14, 143]
+    assert all(corpus.titles)
+
+
+def test_read_corpus_round_trip(tmp_path):
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": "a", "text": "x y", "labels": ["A", "B"], "title": "T"}, {"id": 2, "text": "z", "labels": "C"}],
+    )
+    corpus = read_corpus(path)
+    assert corpus.ids == ["a", "2"] and corpus.titles == ["T", None]
+    assert corpus.labels.paths == (("A", "B"), ("C",))
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([{"id": "a", "labels": ["A"]}], "'text' must be a non-empty string"),
+        ([{"text": "t", "labels": ["A"]}], "missing 'id'"),
+        ([{"id": "a", "text": "t", "labels": ["A"]}, {"id": "a", "text": "u", "labels": ["A"]}], "duplicate id"),
+        ([{"id": "a", "text": "t"}], "have no 'labels'"),
+        ([{"id": "a", "text": "t", "labels": []}], "Label path 0 is empty"),
+    ],
+)
+def test_read_corpus_errors_name_the_problem(tmp_path, records, message):
+    with pytest.raises(CorpusFormatError, match=message):
+        read_corpus(write_jsonl(tmp_path / "c.jsonl", records))
+
+
+def test_read_corpus_bad_json_names_the_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "text": "t", "labels": ["A"]}\n{oops\n', encoding="utf-8")
+    with pytest.raises(CorpusFormatError, match=r"c.jsonl:2: not valid JSON"):
+        read_corpus(path)
+    with pytest.raises(CorpusFormatError, match="does not exist"):
+        read_corpus(tmp_path / "missing.jsonl")
+
+
+def test_unlabelled_corpus_allowed_when_asked(tmp_path):
+    corpus = read_corpus(write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "t"}]), require_labels=False)
+    assert corpus.labels is None
+
+
+def test_read_queries(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"query": "what", "document_id": "a"}, {"text": "how", "id": "b"}])
+    queries = read_queries(path, known_ids=["a", "b"])
+    assert [(q.text, q.document_id) for q in queries] == [("what", "a"), ("how", "b")]
+    with pytest.raises(CorpusFormatError, match="not in the corpus"):
+        read_queries(path, known_ids=["a"])
+
+
+def test_hashed_split_is_deterministic_and_disjoint():
+    ids = [f"doc-{i}" for i in range(1000)]
+    train, test = hashed_split(ids, test_fraction=0.3)
+    assert (train, test) == hashed_split(ids, test_fraction=0.3)
+    assert set(train).isdisjoint(test) and len(train) + len(test) == 1000
+    assert 230 < len(test) < 370
+    # A document's side does not depend on the rest of the corpus.
+    _, test_subset = hashed_split(ids[:500], test_fraction=0.3)
+    assert set(test_subset) == {i for i in test if i < 500}
+    with pytest.raises(ValueError, match="test_fraction"):
+        hashed_split(ids, test_fraction=1.5)
+
+
+def test_query_generator_uses_titles_then_key_sentences():
+    generator = KeySentenceQueryGenerator(max_words=6)
+    assert isinstance(generator, QueryGenerator)
+    documents = [
+        "Cats are nice. Quantum qubits decohere fast and quantum error correction protects qubits. Dogs bark.",
+        "Anything at all.",
+    ]
+    queries = generator(documents, [None, "A given title"])
+    assert queries[1] == "A given title"
+    assert queries[0] == "Quantum qubits decohere fast and quantum"
+    assert KeySentenceQueryGenerator(use_titles=False)(["One. Two."], ["T"])[0] in {"One", "Two"}
+
+
+def test_split_sentences():
+    assert split_sentences("First one. Second one! Third? e.g. not split") == [
+        "First one.",
+        "Second one!",
+        "Third? e.g. not split",
+    ]
+
+
+def test_retrieval_metrics_on_a_hand_made_case():
+    # 3 documents on a line; queries point at doc 0 and doc 2.
+    docs = np.eye(3)
+    queries = np.array([[1.0, 0.5, 0.0], [0.0, 0.9, 1.0]])  # q0 ranks 0,1,2 ; q1 ranks 2,1,0
+    doc_ids = np.array([[0, 0], [0, 1], [1, 2]])  # doc0 and doc1 share level 0
+    query_ids = doc_ids[[0, 1]]  # a query carries its gold document's labels
+    assert top_k_indices(queries, docs, 3).tolist() == [[0, 1, 2], [2, 1, 0]]
+    report = evaluate_retrieval(queries, docs, [0, 1], query_ids, doc_ids, k=2, recall_at=(1, 2))
+    # q0: gold 0 at rank 1 -> RR 1 ; q1: gold 1 at rank 2 -> RR 0.5
+    assert report.mrr == pytest.approx(0.75)
+    assert report.recall == {1: 0.5, 2: 1.0}
+    # level 0 within top-2: q0 (label 0): docs 0,1 -> 2/2 ; q1 (label 1): docs 2,1 -> 1/2
+    assert report.hier_precision[0] == pytest.approx(0.75)
+    # level 1: q0 (label 0): docs 0,1 -> 1/2 ; q1 (label 2): docs 2,1 -> 1/2
+    assert report.hier_precision[1] == pytest.approx(0.5)
