@@ -1,0 +1,169 @@
+"""What a HEAL model directory holds beside the sentence-transformers files: ``heal_rag.json``.
+
+``heal_rag.json`` records the label tree, per-level label centroids in the tuned space, the training settings and a
+content fingerprint of the model files, so adapters can predict label paths and vector stores can detect a stale
+model. Every file here is written atomically (temporary path, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heal_rag.labels import LabelPaths
+
+METADATA_FILE = "heal_rag.json"
+FORMAT_VERSION = 1
+# Files that change without the weights changing (model card, our own metadata) stay out of the fingerprint.
+_FINGERPRINT_EXCLUDE = {METADATA_FILE, "README.md"}
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write JSON to ``path`` via a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, ensure_ascii=False)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling directory and move it to ``final_dir`` only if the block succeeds.
+
+    An existing ``final_dir`` is replaced as a whole; on error nothing half-written is left behind.
+    """
+    final_dir = Path(final_dir).resolve()
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = final_dir.parent / f".{final_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    temp_dir.mkdir()
+    try:
+        yield temp_dir
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    old_dir = None
+    if final_dir.exists():
+        old_dir = final_dir.parent / f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final_dir, old_dir)
+    os.replace(temp_dir, final_dir)
+    if old_dir is not None:
+        shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 over the relative paths and bytes of a model directory's files (model card excluded).
+
+    Two directories with the same weights, tokenizer and configuration have the same fingerprint; any fine-tune
+    changes it, even one that keeps the embedding width.
+    """
+    root = Path(model_dir)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file.relative_to(root).as_posix()
+        if relative in _FINGERPRINT_EXCLUDE or any(part.startswith(".") for part in file.relative_to(root).parts):
+            continue
+        digest.update(relative.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def label_centroids(embeddings: np.ndarray, labels: LabelPaths) -> list[np.ndarray]:
+    """Per level, the L2-normalised mean embedding of each label (rows ordered by label id).
+
+    Masked texts do not count towards a level; soft weights weight the mean.
+    """
+    if len(embeddings) != len(labels):
+        raise ValueError(f"Got {len(embeddings)} embeddings for {len(labels)} label paths.")
+    ids = labels.level_ids()
+    weights = labels.level_weights()
+    centroids = []
+    for level in range(labels.depth):
+        n_labels = labels.n_labels(level)
+        sums = np.zeros((n_labels, embeddings.shape[1]), dtype=np.float64)
+        valid = ids[:, level] >= 0
+        np.add.at(sums, ids[valid, level], embeddings[valid] * weights[valid, level, None])
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids.append((sums / np.maximum(norms, 1e-12)).astype(np.float32))
+    return centroids
+
+
+def label_tree_payload(labels: LabelPaths) -> dict[str, Any]:
+    """The label tree in ``heal_rag.json``: per level the label paths, readable names, parents and counts."""
+    ids = labels.level_ids()
+    levels = []
+    for level in range(labels.depth):
+        counts = np.bincount(ids[ids[:, level] >= 0, level], minlength=labels.n_labels(level))
+        levels.append(
+            {
+                "paths": [list(prefix) for prefix in labels.level_prefixes(level)],
+                "names": labels.level_names(level),
+                "parents": None if level == 0 else labels.parent_ids(level).tolist(),
+                "counts": counts.tolist(),
+            }
+        )
+    return {"depth": labels.depth, "ragged": labels.ragged, "levels": levels, "tree": labels.tree()}
+
+
+def build_metadata(
+    *,
+    labels: LabelPaths,
+    centroids: list[np.ndarray],
+    fingerprint: str,
+    base_model: str,
+    embedding_dimension: int,
+    similarity_fn_name: str,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the ``heal_rag.json`` payload."""
+    from heal_rag._version import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "heal_rag_version": __version__,
+        "base_model": base_model,
+        "embedding_dimension": embedding_dimension,
+        "similarity_fn_name": similarity_fn_name,
+        "fingerprint": fingerprint,
+        "label_tree": label_tree_payload(labels),
+        "centroids": {f"level_{level}": np.round(c, 6).tolist() for level, c in enumerate(centroids)},
+        "training": training,
+    }
+
+
+def read_metadata(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``heal_rag.json`` from a HEAL model directory, with a clear error when it is missing or newer."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(model_dir)!r} has no {METADATA_FILE}: it is not a heal_rag model directory "
+            "(train one with heal_rag.fine_tune or `heal-rag train`)."
+        )
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer heal_rag (format {payload['format_version']}); upgrade.")
+    return payload
+
+
+def centroids_from_metadata(metadata: dict[str, Any]) -> list[np.ndarray]:
+    """Per-level centroid matrices from a ``heal_rag.json`` payload."""
+    depth = metadata["label_tree"]["depth"]
+    return [np.asarray(metadata["centroids"][f"level_{level}"], dtype=np.float32) for level in range(depth)]

@@ -1,0 +1,380 @@
+"""``fine_tune``: HEAL fine-tuning of a sentence-transformers model, built on ``SentenceTransformerTrainer``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heal_rag.artifacts import (
+    atomic_directory,
+    build_metadata,
+    label_centroids,
+    model_fingerprint,
+    write_json_atomic,
+)
+from heal_rag.labels import LabelPaths
+from heal_rag.losses import LevelWeights
+from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+#: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
+DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
+
+
+@dataclass(frozen=True)
+class HEALTrainingConfig:
+    """Settings of a HEAL fine-tune (the defaults are the recommended recipe).
+
+    Attributes:
+        epochs: Passes over the training rows (ignored when ``max_steps`` is set).
+        max_steps: Optimiser steps; overrides ``epochs``.
+        batch_size: Rows per batch; a row is a document, or a (query, document) pair.
+        learning_rate: Peak AdamW learning rate (linear decay after warm-up).
+        warmup_ratio: Share of the steps spent warming up.
+        seed: Seed for the sampler, model initialisation and data order.
+        max_seq_length: Truncate texts to this many tokens during training (``None``: the model's own limit).
+        temperature: HEAL τ.
+        level_weights: HEAL λ: a schedule name or one weight per hierarchy level.
+        schedule_alpha: Growth rate of the exponential λ schedules.
+        query_document_weight: Weight of the query↔document level.
+        consistency_weight: Weight of the hierarchy-consistency hinge (0: off).
+        consistency_margin: Margin of the hinge.
+        samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
+        leaves_per_parent: Sibling leaves per parent in a batch.
+    """
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    seed: int = 42
+    max_seq_length: int | None = 256
+    temperature: float = 0.1
+    level_weights: LevelWeights = "deeper"
+    schedule_alpha: float = 0.5
+    query_document_weight: float = 1.0
+    consistency_weight: float = 0.0
+    consistency_margin: float = 0.0
+    samples_per_leaf: int = 4
+    leaves_per_parent: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-JSON view for ``heal_rag.json``."""
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out["level_weights"] = self.level_weights if isinstance(self.level_weights, str) else list(self.level_weights)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The rows handed to the trainer: columns in model-input order, plus what the sampler needs to know."""
+
+    columns: dict[str, list[Any]]
+    n_levels: int
+    paired: bool
+
+    def __len__(self) -> int:
+        return len(self.columns["label"])
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What :func:`fine_tune` returns.
+
+    Attributes:
+        model: The tuned model (also saved in ``output_dir``).
+        output_dir: Directory holding the sentence-transformers model and ``heal_rag.json``.
+        metadata: The ``heal_rag.json`` payload.
+        train_loss: Mean training loss reported by the trainer.
+        train_runtime_s: Wall time of ``trainer.train()``.
+        global_steps: Optimiser steps taken.
+    """
+
+    model: SentenceTransformer
+    output_dir: Path
+    metadata: dict[str, Any]
+    train_loss: float
+    train_runtime_s: float
+    global_steps: int
+
+
+def build_training_rows(
+    documents: Sequence[str],
+    labels: LabelPaths,
+    *,
+    ids: Sequence[str] | None = None,
+    titles: Sequence[str | None] | None = None,
+    queries: Sequence[Query | tuple[str, str]] | None = None,
+    query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
+) -> TrainingRows:
+    """Turn documents, label paths and queries into trainer rows.
+
+    Each query inherits its source document's path; the label row gets one more column, the document's index, so
+    the loss can pair every query with its own document. Documents without a user query get one from
+    ``query_generator``. With no queries and ``query_generator=None`` the rows are documents alone.
+
+    Raises:
+        ValueError: On mismatched lengths, unknown document ids, or documents left without a query.
+    """
+    n_docs = len(documents)
+    labels.check_length(n_docs, "documents")
+    ids = [str(i) for i in range(n_docs)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n_docs:
+        raise ValueError(f"Got {n_docs} documents but {len(ids)} ids.")
+    if len(set(ids)) != n_docs:
+        raise ValueError("Document ids must be unique.")
+    titles = [None] * n_docs if titles is None else list(titles)
+    if len(titles) != n_docs:
+        raise ValueError(f"Got {n_docs} documents but {len(titles)} titles.")
+
+    index_of = {doc_id: i for i, doc_id in enumerate(ids)}
+    queries_per_doc: dict[int, list[str]] = defaultdict(list)
+    for query in queries or []:
+        text, doc_id = (query.text, query.document_id) if isinstance(query, Query) else query
+        if str(doc_id) not in index_of:
+            raise ValueError(f"Query {text!r} refers to document id {doc_id!r}, which is not among the documents.")
+        if text and text.strip():
+            queries_per_doc[index_of[str(doc_id)]].append(text.strip())
+
+    if not queries_per_doc and query_generator is None:
+        return TrainingRows(
+            columns={"document": list(documents), "label": labels.to_label_rows()},
+            n_levels=labels.depth,
+            paired=False,
+        )
+
+    missing = [i for i in range(n_docs) if i not in queries_per_doc]
+    if missing:
+        if query_generator is None:
+            raise ValueError(
+                f"{len(missing)} of {n_docs} documents have no query and query_generator is None: give queries for "
+                "every document, or pass a query generator (the default makes one from the title or key sentence)."
+            )
+        generated = query_generator([documents[i] for i in missing], [titles[i] for i in missing])
+        if len(generated) != len(missing):
+            raise ValueError(f"The query generator returned {len(generated)} queries for {len(missing)} documents.")
+        for doc_index, text in zip(missing, generated, strict=True):
+            if text and text.strip():
+                queries_per_doc[doc_index].append(text.strip())
+
+    row_docs = [d for d in range(n_docs) for _ in queries_per_doc.get(d, [])]
+    row_queries = [q for d in range(n_docs) for q in queries_per_doc.get(d, [])]
+    per_doc_rows = np.asarray(labels.to_label_rows(extra_ids=list(range(n_docs))))
+    label_rows = per_doc_rows[row_docs].tolist()
+    return TrainingRows(
+        columns={"query": row_queries, "document": [documents[d] for d in row_docs], "label": label_rows},
+        n_levels=labels.depth,
+        paired=True,
+    )
+
+
+def fine_tune(
+    documents: Sequence[str],
+    labels: LabelPaths | Sequence[Sequence[str]],
+    *,
+    output_dir: str | os.PathLike[str],
+    ids: Sequence[str] | None = None,
+    titles: Sequence[str | None] | None = None,
+    queries: Sequence[Query | tuple[str, str]] | None = None,
+    query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
+    base_model: str | os.PathLike[str] | SentenceTransformer | None = None,
+    config: HEALTrainingConfig | None = None,
+    training_args: Mapping[str, Any] | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    show_progress_bar: bool = True,
+    device: str | None = None,
+    **config_overrides: Any,
+) -> FineTuneResult:
+    """Fine-tune an embedding model with the HEAL loss and save it with its ``heal_rag.json``.
+
+    Args:
+        documents: Document texts.
+        labels: One label path per document (:class:`~heal_rag.LabelPaths` or lists of strings).
+        output_dir: Where the tuned model goes; written atomically (an existing directory is replaced whole).
+        ids: Document ids (default ``"0"``, ``"1"``, ...); queries refer to them.
+        titles: Optional titles, used by the default query generator.
+        queries: ``(query_text, document_id)`` pairs or :class:`~heal_rag.Query` objects.
+        query_generator: Makes queries for documents without one; ``None`` trains on documents alone (when no
+            queries are given).
+        base_model: A loaded ``SentenceTransformer``, a model directory, or ``None`` for the embedded
+            all-MiniLM-L6-v2.
+        config: Training settings; see :class:`HEALTrainingConfig` for the defaults.
+        training_args: Extra ``SentenceTransformerTrainingArguments`` (e.g. ``{"save_steps": 50,
+            "save_strategy": "steps"}``); checkpoints go to ``<output_dir>.checkpoints`` (none by default).
+        resume_from_checkpoint: Passed to ``trainer.train`` (a checkpoint path, or ``True`` for the latest).
+        show_progress_bar: Show the trainer's progress bar.
+        device: Torch device for a model loaded here.
+        **config_overrides: Any :class:`HEALTrainingConfig` field, e.g. ``max_steps=60, learning_rate=5e-5``.
+
+    Returns:
+        A :class:`FineTuneResult` with the tuned model and where it was saved.
+
+    Example:
+        ```python
+        from heal_rag import fine_tune
+
+        result = fine_tune(
+            ["Qubits decohere ...", "Cooper pairs ...", "Prime gaps ..."],
+            [["Physics", "Quantum"], ["Physics", "Superconductivity"], ["Maths", "Number theory"]],
+            output_dir="models/heal-minilm",
+            max_steps=60,
+        )
+        result.model.encode_query("error correction for qubits")
+        ```
+    """
+    config = config or HEALTrainingConfig()
+    if config_overrides:
+        unknown = set(config_overrides) - set(HEALTrainingConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
+        config = HEALTrainingConfig(**{**config.__dict__, **config_overrides})
+    labels = LabelPaths.coerce(labels)
+    if len(documents) < 2:
+        raise ValueError("fine_tune needs at least 2 documents.")
+    if any(not isinstance(d, str) or not d.strip() for d in documents):
+        raise ValueError("Every document must be a non-empty string.")
+
+    rows = build_training_rows(
+        documents, labels, ids=ids, titles=titles, queries=queries, query_generator=query_generator
+    )
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from heal_rag.losses import HEALLoss
+    from heal_rag.models import load_sentence_transformer
+    from heal_rag.sampler import HierarchicalBatchSampler
+
+    if isinstance(base_model, SentenceTransformer):
+        model = base_model
+        base_model_name = str(getattr(model, "model_card_data", None) and model.model_card_data.base_model or "")
+    else:
+        model = load_sentence_transformer(base_model, device=device)
+        base_model_name = str(base_model or "all-MiniLM-L6-v2")
+    if config.max_seq_length is not None:
+        try:
+            model.max_seq_length = config.max_seq_length
+        except AttributeError:  # e.g. StaticEmbedding models have no length limit to set
+            logger.info("This model has no settable max_seq_length; max_seq_length=%s ignored.", config.max_seq_length)
+    model.model_card_data.generate_widget_examples = False
+
+    loss = HEALLoss(
+        model,
+        temperature=config.temperature,
+        level_weights=config.level_weights,
+        schedule_alpha=config.schedule_alpha,
+        query_document_weight=config.query_document_weight,
+        consistency_weight=config.consistency_weight,
+        consistency_margin=config.consistency_margin,
+    )
+    output_dir = Path(output_dir)
+    steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))
+    args_kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir.with_name(output_dir.name + ".checkpoints")),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps if config.max_steps is not None else -1,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "warmup_steps": config.warmup_ratio,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "batch_sampler": partial(
+            HierarchicalBatchSampler,
+            n_levels=rows.n_levels,
+            samples_per_leaf=config.samples_per_leaf,
+            leaves_per_parent=config.leaves_per_parent,
+        ),
+        "logging_steps": max(1, steps_hint // 10),
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": not show_progress_bar,
+        "dataloader_drop_last": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+    args_kwargs.update({**config.extra, **(training_args or {})})
+    with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
+        if str(args_kwargs["save_strategy"]) == "no" and not resume_from_checkpoint:
+            args_kwargs["output_dir"] = scratch  # no checkpoints wanted: keep the trainer's files out of sight
+        args = SentenceTransformerTrainingArguments(**args_kwargs)
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
+        )
+        train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+
+    settings = {
+        **config.as_dict(),
+        "training_rows": len(rows),
+        "paired_queries": rows.paired,
+        "global_steps": int(train_output.global_step),
+    }
+    metadata = save_heal_model(
+        model,
+        output_dir,
+        documents=documents,
+        labels=labels,
+        base_model=base_model_name,
+        training=settings,
+        show_progress_bar=show_progress_bar,
+    )
+    return FineTuneResult(
+        model=model,
+        output_dir=output_dir.resolve(),
+        metadata=metadata,
+        train_loss=float(train_output.training_loss),
+        train_runtime_s=float(train_output.metrics.get("train_runtime", float("nan"))),
+        global_steps=int(train_output.global_step),
+    )
+
+
+def save_heal_model(
+    model: SentenceTransformer,
+    output_dir: str | os.PathLike[str],
+    *,
+    documents: Sequence[str],
+    labels: LabelPaths,
+    base_model: str,
+    training: dict[str, Any],
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+) -> dict[str, Any]:
+    """Save ``model`` as a plain sentence-transformers directory plus ``heal_rag.json``, atomically.
+
+    The label centroids are computed from ``documents`` embedded with the saved model.
+
+    Returns:
+        The ``heal_rag.json`` payload.
+    """
+    embeddings = model.encode_document(
+        list(documents), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar
+    )
+    centroids = label_centroids(np.asarray(embeddings), labels)
+    with atomic_directory(output_dir) as staging:
+        model.save(str(staging))
+        metadata = build_metadata(
+            labels=labels,
+            centroids=centroids,
+            fingerprint=model_fingerprint(staging),
+            base_model=base_model,
+            embedding_dimension=int(model.get_embedding_dimension()),
+            similarity_fn_name=str(model.similarity_fn_name or "cosine"),
+            training=training,
+        )
+        write_json_atomic(staging / "heal_rag.json", metadata)
+    return metadata

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from heal_rag.artifacts import model_fingerprint, read_metadata
+from heal_rag.labels import LabelPaths
+from heal_rag.queries import Query
+from heal_rag.training import HEALTrainingConfig, build_training_rows, fine_tune
+
+FAST = {"max_steps": 3, "batch_size": 8, "samples_per_leaf": 2, "learning_rate": 1e-2, "max_seq_length": 32}
+
+
+def test_rows_pair_queries_with_their_documents(corpus):
+    texts, paths, titles = corpus
+    labels = LabelPaths(paths)
+    rows = build_training_rows(
+        texts,
+        labels,
+        ids=[f"d{i}" for i in range(len(texts))],
+        titles=titles,
+        queries=[("first query", "d3"), Query("second query", "d3")],
+    )
+    assert rows.paired and list(rows.columns) == ["query", "document", "label"]
+    # d3 has two user queries; every other document gets one generated query (its title).
+    assert len(rows) == len(texts) + 1
+    d3_rows = [i for i, doc in enumerate(rows.columns["document"]) if doc == texts[3]]
+    assert [rows.columns["query"][i] for i in d3_rows] == ["first query", "second query"]
+    label_rows = np.asarray(rows.columns["label"])
+    assert label_rows.shape[1] == labels.depth + 1
+    assert (label_rows[d3_rows, -1] == 3).all()  # the document key pairs both queries with d3
+    assert (label_rows[d3_rows, :-1] == labels.level_ids()[3]).all()  # queries inherit the path
+    other = rows.columns["document"].index(texts[0])
+    assert rows.columns["query"][other] == titles[0]
+
+
+def test_rows_without_queries_or_generator_are_documents_only(corpus):
+    texts, paths, _ = corpus
+    rows = build_training_rows(texts, LabelPaths(paths), query_generator=None)
+    assert not rows.paired and list(rows.columns) == ["document", "label"]
+    assert np.asarray(rows.columns["label"]).shape == (len(texts), 2)
+
+
+def test_custom_query_generator_is_used(corpus):
+    texts, paths, _ = corpus
+    calls = []
+
+    def generator(documents, titles):
+        calls.append(len(documents))
+        return [f"about {d.split()[0]}" for d in documents]
+
+    rows = build_training_rows(texts, LabelPaths(paths), query_generator=generator)
+    assert calls == [len(texts)]
+    assert rows.columns["query"][0] == f"about {texts[0].split()[0]}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"queries": [("q", "nope")]}, "not among the documents"),
+        ({"ids": ["a"]}, "but 1 ids"),
+        ({"queries": [("q", "0")], "query_generator": None}, "have no query"),
+    ],
+)
+def test_row_building_errors(corpus, kwargs, message):
+    texts, paths, _ = corpus
+    with pytest.raises(ValueError, match=message):
+        build_training_rows(texts, LabelPaths(paths), **kwargs)
+
+
+def test_mismatched_labels_and_documents(corpus):
+    texts, paths, _ = corpus
+    with pytest.raises(ValueError, match="label paths"):
+        fine_tune(texts, paths[:-1], output_dir="unused", **FAST)
+
+
+def test_unknown_setting_is_rejected(corpus, tmp_path):
+    texts, paths, _ = corpus
+    with pytest.raises(TypeError, match="Unknown fine_tune settings"):
+        fine_tune(texts, paths, output_dir=tmp_path / "m", learning_rat=1e-3)
+
+
+def test_fine_tune_saves_a_plain_sentence_transformer_with_heal_metadata(corpus, tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    texts, paths, titles = corpus
+    out = tmp_path / "heal-model"
+    before = SentenceTransformer(str(tiny_model_dir), device="cpu").encode_document(texts)
+    result = fine_tune(
+        texts, paths, titles=titles, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, **FAST
+    )
+    assert result.global_steps == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heal-model"]  # no temporary directories left behind
+
+    reloaded = SentenceTransformer(str(out), device="cpu")
+    after = reloaded.encode_document(texts)
+    assert not np.allclose(before, after), "training should have changed the weights"
+    np.testing.assert_allclose(after, result.model.encode_document(texts), atol=1e-6)
+
+    metadata = read_metadata(out)
+    assert metadata["fingerprint"] == model_fingerprint(out)
+    assert metadata["training"]["max_steps"] == 3 and metadata["training"]["paired_queries"] is True
+    tree = metadata["label_tree"]
+    assert tree["depth"] == 2 and tree["levels"][0]["names"] == ["Biology", "Maths", "Physics"]
+    assert tree["levels"][1]["parents"] == [0, 0, 1, 1, 2, 2]
+    centroids = np.asarray(metadata["centroids"]["level_1"])
+    assert centroids.shape == (6, 16)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-4)
+    json.dumps(metadata)  # plain JSON
+
+
+def test_fine_tune_documents_only_and_soft_weights(corpus, tiny_model_dir, tmp_path):
+    texts, paths, _ = corpus
+    labels = LabelPaths(paths, weights=[[1.0, 0.5 + 0.5 * (i % 2)] for i in range(len(paths))])
+    result = fine_tune(
+        texts,
+        labels,
+        output_dir=tmp_path / "m",
+        base_model=tiny_model_dir,
+        query_generator=None,
+        show_progress_bar=False,
+        config=HEALTrainingConfig(**FAST, level_weights="uniform", consistency_weight=0.5),
+    )
+    assert result.metadata["training"]["paired_queries"] is False
+    assert np.isfinite(result.train_loss) and result.train_loss > 0
+
+
+def test_retraining_replaces_the_output_directory_whole(corpus, tiny_model_dir, tmp_path):
+    texts, paths, _ = corpus
+    out = tmp_path / "m"
+    fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, **FAST)
+    (out / "stale.txt").write_text("from an older run")
+    first = read_metadata(out)["fingerprint"]
+    fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, **FAST)
+    assert not (out / "stale.txt").exists()
+    assert read_metadata(out)["fingerprint"] != first
+
+
+def test_failed_training_leaves_nothing_behind(corpus, tiny_model_dir, tmp_path, monkeypatch):
+    import heal_rag.training as training
+
+    texts, paths, _ = corpus
+
+    def broken_metadata(**kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(training, "build_metadata", broken_metadata)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fine_tune(texts, paths, output_dir=tmp_path / "m", base_model=tiny_model_dir, show_progress_bar=False, **FAST)
+    assert list(tmp_path.iterdir()) == []
