@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from heal_rag.cli import main
+from heal_rag.models import ModelNotFoundError, default_model_path, load_sentence_transformer, resolve_model_path
+
+
+def test_default_model_is_embedded():
+    assert resolve_model_path(None) == str(default_model_path())
+    assert resolve_model_path("all-MiniLM-L6-v2") == str(default_model_path())
+    assert (default_model_path() / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing", "a/b/c"])
+def test_missing_model_directory_is_a_clear_error(name):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model_path(name)
+
+
+def test_unknown_hub_name_is_never_downloaded():
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        load_sentence_transformer("nobody/no-such-model-xyz")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not a sentence-transformers"):
+        resolve_model_path(tmp_path)
+
+
+def test_cli_train_rejects_unlabelled_corpus(tmp_path, capsys):
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "has no 'labels'" in err and not (tmp_path / "m").exists()
+
+
+def test_cli_bad_level_weights(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--out", "y", "--level-weights", "steep"])
+    assert "--level-weights must be" in capsys.readouterr().err
+
+
+def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    data = tmp_path / "c.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "text": t, "title": ti, "labels": p}) + "\n"
+            for i, (t, p, ti) in enumerate(zip(texts, paths, titles, strict=True))
+        )
+    )
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "laser beams", "document_id": "d0"}) + "\n")
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "m"),
+            "--queries",
+            str(queries),
+            "--base-model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--samples-per-leaf",
+            "2",
+        ]
+    )
+    assert code == 0
+    metadata = json.loads((tmp_path / "m" / "heal_rag.json").read_text())
+    assert metadata["training"]["training_rows"] == len(texts)
+    assert metadata["base_model"] == str(tiny_model_dir)
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip()
