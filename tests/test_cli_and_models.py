@@ -83,3 +83,41 @@ def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tiny_model_dir, tmp_path, capsys):
+    texts, paths, titles = corpus
+    data = tmp_path / "c.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "text": t, "title": ti, "labels": p}) + "\n"
+            for i, (t, p, ti) in enumerate(zip(texts, paths, titles, strict=True))
+        )
+    )
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--base-model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--samples-per-leaf",
+            "2",
+            "--test-fraction",
+            "0.5",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| hP@10/L1 |" in printed and "| MRR@10 |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_train"] + results["n_test"] == len(texts)
+    assert set(results["before"]) == set(results["after"])
+    assert (out / "model" / "heal_rag.json").is_file()
