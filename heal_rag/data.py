@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from heal_rag.labels import LabelPathError, LabelPaths
 from heal_rag.queries import Query
@@ -72,38 +73,28 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
     paths: list[list[str]] = []
     unlabelled = 0
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusFormatError(f"{where}: not valid JSON ({exc.msg}).") from None
-            if not isinstance(record, dict):
-                raise CorpusFormatError(f"{where}: each line must be a JSON object with 'id' and 'text'.")
-            doc_id = record.get("id")
-            text = record.get("text")
-            if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-                raise CorpusFormatError(f"{where}: missing 'id'.")
-            doc_id = str(doc_id)
-            if doc_id in seen:
-                raise CorpusFormatError(f"{where}: duplicate id {doc_id!r}; ids must be unique.")
-            seen.add(doc_id)
-            if not isinstance(text, str) or not text.strip():
-                raise CorpusFormatError(f"{where}: 'text' must be a non-empty string.")
-            labels = record.get("labels")
-            if labels is None:
-                unlabelled += 1
-            else:
-                if isinstance(labels, str):
-                    labels = [labels]
-                paths.append(labels)
-            title = record.get("title")
-            ids.append(doc_id)
-            texts.append(text)
-            titles.append(str(title) if title else None)
+    for where, record in _json_records(path):
+        doc_id = record.get("id")
+        text = record.get("text")
+        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+            raise CorpusFormatError(f"{where}: missing 'id'.")
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise CorpusFormatError(f"{where}: duplicate id {doc_id!r}; ids must be unique.")
+        seen.add(doc_id)
+        if not isinstance(text, str) or not text.strip():
+            raise CorpusFormatError(f"{where}: 'text' must be a non-empty string.")
+        labels = record.get("labels")
+        if labels is None:
+            unlabelled += 1
+        else:
+            if isinstance(labels, str):
+                labels = [labels]
+            paths.append(labels)
+        title = record.get("title")
+        ids.append(doc_id)
+        texts.append(text)
+        titles.append(str(title) if title else None)
     if not ids:
         raise CorpusFormatError(f"{path}: the corpus has no records.")
     if unlabelled and (require_labels or paths):
@@ -129,6 +120,19 @@ def read_queries(path: str | os.PathLike[str], known_ids: Sequence[str] | None =
         raise CorpusFormatError(f"Query file {str(path)!r} does not exist.")
     known = set(known_ids) if known_ids is not None else None
     queries = []
+    for where, record in _json_records(path):
+        text = record.get("query", record.get("text"))
+        doc_id = record.get("document_id", record.get("id"))
+        if not isinstance(text, str) or not text.strip() or doc_id is None:
+            raise CorpusFormatError(f"{where}: each query needs 'query' (text) and 'document_id'.")
+        if known is not None and str(doc_id) not in known:
+            raise CorpusFormatError(f"{where}: document_id {doc_id!r} is not in the corpus.")
+        queries.append(Query(text=text, document_id=str(doc_id)))
+    return queries
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("file:line", record)`` for each non-blank line of a JSONL file of objects."""
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -138,14 +142,9 @@ def read_queries(path: str | os.PathLike[str], known_ids: Sequence[str] | None =
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CorpusFormatError(f"{where}: not valid JSON ({exc.msg}).") from None
-            text = record.get("query", record.get("text"))
-            doc_id = record.get("document_id", record.get("id"))
-            if not isinstance(text, str) or not text.strip() or doc_id is None:
-                raise CorpusFormatError(f"{where}: each query needs 'query' (text) and 'document_id'.")
-            if known is not None and str(doc_id) not in known:
-                raise CorpusFormatError(f"{where}: document_id {doc_id!r} is not in the corpus.")
-            queries.append(Query(text=text, document_id=str(doc_id)))
-    return queries
+            if not isinstance(record, dict):
+                raise CorpusFormatError(f"{where}: each line must be a JSON object.")
+            yield where, record
 
 
 def hashed_split(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,16 @@ def make_corpus(per_leaf: int = 4):
             titles.append(f"{a[i % len(a)]} {b[i % len(b)]}")
             labels.append([top.title(), leaf.title()])
     return texts, labels, titles
+
+
+def write_corpus_jsonl(path: Path, texts, paths, titles=None, ids=None) -> Path:
+    """Write records ``{id, text, labels, title}`` as JSONL, the format ``heal-rag train`` reads."""
+    ids = ids or [f"d{i}" for i in range(len(texts))]
+    titles = titles or [None] * len(texts)
+    with path.open("w", encoding="utf-8") as handle:
+        for doc_id, text, labels, title in zip(ids, texts, paths, titles, strict=True):
+            handle.write(json.dumps({"id": doc_id, "text": text, "labels": list(labels), "title": title}) + "\n")
+    return path
 
 
 def _vocabulary() -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_corpus_jsonl
 
 from heal_rag.cli import main
 from heal_rag.models import ModelNotFoundError, default_model_path, load_sentence_transformer, resolve_model_path
@@ -46,13 +47,7 @@ def test_cli_bad_level_weights(capsys):
 
 def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
     texts, paths, titles = corpus
-    data = tmp_path / "c.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"id": f"d{i}", "text": t, "title": ti, "labels": p}) + "\n"
-            for i, (t, p, ti) in enumerate(zip(texts, paths, titles, strict=True))
-        )
-    )
+    data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"query": "laser beams", "document_id": "d0"}) + "\n")
     code = main(
@@ -87,13 +82,7 @@ def test_version(capsys):
 
 def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tiny_model_dir, tmp_path, capsys):
     texts, paths, titles = corpus
-    data = tmp_path / "c.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"id": f"d{i}", "text": t, "title": ti, "labels": p}) + "\n"
-            for i, (t, p, ti) in enumerate(zip(texts, paths, titles, strict=True))
-        )
-    )
+    data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
     out = tmp_path / "demo"
     code = main(
         [

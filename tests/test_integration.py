@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_corpus_jsonl
 
 from heal_rag.cli import main
 from heal_rag.data import demo_corpus_path, read_corpus
@@ -52,12 +53,9 @@ def test_train_default_model_save_and_reload_gives_same_embeddings(small_arxiv, 
 
 
 def test_cli_train_on_a_jsonl_corpus(small_arxiv, tmp_path, capsys):
-    data = tmp_path / "corpus.jsonl"
-    with data.open("w") as handle:
-        for doc_id, text, title, path in zip(
-            small_arxiv.ids, small_arxiv.texts, small_arxiv.titles, small_arxiv.labels.paths, strict=True
-        ):
-            handle.write(json.dumps({"id": doc_id, "text": text, "title": title, "labels": list(path)}) + "\n")
+    data = write_corpus_jsonl(
+        tmp_path / "corpus.jsonl", small_arxiv.texts, small_arxiv.labels.paths, small_arxiv.titles, small_arxiv.ids
+    )
     code = main(
         [
             "train",

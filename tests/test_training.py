@@ -155,28 +155,21 @@ def test_failed_training_leaves_nothing_behind(corpus, tiny_model_dir, tmp_path,
 def test_checkpoints_and_resume_come_from_the_trainer(corpus, tiny_model_dir, tmp_path):
     texts, paths, _ = corpus
     out = tmp_path / "m"
-    settings = {**FAST, "max_steps": 2}
-    fine_tune(
-        texts,
-        paths,
-        output_dir=out,
-        base_model=tiny_model_dir,
-        show_progress_bar=False,
-        training_args={"save_strategy": "steps", "save_steps": 1},
-        **settings,
-    )
+    common = {
+        **FAST,
+        "output_dir": out,
+        "base_model": tiny_model_dir,
+        "show_progress_bar": False,
+        "training_args": {"save_strategy": "steps", "save_steps": 1},
+    }
+    fine_tune(texts, paths, **{**common, "max_steps": 2})
     checkpoints = sorted(p.name for p in (tmp_path / "m.checkpoints").iterdir())
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
-    settings["max_steps"] = 3
     resumed = fine_tune(
         texts,
         paths,
-        output_dir=out,
-        base_model=tiny_model_dir,
-        show_progress_bar=False,
-        training_args={"save_strategy": "steps", "save_steps": 1},
+        **{**common, "max_steps": 3},
         resume_from_checkpoint=str(tmp_path / "m.checkpoints" / "checkpoint-2"),
-        **settings,
     )
     assert resumed.global_steps == 3
     assert read_metadata(out)["training"]["global_steps"] == 3
