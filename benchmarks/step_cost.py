@@ -72,7 +72,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def features(texts):
-        return model.tokenize(texts)
+        return model.preprocess(texts)
 
     variants = {
         "MNRL (query, document)": MultipleNegativesRankingLoss(model),

@@ -37,10 +37,17 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
             json.dump(payload, out, ensure_ascii=False)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager

@@ -173,3 +173,22 @@ def test_checkpoints_and_resume_come_from_the_trainer(corpus, tiny_model_dir, tm
     )
     assert resumed.global_steps == 3
     assert read_metadata(out)["training"]["global_steps"] == 3
+
+
+def test_write_json_atomic_leaves_no_temp_files_and_normal_mode(tmp_path):
+    import os
+
+    from heal_rag.artifacts import write_json_atomic
+
+    target = tmp_path / "x.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"bad": object()})
+    assert json.loads(target.read_text()) == {"a": 2}, "a failed write must not touch the existing file"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
