@@ -209,7 +209,9 @@ def test_forward_embeds_each_column_separately(tiny_model):
 
     tiny_model.forward = spy
     queries = tiny_model.preprocess(["laser", "plasma"])
-    documents = tiny_model.preprocess(["laser light lens beam photon mirror", "plasma ion fusion tokamak electron gas"])
+    documents = tiny_model.preprocess(
+        ["laser light lens beam photon mirror", "plasma ion fusion tokamak electron gas"]
+    )
     labels = torch.tensor([[0, 0, 0], [0, 1, 1]])
     components = HEALLoss(tiny_model).forward([queries, documents], labels)
     assert set(components) == {"level_0", "level_1", "query_document"}
