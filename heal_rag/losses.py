@@ -16,7 +16,7 @@ LevelWeights = LevelSchedule | Sequence[float]
 _EPS = 1e-12
 
 
-def level_weight_schedule(n_levels: int, schedule: LevelWeights = "deeper", alpha: float = 0.5) -> list[float]:
+def level_weight_schedule(n_levels: int, schedule: LevelWeights = "deeper", alpha: float = 1.0) -> list[float]:
     """Depth weights ``λ_l`` for ``n_levels`` hierarchy levels.
 
     Named schedules are scaled to mean 1, so the overall loss scale does not depend on the schedule:
@@ -37,7 +37,7 @@ def level_weight_schedule(n_levels: int, schedule: LevelWeights = "deeper", alph
 
     Example:
         ```python
-        level_weight_schedule(3, "deeper", alpha=0.5)  # [0.62, 1.02, 1.36]
+        level_weight_schedule(3, "deeper", alpha=1.0)  # [0.27, 0.73, 2.0]
         ```
     """
     if n_levels < 1:
@@ -135,7 +135,7 @@ class HEALLoss(nn.Module):
         model: nn.Module,
         temperature: float = 0.05,
         level_weights: LevelWeights = "deeper",
-        schedule_alpha: float = 0.5,
+        schedule_alpha: float = 1.0,
         query_document_weight: float = 1.0,
         consistency_weight: float = 0.0,
         consistency_margin: float = 0.0,

@@ -54,7 +54,7 @@ class HEALTrainingConfig:
         leaves_per_parent: Sibling leaves per parent in a batch.
     """
 
-    epochs: float = 1.0
+    epochs: float = 2.0
     max_steps: int | None = None
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -63,7 +63,7 @@ class HEALTrainingConfig:
     max_seq_length: int | None = 256
     temperature: float = 0.1
     level_weights: LevelWeights = "deeper"
-    schedule_alpha: float = 0.5
+    schedule_alpha: float = 1.0
     query_document_weight: float = 1.0
     consistency_weight: float = 0.0
     consistency_margin: float = 0.0
