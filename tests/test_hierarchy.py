@@ -185,10 +185,22 @@ def test_select_k_warns_and_falls_back_when_nothing_is_stable(caplog):
     assert "no k in [2, 3, 4] reached silhouette" in caplog.text
 
 
-def test_nodes_without_stable_structure_stay_leaves():
-    texts, _ = planted_corpus(n_top=3, n_sub=1, per_leaf=40)  # three topics, no subtopics
+def test_nodes_without_a_stable_k_stay_leaves_unless_asked(monkeypatch):
+    import dataclasses
+
+    import heal_rag.hierarchy.hnmfk as hnmfk_module
+
+    real_select_k = hnmfk_module.select_k
+
+    def nothing_stable_below_root(*args, where="root", **kwargs):
+        selection = real_select_k(*args, where=where, **kwargs)
+        return selection if where == "root" else dataclasses.replace(selection, passed=False)
+
+    monkeypatch.setattr(hnmfk_module, "select_k", nothing_stable_below_root)
+    texts, _ = planted_corpus()
     model = HNMFk(max_depth=2, min_node_size=20, random_state=0).fit(texts)
     assert model.tree_.k == 3
-    assert all(child.is_leaf for child in model.tree_.children)
-    assert {child.stop_reason for child in model.tree_.children} <= {"no stable k", "dominant topic"}
+    assert all(child.stop_reason == "no stable k" and child.is_leaf for child in model.tree_.children)
     assert all(len(p) == 1 for p in model.labels_.paths)
+    forced = HNMFk(max_depth=2, min_node_size=20, random_state=0, split_unstable_nodes=True).fit(texts)
+    assert all(child.k >= 2 for child in forced.tree_.children)
