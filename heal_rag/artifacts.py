@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,13 @@ FORMAT_VERSION = 1
 _FINGERPRINT_EXCLUDE = {METADATA_FILE, "README.md"}
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON to ``path`` via a temporary file in the same directory and an atomic rename."""
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
     path = Path(path)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, ensure_ascii=False)
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
@@ -42,6 +42,11 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, ensure_ascii=False))
 
 
 def _current_umask() -> int:
@@ -113,16 +118,22 @@ def label_centroids(embeddings: np.ndarray, labels: LabelPaths) -> list[np.ndarr
     return centroids
 
 
-def label_tree_payload(labels: LabelPaths) -> dict[str, Any]:
-    """The label tree in ``heal_rag.json``: per level the label paths, readable names, parents and counts."""
+def label_tree_payload(labels: LabelPaths, label_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The label tree in ``heal_rag.json``: per level the label paths, names, parents and counts.
+
+    ``label_names`` maps a label part to a readable name (e.g. HNMFk node ids to their top terms); it fills each
+    level's ``display_names`` (the label itself where no name is given).
+    """
     ids = labels.level_ids()
     levels = []
     for level in range(labels.depth):
         counts = np.bincount(ids[ids[:, level] >= 0, level], minlength=labels.n_labels(level))
+        prefixes = labels.level_prefixes(level)
         levels.append(
             {
-                "paths": [list(prefix) for prefix in labels.level_prefixes(level)],
+                "paths": [list(prefix) for prefix in prefixes],
                 "names": labels.level_names(level),
+                "display_names": [(label_names or {}).get(prefix[-1], prefix[-1]) for prefix in prefixes],
                 "parents": None if level == 0 else labels.parent_ids(level).tolist(),
                 "counts": counts.tolist(),
             }
@@ -139,6 +150,7 @@ def build_metadata(
     embedding_dimension: int,
     similarity_fn_name: str,
     training: dict[str, Any],
+    label_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the ``heal_rag.json`` payload."""
     from heal_rag._version import __version__
@@ -150,7 +162,7 @@ def build_metadata(
         "embedding_dimension": embedding_dimension,
         "similarity_fn_name": similarity_fn_name,
         "fingerprint": fingerprint,
-        "label_tree": label_tree_payload(labels),
+        "label_tree": label_tree_payload(labels, label_names),
         "centroids": {f"level_{level}": np.round(c, 6).tolist() for level, c in enumerate(centroids)},
         "training": training,
     }

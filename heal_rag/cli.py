@@ -1,7 +1,9 @@
 """The ``heal-rag`` command line.
 
-``heal-rag demo``   fine-tune on the bundled demo corpus and print a before/after table (the main job).
-``heal-rag train``  fine-tune on a JSONL corpus ``{id, text, labels[, title]}`` and save a model directory.
+``heal-rag demo``     fine-tune on the bundled demo corpus and print a before/after table (the main job).
+``heal-rag train``    fine-tune on a JSONL corpus ``{id, text[, labels][, title]}`` and save a model directory;
+                      a corpus without labels is clustered first (HNMFk).
+``heal-rag cluster``  discover a label hierarchy for a JSONL corpus with HNMFk and write the labels.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="fine-tune on the demo corpus and print a before/after table")
-    demo.add_argument("--data", default=None, help="labelled JSONL corpus with titles (default: bundled arXiv mini)")
+    demo.add_argument(
+        "--data", default=None, help="JSONL corpus with titles (default: bundled arXiv mini); unlabelled: HNMFk labels"
+    )
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--test-fraction", type=float, default=0.3)
     _add_training_options(demo)
@@ -82,8 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not generate queries for documents without one (documents-only training when no --queries)",
     )
+    train.add_argument(
+        "--hierarchy-depth", type=int, default=2, help="levels to discover when the corpus has no labels (default 2)"
+    )
     _add_training_options(train)
+
+    cluster = sub.add_parser("cluster", help="discover a label hierarchy with HNMFk")
+    cluster.add_argument("--data", required=True, help="JSONL corpus: {id, text} per line (labels are ignored)")
+    cluster.add_argument("--out", required=True, help="output JSONL: {id, labels, label_names, weights} per line")
+    cluster.add_argument("--tree", default=None, help="hierarchy JSON (default: <out>.tree.json, and .tree.txt)")
+    _add_hierarchy_options(cluster)
     return parser
+
+
+def _add_hierarchy_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HNMFk")
+    group.add_argument("--max-depth", type=int, default=2)
+    group.add_argument("--k-min", type=int, default=2)
+    group.add_argument("--k-max", type=int, default=10)
+    group.add_argument("--n-perturbations", type=int, default=8)
+    group.add_argument("--silhouette-threshold", type=float, default=0.8)
+    group.add_argument("--min-node-size", type=int, default=30)
+    group.add_argument("--membership-threshold", type=float, default=None, help="also list topics above this share")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--n-jobs", type=int, default=-1, help="parallel jobs (default: all cores)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "train":
             return _train(args)
+        elif args.command == "cluster":
+            return _cluster(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -124,15 +152,19 @@ def _train(args: argparse.Namespace) -> int:
     from heal_rag.training import DEFAULT_QUERY_GENERATOR, fine_tune
 
     corpus = read_corpus(args.data, require_labels=False)
-    if corpus.labels is None:
-        raise ValueError(
-            f'{args.data} has no \'labels\'. Add a label path to every record, e.g. "labels": ["Physics", '
-            '"Optics"] (automatic hierarchy discovery is planned as `heal-rag cluster`).'
-        )
+    labels, label_names = corpus.labels, None
+    if labels is None:
+        from heal_rag.hierarchy.discover import discover_labels
+
+        print(f"{args.data} has no labels: discovering a {args.hierarchy_depth}-level hierarchy (HNMFk)", flush=True)
+        hnmfk, labels = discover_labels(corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0)
+        label_names = hnmfk.node_names()
+        print(hnmfk.format_tree(max_children=8), flush=True)
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
     result = fine_tune(
         corpus.texts,
-        corpus.labels,
+        labels,
+        label_names=label_names,
         ids=corpus.ids,
         titles=corpus.titles,
         queries=queries,
@@ -142,6 +174,30 @@ def _train(args: argparse.Namespace) -> int:
         **_training_overrides(args),
     )
     print(f"saved to {result.output_dir} ({result.global_steps} steps, mean loss {result.train_loss:.4f})")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from heal_rag.data import read_corpus
+    from heal_rag.hierarchy.discover import discover_labels, write_labels_jsonl, write_tree
+
+    corpus = read_corpus(args.data, require_labels=False)
+    hnmfk, labels = discover_labels(
+        corpus.texts,
+        max_depth=args.max_depth,
+        random_state=args.seed,
+        k_range=(args.k_min, args.k_max),
+        n_perturbations=args.n_perturbations,
+        silhouette_threshold=args.silhouette_threshold,
+        min_node_size=args.min_node_size,
+        membership_threshold=args.membership_threshold,
+        n_jobs=args.n_jobs,
+    )
+    write_labels_jsonl(args.out, corpus.ids, labels, hnmfk.node_names(), hnmfk.multi_memberships_)
+    tree_path = args.tree or os.path.splitext(args.out)[0] + ".tree.json"
+    write_tree(hnmfk, tree_path)
+    print(hnmfk.format_tree())
+    print(f"\nlabels for {len(corpus)} documents written to {args.out}; hierarchy to {tree_path}")
     return 0
 
 

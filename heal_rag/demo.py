@@ -18,6 +18,7 @@ import numpy as np
 from heal_rag.artifacts import write_json_atomic
 from heal_rag.data import Corpus, demo_corpus_path, hashed_split, read_corpus
 from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval
+from heal_rag.labels import LabelPaths
 
 #: Token limit used by the demo for training and for both evaluations (before and after).
 DEMO_MAX_SEQ_LENGTH = 128
@@ -63,7 +64,8 @@ def run_demo(
     """Fine-tune on a deterministic training split and print a before/after table on the rest.
 
     Args:
-        data: Labelled JSONL corpus with titles (default: the bundled arXiv demo corpus).
+        data: JSONL corpus with titles (default: the bundled arXiv demo corpus). Without labels, a 2-level
+            hierarchy is discovered with HNMFk on the training part and held-out texts are projected onto it.
         output_dir: Where the tuned model (``<output_dir>/model``) and ``results.json`` go.
         base_model: Base model (default: the embedded all-MiniLM-L6-v2).
         test_fraction: Share of documents held out, chosen by hashed id.
@@ -73,11 +75,12 @@ def run_demo(
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.training import fine_tune
 
-    corpus = read_corpus(data or demo_corpus_path())
-    if corpus.labels is None:  # pragma: no cover - read_corpus requires labels by default
-        raise ValueError("The demo needs a labelled corpus.")
-    level_ids = corpus.labels.level_ids()
+    corpus = read_corpus(data or demo_corpus_path(), require_labels=False)
     train_idx, test_idx = hashed_split(corpus.ids, test_fraction=test_fraction)
+    label_names = None
+    if corpus.labels is None:
+        corpus, label_names = _with_discovered_labels(corpus, train_idx, test_idx)
+    level_ids = corpus.labels.level_ids()
     train, test = corpus.subset(train_idx), corpus.subset(test_idx)
     test_level_ids = level_ids[test_idx]
     output_dir = Path(output_dir)
@@ -103,6 +106,7 @@ def run_demo(
         titles=train.titles,
         output_dir=output_dir / "model",
         base_model=base_model,
+        label_names=label_names,
         show_progress_bar=show_progress_bar,
         **training_overrides,
     )
@@ -127,6 +131,27 @@ def run_demo(
         },
     )
     return DemoResult(before, after, result.output_dir, results_path, len(train), len(test), train_seconds)
+
+
+def _with_discovered_labels(
+    corpus: Corpus, train_idx: list[int], test_idx: list[int]
+) -> tuple[Corpus, dict[str, str]]:
+    """Label an unlabelled corpus with HNMFk fitted on its training part; held-out texts are projected."""
+    from heal_rag.hierarchy.discover import discover_labels
+
+    print("The corpus has no labels: discovering a hierarchy with HNMFk on the training part", flush=True)
+    train_texts = [corpus.texts[i] for i in train_idx]
+    hnmfk, train_labels = discover_labels(train_texts, max_depth=2)
+    test_labels = hnmfk.transform([corpus.texts[i] for i in test_idx])
+    print(hnmfk.format_tree(max_children=8), flush=True)
+    paths: list[tuple[str, ...]] = [()] * len(corpus)
+    weights: list[tuple[float, ...]] = [()] * len(corpus)
+    for indices, labels in ((train_idx, train_labels), (test_idx, test_labels)):
+        for position, index in enumerate(indices):
+            paths[index] = labels.paths[position]
+            weights[index] = labels.weights[position]
+    labelled = Corpus(corpus.ids, corpus.texts, corpus.titles, LabelPaths(paths, weights=weights))
+    return labelled, hnmfk.node_names()
 
 
 def format_table(before: RetrievalReport, after: RetrievalReport, title: str = "") -> str:

@@ -190,6 +190,7 @@ def fine_tune(
     queries: Sequence[Query | tuple[str, str]] | None = None,
     query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
     base_model: str | os.PathLike[str] | SentenceTransformer | None = None,
+    label_names: Mapping[str, str] | None = None,
     config: HEALTrainingConfig | None = None,
     training_args: Mapping[str, Any] | None = None,
     resume_from_checkpoint: str | bool | None = None,
@@ -210,6 +211,7 @@ def fine_tune(
             queries are given).
         base_model: A loaded ``SentenceTransformer``, a model directory, or ``None`` for the embedded
             all-MiniLM-L6-v2.
+        label_names: Readable names of label parts, kept in ``heal_rag.json`` (e.g. HNMFk's ``node_names()``).
         config: Training settings; see :class:`HEALTrainingConfig` for the defaults.
         training_args: Extra ``SentenceTransformerTrainingArguments`` (e.g. ``{"save_steps": 50,
             "save_strategy": "steps"}``); checkpoints go to ``<output_dir>.checkpoints`` (none by default).
@@ -324,6 +326,7 @@ def fine_tune(
         labels=labels,
         base_model=base_model_name,
         training=settings,
+        label_names=label_names,
         show_progress_bar=show_progress_bar,
     )
     return FineTuneResult(
@@ -344,6 +347,7 @@ def save_heal_model(
     labels: LabelPaths,
     base_model: str,
     training: dict[str, Any],
+    label_names: Mapping[str, str] | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = False,
 ) -> dict[str, Any]:
@@ -368,6 +372,7 @@ def save_heal_model(
             embedding_dimension=int(model.get_embedding_dimension()),
             similarity_fn_name=str(model.similarity_fn_name or "cosine"),
             training=training,
+            label_names=label_names,
         )
         write_json_atomic(staging / "heal_rag.json", metadata)
     return metadata

@@ -161,9 +161,7 @@ def select_k(
     jobs = [
         (k, (random_state * 1_000_003 + 7919 * k + run) % 2**31) for k in k_values for run in range(n_perturbations)
     ]
-    results = Parallel(n_jobs=n_jobs)(
-        delayed(_factorise)(matrix, k, epsilon, seed, max_iter) for k, seed in jobs
-    )
+    results = Parallel(n_jobs=n_jobs)(delayed(_factorise)(matrix, k, epsilon, seed, max_iter) for k, seed in jobs)
     scores = []
     for start in range(0, len(results), n_perturbations):
         runs = results[start : start + n_perturbations]

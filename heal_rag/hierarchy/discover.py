@@ -1,0 +1,60 @@
+"""Glue between HNMFk and the rest of heal_rag: discovered labels for training, and label files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from heal_rag.artifacts import write_json_atomic, write_text_atomic
+from heal_rag.hierarchy.hnmfk import HNMFk
+from heal_rag.labels import LabelPaths
+
+
+def discover_labels(
+    texts: Sequence[str], *, max_depth: int = 2, random_state: int = 0, show_progress: bool = True, **params: Any
+) -> tuple[HNMFk, LabelPaths]:
+    """Fit :class:`HNMFk` on ``texts`` and return it with the discovered label paths (node ids, soft weights).
+
+    Args:
+        texts: The corpus.
+        max_depth: Levels to discover.
+        random_state: Seed.
+        show_progress: Progress bar over nodes.
+        **params: Any other :class:`HNMFk` argument (``k_range``, ``n_perturbations``, ``n_jobs``, ...).
+    """
+    params.setdefault("n_jobs", -1)
+    model = HNMFk(max_depth=max_depth, random_state=random_state, show_progress=show_progress, **params)
+    return model, model.fit_transform(texts)
+
+
+def write_labels_jsonl(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    labels: LabelPaths,
+    node_names: dict[str, str],
+    memberships: list[list[list[tuple[str, float]]]] | None = None,
+) -> None:
+    """Write ``{"id", "labels", "label_names", "weights"[, "memberships"]}`` per document, atomically."""
+    labels.check_length(len(ids), "ids")
+    lines = []
+    for index, (doc_id, path_ids) in enumerate(zip(ids, labels.paths, strict=True)):
+        record: dict[str, Any] = {
+            "id": doc_id,
+            "labels": list(path_ids),
+            "label_names": [node_names.get(node_id, node_id) for node_id in path_ids],
+            "weights": [round(w, 4) for w in (labels.weights[index] if labels.weights else [1.0] * len(path_ids))],
+        }
+        if memberships is not None:
+            record["memberships"] = [
+                [[node, round(share, 4)] for node, share in level] for level in memberships[index]
+            ]
+        lines.append(json.dumps(record, ensure_ascii=False))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def write_tree(model: HNMFk, json_path: str | os.PathLike[str]) -> None:
+    """Write the fitted hierarchy as JSON and, beside it (``.txt``), as a readable text tree."""
+    write_json_atomic(json_path, model.to_dict())
+    write_text_atomic(os.path.splitext(json_path)[0] + ".txt", model.format_tree() + "\n")
