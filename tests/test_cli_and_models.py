@@ -31,12 +31,12 @@ def test_directory_that_is_not_a_model(tmp_path):
         resolve_model_path(tmp_path)
 
 
-def test_cli_train_rejects_unlabelled_corpus(tmp_path, capsys):
+def test_cli_train_on_a_tiny_unlabelled_corpus_explains_why_it_cannot_cluster(tmp_path, capsys):
     data = tmp_path / "c.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert "has no 'labels'" in err and not (tmp_path / "m").exists()
+    assert "too few for max_depth=2" in err and not (tmp_path / "m").exists()
 
 
 def test_cli_bad_level_weights(capsys):
