@@ -14,6 +14,7 @@ the HEAL loss can use) and, optionally, every topic above a threshold.
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import NMF
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -258,6 +260,7 @@ class HNMFk(BaseEstimator):
         progress.close()
         self.labels_ = LabelPaths(self._paths, weights=self._weights, ragged="pad")
         self.multi_memberships_ = self._multi if self.membership_threshold is not None else None
+        del self._paths, self._weights, self._multi  # accumulators of this fit only
         return self
 
     def fit_transform(self, texts: Sequence[str], y: Any = None) -> LabelPaths:
@@ -301,7 +304,9 @@ class HNMFk(BaseEstimator):
             node.term_weights = None
             return []
         final = NMF(n_components=selection.k, init="nndsvda", random_state=seed, max_iter=400, tol=1e-4)
-        final.fit(node_matrix)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 400 iterations are plenty for routing topics
+            final.fit(node_matrix)
         topics = final.components_
         coefficients = project(node_matrix, topics)
         assignment = coefficients.argmax(axis=1)
