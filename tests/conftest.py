@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,9 +54,16 @@ def _vocabulary() -> list[str]:
     return sorted(words)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+# Models built for the whole test session (also from langchain-tests' property hooks, which cannot take
+# fixtures) live in one temporary directory, removed when the session ends.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="heal-rag-tests-"))
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+
+
+@functools.cache
+def build_tiny_model() -> Path:
     """A 16-dimensional StaticEmbedding model with random weights, saved like any sentence-transformers model."""
+    path = _SESSION_DIR / "tiny-static"
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import StaticEmbedding
@@ -66,9 +77,40 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     torch.manual_seed(0)
     model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)], device="cpu")
-    path = tmp_path_factory.mktemp("tiny") / "tiny-static"
     model.save(str(path))
     return path
+
+
+@functools.cache
+def build_tiny_heal_model() -> Path:
+    """The tiny model fine-tuned for 2 HEAL steps on :func:`make_corpus`: a HEAL model directory with heal_rag.json."""
+    from heal_rag.training import fine_tune
+
+    path = _SESSION_DIR / "tiny-heal"
+    texts, labels, titles = make_corpus()
+    fine_tune(
+        texts,
+        labels,
+        titles=titles,
+        output_dir=path,
+        base_model=build_tiny_model(),
+        max_steps=2,
+        batch_size=8,
+        samples_per_leaf=2,
+        learning_rate=1e-2,
+        show_progress_bar=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_heal_model_dir() -> Path:
+    return build_tiny_heal_model()
 
 
 @pytest.fixture()

@@ -1,0 +1,282 @@
+"""``HEALEncoder``: the one encoder core every adapter (LangChain, LlamaIndex, Chroma) shares.
+
+It embeds queries and documents with the model's own query/document prompts (``encode_query`` /
+``encode_document``), returns L2-normalised vectors, knows the label tree and per-level centroids saved in
+``heal_rag.json``, predicts label paths, and carries the model fingerprint that vector stores check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+@dataclass(frozen=True)
+class PathPrediction:
+    """A predicted label path with its probability at every level.
+
+    Attributes:
+        path: Label parts, most general first (e.g. ``("Physics", "Optics")``).
+        level_ids: Label id at each level (indexes the level's entries in ``heal_rag.json``).
+        probabilities: Probability of the chosen label at each level.
+    """
+
+    path: tuple[str, ...]
+    level_ids: tuple[int, ...]
+    probabilities: tuple[float, ...]
+
+
+class LabelTree:
+    """The label tree of a HEAL model (from ``heal_rag.json``): label paths, parents and centroids per level."""
+
+    def __init__(self, payload: dict[str, Any], centroids: list[np.ndarray]) -> None:
+        self.levels = payload["levels"]
+        self.depth = int(payload["depth"])
+        self.centroids = centroids
+        self._id_of = [{tuple(path): index for index, path in enumerate(level["paths"])} for level in self.levels]
+
+    def n_labels(self, level: int) -> int:
+        """Number of labels at ``level``."""
+        return len(self.levels[level]["paths"])
+
+    def path_of(self, level: int, label_id: int) -> tuple[str, ...]:
+        """The label path (prefix) of label ``label_id`` at ``level``."""
+        return tuple(self.levels[level]["paths"][label_id])
+
+    def display_name(self, level: int, label_id: int) -> str:
+        """Readable name of a label (HNMFk names for discovered hierarchies, else the label itself)."""
+        names = self.levels[level].get("display_names")
+        return names[label_id] if names else self.path_of(level, label_id)[-1]
+
+    def parents(self, level: int) -> np.ndarray | None:
+        """Parent id of every label at ``level`` (``None`` at level 0)."""
+        parents = self.levels[level]["parents"]
+        return None if parents is None else np.asarray(parents)
+
+    def ids_for_path(self, path: Sequence[str]) -> list[int]:
+        """Label id at each level for a path (padded with its leaf when shorter); -1 where the prefix is unknown."""
+        path = tuple(str(p) for p in path)
+        if not path:
+            return [-1] * self.depth
+        padded = path + (path[-1],) * max(0, self.depth - len(path))
+        return [self._id_of[level].get(padded[: level + 1], -1) for level in range(self.depth)]
+
+
+class HEALEncoder:
+    """Embeddings, label paths and fingerprint of a (HEAL-tuned) sentence-transformers model.
+
+    Args:
+        model: A loaded ``SentenceTransformer``.
+        metadata: The model's ``heal_rag.json`` payload, or ``None`` for a plain model (no label tree).
+        model_path: Where the model was loaded from (kept for configs and error messages).
+        batch_size: Encoding batch size.
+        normalize_embeddings: Return unit-length vectors (cosine similarity = dot product).
+
+    Example:
+        ```python
+        from heal_rag import HEALEncoder
+
+        encoder = HEALEncoder.load("models/heal-minilm")
+        vectors = encoder.embed_documents(["Cooper pairs condense ...", "Prime gaps ..."])
+        query = encoder.embed_query("superconductivity")
+        encoder.predict_path(["superconductivity in cuprates"])[0].path
+        ```
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        metadata: dict[str, Any] | None = None,
+        model_path: str | None = None,
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model = model
+        self.metadata = metadata
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self.normalize_embeddings = normalize_embeddings
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        device: str | None = None,
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+    ) -> HEALEncoder:
+        """Load a model directory written by :func:`heal_rag.fine_tune` (or any sentence-transformers model).
+
+        Args:
+            model: Model directory, or ``None`` for the embedded all-MiniLM-L6-v2 (then without label tree).
+            device: Torch device.
+            batch_size: Encoding batch size.
+            normalize_embeddings: Return unit-length vectors.
+        """
+        from heal_rag.models import load_sentence_transformer, resolve_model_path
+
+        path = resolve_model_path(model)
+        metadata = read_metadata(path) if (Path(path) / METADATA_FILE).is_file() else None
+        return cls(
+            load_sentence_transformer(path, device=device),
+            metadata=metadata,
+            model_path=path,
+            batch_size=batch_size,
+            normalize_embeddings=normalize_embeddings,
+        )
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_documents(self, texts: Sequence[str], show_progress_bar: bool = False) -> np.ndarray:
+        """Embed documents (``encode_document``: the model's document prompt), shape ``(n, dimension)``."""
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.asarray(
+            self.model.encode_document(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize_embeddings,
+                show_progress_bar=show_progress_bar,
+                convert_to_numpy=True,
+            ),
+            dtype=np.float32,
+        )
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed queries (``encode_query``: the model's query prompt), shape ``(n, dimension)``."""
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.asarray(
+            self.model.encode_query(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize_embeddings,
+                convert_to_numpy=True,
+            ),
+            dtype=np.float32,
+        )
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one query, shape ``(dimension,)``."""
+        if not isinstance(text, str):
+            raise TypeError(f"embed_query takes a string, got {type(text).__name__}.")
+        return self.embed_queries([text])[0]
+
+    @cached_property
+    def dimension(self) -> int:
+        """Embedding width."""
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The model's similarity (``"cosine"``, ``"dot"``, ...)."""
+        return str(self.model.similarity_fn_name or "cosine")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the model files (from ``heal_rag.json``, or computed for a plain model dir)."""
+        if self.metadata is not None:
+            return str(self.metadata["fingerprint"])
+        if self.model_path and Path(self.model_path).is_dir():
+            return model_fingerprint(self.model_path)
+        return f"name:{self.model_path}"
+
+    # ------------------------------------------------------------------ hierarchy
+    @cached_property
+    def label_tree(self) -> LabelTree | None:
+        """The label tree and centroids, or ``None`` for a model without ``heal_rag.json``."""
+        if self.metadata is None:
+            return None
+        return LabelTree(self.metadata["label_tree"], centroids_from_metadata(self.metadata))
+
+    def _require_tree(self) -> LabelTree:
+        if self.label_tree is None:
+            raise ValueError(
+                f"Model {self.model_path!r} has no heal_rag.json, so it has no label tree: label paths need a model "
+                "trained with heal_rag.fine_tune (or pass label paths in the documents' metadata)."
+            )
+        return self.label_tree
+
+    def level_probabilities(self, embeddings: np.ndarray, temperature: float = 0.05) -> list[np.ndarray]:
+        """Per level, ``softmax(similarity to each label centroid / temperature)``, shape ``(n, n_labels)``."""
+        tree = self._require_tree()
+        out = []
+        for centroids in tree.centroids:
+            logits = np.asarray(embeddings, dtype=np.float64) @ centroids.T.astype(np.float64) / temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            probabilities = np.exp(logits)
+            out.append(probabilities / probabilities.sum(axis=1, keepdims=True))
+        return out
+
+    def predict_level_ids(
+        self, embeddings: np.ndarray, temperature: float = 0.05, consistent: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Label id per level for each embedding, with the per-level probabilities.
+
+        Args:
+            embeddings: ``(n, dimension)`` vectors.
+            temperature: Softmax temperature over centroid similarities.
+            consistent: Choose top-down, each level among the children of the label chosen above (default); else
+                the most likely label at every level independently.
+
+        Returns:
+            ``(ids, probabilities)``: ids of shape ``(n, depth)`` and :meth:`level_probabilities`.
+        """
+        tree = self._require_tree()
+        probabilities = self.level_probabilities(embeddings, temperature)
+        ids = np.zeros((len(embeddings), tree.depth), dtype=np.int64)
+        for level in range(tree.depth):
+            scores = probabilities[level].copy()
+            parents = tree.parents(level)
+            if consistent and parents is not None:
+                scores[parents[None, :] != ids[:, level - 1 : level]] = -1.0
+            ids[:, level] = scores.argmax(axis=1)
+        return ids, probabilities
+
+    def predict_path(
+        self, texts: Sequence[str], temperature: float = 0.05, consistent: bool = True, as_query: bool = True
+    ) -> list[PathPrediction]:
+        """Predict a label path per text from its similarity to the label centroids.
+
+        Args:
+            texts: Texts to classify.
+            temperature: Softmax temperature over centroid similarities.
+            consistent: Top-down choice within the chosen parent (default), or independent per level.
+            as_query: Embed as queries (default) or as documents.
+        """
+        tree = self._require_tree()
+        embeddings = self.embed_queries(texts) if as_query else self.embed_documents(texts)
+        ids, probabilities = self.predict_level_ids(embeddings, temperature, consistent)
+        return [
+            PathPrediction(
+                path=tree.path_of(tree.depth - 1, int(row[-1])),
+                level_ids=tuple(int(i) for i in row),
+                probabilities=tuple(float(probabilities[level][n, row[level]]) for level in range(tree.depth)),
+            )
+            for n, row in enumerate(ids)
+        ]
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("Expected a list of strings, got a single string; wrap it in a list.")
+    texts = list(texts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"Every text must be a string, got {type(text).__name__}.")
+    return texts

@@ -1,0 +1,71 @@
+"""``HEALEmbeddings``: a LangChain ``Embeddings`` backed by the shared :class:`~heal_rag.encoder.HEALEncoder`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from heal_rag.encoder import HEALEncoder
+
+
+class HEALEmbeddings(BaseModel, Embeddings):
+    """HEAL-tuned (or any sentence-transformers) embeddings for LangChain.
+
+    Queries go through the model's query prompt and documents through its document prompt; vectors are
+    L2-normalised, so cosine similarity is their dot product (in ``[-1, 1]``, higher is more similar).
+
+    Example:
+        ```python
+        from heal_rag.langchain import HEALEmbeddings
+        from langchain_core.vectorstores import InMemoryVectorStore
+
+        embeddings = HEALEmbeddings(model="models/heal-minilm")
+        store = InMemoryVectorStore.from_texts(["Cooper pairs ...", "Prime gaps ..."], embeddings)
+        store.similarity_search("superconductivity", k=1)
+        ```
+    """
+
+    model_path: str | None = Field(default=None, alias="model")
+    """Model directory (``None``: the embedded all-MiniLM-L6-v2)."""
+    batch_size: int = Field(default=32, gt=0)
+    """Texts per encoding batch."""
+    device: str | None = None
+    """Torch device (default: CUDA when available, else CPU)."""
+    encoder: Any = Field(default=None, exclude=True)
+    """An already loaded :class:`~heal_rag.encoder.HEALEncoder` to share with other adapters (overrides the rest)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+    _encoder: HEALEncoder = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Load the encoder (or adopt the one given)."""
+        if self.encoder is not None:
+            if not isinstance(self.encoder, HEALEncoder):
+                raise TypeError(f"encoder must be a HEALEncoder, got {type(self.encoder).__name__}.")
+            self._encoder = self.encoder
+        else:
+            self._encoder = HEALEncoder.load(self.model_path, device=self.device, batch_size=self.batch_size)
+
+    @property
+    def heal_encoder(self) -> HEALEncoder:
+        """The shared encoder core."""
+        return self._encoder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (batched) as lists of Python floats."""
+        return self._encoder.embed_documents(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query as a list of Python floats."""
+        return self._encoder.embed_query(text).tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`, in a worker thread so the event loop is not blocked."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`, in a worker thread."""
+        return await asyncio.to_thread(self.embed_query, text)

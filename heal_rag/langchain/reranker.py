@@ -1,0 +1,99 @@
+"""``HierarchyReranker``: a LangChain ``BaseDocumentCompressor`` that reranks by hierarchy agreement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from copy import deepcopy
+from typing import Any
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from heal_rag.encoder import HEALEncoder
+from heal_rag.rerank import LEVEL_MATCH_KEY, HierarchyScorer, RerankMode, path_from_metadata, path_metadata
+
+
+class HierarchyReranker(BaseDocumentCompressor):
+    """Rerank retrieved documents by similarity plus agreement with the query's place in the label hierarchy.
+
+    Returns new documents (the inputs are never changed) with deep-copied metadata plus ``relevance_score``
+    (``cosine + β·Σ_l λ_l·log p_l(doc label | query)``: at most the cosine similarity, higher is better), the
+    per-level agreement with the query's most likely labels (``heal_level_match``) and the label path. A document's
+    path comes from its metadata (``heal_path`` or ``heal_l0``, ...) or is predicted; its similarity comes from
+    ``metadata["score"]`` (as :class:`~heal_rag.langchain.HEALRetriever` sets it) or is computed.
+
+    Example:
+        ```python
+        from langchain_classic.retrievers import ContextualCompressionRetriever
+        from heal_rag.langchain import HEALRetriever, HierarchyReranker
+
+        reranker = HierarchyReranker.from_model("models/heal-minilm", top_n=4)
+        retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+        ```
+    """
+
+    encoder: Any
+    """The :class:`~heal_rag.encoder.HEALEncoder` of a HEAL model (shared with the other adapters)."""
+    top_n: int = Field(default=4, gt=0)
+    """Number of documents to return."""
+    beta: float = Field(default=0.05, ge=0)
+    """Weight of the hierarchy term."""
+    temperature: float = Field(default=0.05, gt=0)
+    """Softmax temperature over label-centroid similarities."""
+    mode: RerankMode = "rescore"
+    """``"rescore"``, or ``"route"`` (documents in the query's most likely subtrees first)."""
+    score_key: str = "score"
+    """Metadata key holding the retrieval similarity, if any."""
+    relevance_key: str = "relevance_score"
+    """Metadata key that receives the rerank score."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    _scorer: HierarchyScorer = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the scoring core."""
+        if not isinstance(self.encoder, HEALEncoder):
+            raise TypeError(f"encoder must be a HEALEncoder, got {type(self.encoder).__name__}.")
+        self._scorer = HierarchyScorer(self.encoder, beta=self.beta, temperature=self.temperature, mode=self.mode)
+
+    @classmethod
+    def from_model(cls, model: str, **kwargs: Any) -> HierarchyReranker:
+        """Load a HEAL model directory and build the reranker."""
+        return cls(encoder=HEALEncoder.load(model), **kwargs)
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query`` and keep the best ``top_n``."""
+        documents = list(documents)
+        if not documents:
+            return []
+        similarities = [_as_float(doc.metadata.get(self.score_key)) for doc in documents]
+        results = self._scorer.rerank(
+            query,
+            [doc.page_content for doc in documents],
+            paths=[path_from_metadata(doc.metadata) for doc in documents],
+            similarities=similarities,
+            top_n=self.top_n,
+        )
+        out = []
+        for result in results:
+            source = documents[result.index]
+            metadata = deepcopy(source.metadata)
+            metadata.update(path_metadata(result.path))
+            metadata[self.relevance_key] = result.score
+            metadata[LEVEL_MATCH_KEY] = list(result.level_matches)
+            out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
+        return out
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`, in a worker thread."""
+        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+
+
+def _as_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

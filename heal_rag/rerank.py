@@ -1,0 +1,221 @@
+"""Hierarchy-aware reranking (heal-method §6): one scoring core behind the LangChain and LlamaIndex rerankers.
+
+For a query, the probability of every label at every level comes from a softmax over its similarity to the label
+centroids in the tuned space. Each candidate is rescored as
+
+    score = similarity(query, doc) + β · Σ_l λ_l · log p_l(label_l(doc) | query)
+
+so documents from the part of the hierarchy the query belongs to move up. The hierarchy term is ≤ 0, so the score
+is at most the cosine similarity (≤ 1); higher is better. In ``"route"`` mode the query is first routed down the
+tree (the ``route_width`` most likely labels at each level, children of the kept parents only) and candidates in
+the routed subtrees rank before all others.
+
+Documents carry their label path in metadata (:data:`PATH_KEY` as a list, or flat ``heal_l0``, ``heal_l1``, ...
+keys); when it is missing the path is predicted from the document's embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from heal_rag.encoder import HEALEncoder
+
+#: Metadata key of a document's label path (a list of strings, most general first).
+PATH_KEY = "heal_path"
+#: Prefix of the flat per-level metadata keys (``heal_l0``, ``heal_l1``, ...), portable to any vector store filter.
+LEVEL_KEY_PREFIX = "heal_l"
+#: Metadata key of the per-level agreement between a document's labels and the query's most likely labels.
+LEVEL_MATCH_KEY = "heal_level_match"
+
+RerankMode = Literal["rescore", "route"]
+
+
+def path_from_metadata(metadata: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+    """A document's label path from its metadata (``heal_path`` list or ``" > "`` string, or ``heal_l*`` keys)."""
+    if not metadata:
+        return None
+    value = metadata.get(PATH_KEY)
+    if isinstance(value, str) and value:
+        return tuple(part.strip() for part in value.split(" > "))
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(str(part) for part in value)
+    levels = []
+    while f"{LEVEL_KEY_PREFIX}{len(levels)}" in metadata:
+        levels.append(str(metadata[f"{LEVEL_KEY_PREFIX}{len(levels)}"]))
+    return tuple(levels) or None
+
+
+def path_metadata(path: Sequence[str]) -> dict[str, Any]:
+    """Metadata entries for a label path: the list under ``heal_path`` and flat ``heal_l{i}`` keys."""
+    out: dict[str, Any] = {PATH_KEY: list(path)}
+    out.update({f"{LEVEL_KEY_PREFIX}{level}": part for level, part in enumerate(path)})
+    return out
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One reranked candidate.
+
+    Attributes:
+        index: Position of the candidate in the input.
+        score: Final score (higher is better; at most ``similarity``).
+        similarity: Cosine similarity between query and document.
+        hierarchy_score: ``Σ_l λ_l · log p_l(label_l(doc) | query)`` (≤ 0).
+        level_matches: Whether the document's label equals the query's most likely label, per level.
+        path: The document's label path (from metadata, or predicted).
+        routed: Whether the document lies in the query's routed subtrees (``"route"`` mode; else ``True``).
+    """
+
+    index: int
+    score: float
+    similarity: float
+    hierarchy_score: float
+    level_matches: tuple[bool, ...]
+    path: tuple[str, ...]
+    routed: bool = True
+
+
+class HierarchyScorer:
+    """The scoring core of the hierarchy-aware rerankers.
+
+    Args:
+        encoder: A :class:`~heal_rag.encoder.HEALEncoder` of a HEAL model (it needs the label tree).
+        beta: Weight of the hierarchy term.
+        temperature: Softmax temperature over label-centroid similarities.
+        level_weights: λ per level (default 1 at every level).
+        mode: ``"rescore"`` or ``"route"`` (see the module docstring).
+        route_width: Labels kept per level when routing (an int for every level, or one per level).
+
+    Example:
+        ```python
+        scorer = HierarchyScorer(HEALEncoder.load("models/heal-minilm"), beta=0.05)
+        results = scorer.rerank("superconducting qubits", texts, paths=paths, top_n=3)
+        ```
+    """
+
+    def __init__(
+        self,
+        encoder: HEALEncoder,
+        beta: float = 0.05,
+        temperature: float = 0.05,
+        level_weights: Sequence[float] | None = None,
+        mode: RerankMode = "rescore",
+        route_width: int | Sequence[int] = 2,
+    ) -> None:
+        if beta < 0 or temperature <= 0:
+            raise ValueError(f"beta must be >= 0 and temperature > 0, got beta={beta}, temperature={temperature}.")
+        if mode not in ("rescore", "route"):
+            raise ValueError(f"mode must be 'rescore' or 'route', got {mode!r}.")
+        tree = encoder.label_tree
+        if tree is None:
+            raise ValueError(
+                "The hierarchy-aware reranker needs a HEAL model directory (with heal_rag.json); "
+                f"{encoder.model_path!r} has none."
+            )
+        self.encoder = encoder
+        self.tree = tree
+        self.beta = float(beta)
+        self.temperature = float(temperature)
+        weights = [1.0] * tree.depth if level_weights is None else [float(w) for w in level_weights]
+        if len(weights) != tree.depth:
+            raise ValueError(f"level_weights needs {tree.depth} values (one per level), got {len(weights)}.")
+        self.level_weights = np.asarray(weights)
+        self.mode = mode
+        widths = [route_width] * tree.depth if isinstance(route_width, int) else list(route_width)
+        if len(widths) != tree.depth or min(widths) < 1:
+            raise ValueError(f"route_width must be >= 1 for each of the {tree.depth} levels, got {route_width}.")
+        self.route_width = widths
+
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        paths: Sequence[Sequence[str] | None] | None = None,
+        similarities: Sequence[float | None] | None = None,
+        top_n: int | None = None,
+    ) -> list[RerankResult]:
+        """Rescore candidates for ``query``; best first.
+
+        Args:
+            query: The query.
+            texts: Candidate texts (embedded only where a similarity or a path is missing).
+            paths: Label path per candidate, ``None`` where unknown (then predicted).
+            similarities: Retrieval cosine similarity per candidate, ``None`` where unknown (then computed).
+            top_n: Keep the best ``top_n`` (default: all).
+        """
+        n = len(texts)
+        if n == 0:
+            return []
+        paths = list(paths) if paths is not None else [None] * n
+        similarities = list(similarities) if similarities is not None else [None] * n
+        if len(paths) != n or len(similarities) != n:
+            raise ValueError(f"Got {n} texts, {len(paths)} paths and {len(similarities)} similarities.")
+
+        query_embedding = self.encoder.embed_query(query)
+        query_probabilities = [p[0] for p in self.encoder.level_probabilities(query_embedding[None], self.temperature)]
+        label_ids = np.array([self.tree.ids_for_path(p) if p else [-1] * self.tree.depth for p in paths])
+        sims = np.array([np.nan if s is None else float(s) for s in similarities])
+        needs_embedding = np.isnan(sims) | (label_ids < 0).any(axis=1)
+        if needs_embedding.any():
+            rows = np.flatnonzero(needs_embedding)
+            doc_embeddings = self.encoder.embed_documents([texts[i] for i in rows])
+            sims[rows] = np.where(np.isnan(sims[rows]), doc_embeddings @ query_embedding, sims[rows])
+            unknown = (label_ids[rows] < 0).any(axis=1)
+            if unknown.any():
+                label_ids[rows[unknown]] = self.encoder.predict_level_ids(doc_embeddings[unknown], self.temperature)[0]
+
+        log_probabilities = np.stack(
+            [
+                np.log(np.maximum(query_probabilities[level][label_ids[:, level]], 1e-12))
+                for level in range(self.tree.depth)
+            ],
+            axis=1,
+        )
+        hierarchy_scores = log_probabilities @ self.level_weights
+        scores = sims + self.beta * hierarchy_scores
+        best_labels = [int(p.argmax()) for p in query_probabilities]
+        matches = label_ids == np.asarray(best_labels)[None, :]
+        routed = self._routed(query_probabilities, label_ids) if self.mode == "route" else np.ones(n, dtype=bool)
+
+        order = sorted(range(n), key=lambda i: (not routed[i], -scores[i]))
+        results = [
+            RerankResult(
+                index=i,
+                score=float(scores[i]),
+                similarity=float(sims[i]),
+                hierarchy_score=float(hierarchy_scores[i]),
+                level_matches=tuple(bool(m) for m in matches[i]),
+                path=self.tree.path_of(self.tree.depth - 1, int(label_ids[i, -1])),
+                routed=bool(routed[i]),
+            )
+            for i in order
+        ]
+        return results if top_n is None else results[:top_n]
+
+    def _routed(self, query_probabilities: list[np.ndarray], label_ids: np.ndarray) -> np.ndarray:
+        """Whether each candidate's labels stay inside the query's routed subtrees at every level."""
+        kept: set[int] = set()
+        inside = np.ones(len(label_ids), dtype=bool)
+        for level in range(self.tree.depth):
+            probabilities = query_probabilities[level].copy()
+            parents = self.tree.parents(level)
+            if parents is not None:
+                probabilities[~np.isin(parents, list(kept))] = -1.0
+            kept = {int(i) for i in np.argsort(-probabilities)[: self.route_width[level]] if probabilities[i] >= 0}
+            inside &= np.isin(label_ids[:, level], list(kept))
+        return inside
+
+    def config(self) -> dict[str, Any]:
+        """Settings, for serialisation."""
+        return {
+            "beta": self.beta,
+            "temperature": self.temperature,
+            "level_weights": self.level_weights.tolist(),
+            "mode": self.mode,
+            "route_width": self.route_width,
+        }
