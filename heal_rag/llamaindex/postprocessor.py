@@ -1,0 +1,77 @@
+"""``HierarchyNodePostprocessor``: a LlamaIndex ``BaseNodePostprocessor`` that reranks by hierarchy agreement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from pydantic import Field, PrivateAttr
+
+from heal_rag.encoder import HEALEncoder
+from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
+from heal_rag.rerank import LEVEL_MATCH_KEY, HierarchyScorer, RerankMode, path_from_metadata, path_metadata
+
+
+class HierarchyNodePostprocessor(BaseNodePostprocessor):
+    """Rerank nodes by similarity plus agreement with the query's place in the label hierarchy.
+
+    The node's retrieval score (cosine similarity) is used as the similarity when present and kept in
+    ``metadata["retrieval_score"]`` (``keep_retrieval_score``); ``NodeWithScore.score`` becomes the rerank score
+    ``cosine + β·Σ_l λ_l·log p_l(node label | query)`` (at most the cosine similarity; higher is better). Each node
+    also gets ``heal_level_match`` and its label path in metadata (kept out of embedded and LLM text).
+
+    Example:
+        ```python
+        postprocessor = HierarchyNodePostprocessor.from_model("models/heal-minilm", top_n=4)
+        engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[postprocessor])
+        ```
+    """
+
+    top_n: int = Field(default=4, gt=0, description="Number of nodes to return.")
+    beta: float = Field(default=0.05, ge=0, description="Weight of the hierarchy term.")
+    temperature: float = Field(default=0.05, gt=0, description="Softmax temperature over label centroids.")
+    mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (query's subtrees first).")
+    keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
+    _scorer: HierarchyScorer = PrivateAttr()
+
+    def __init__(self, encoder: HEALEncoder, **kwargs: Any) -> None:
+        if not isinstance(encoder, HEALEncoder):
+            raise TypeError(f"encoder must be a HEALEncoder, got {type(encoder).__name__}.")
+        super().__init__(**kwargs)
+        self._scorer = HierarchyScorer(encoder, beta=self.beta, temperature=self.temperature, mode=self.mode)
+
+    @classmethod
+    def from_model(cls, model: str, **kwargs: Any) -> HierarchyNodePostprocessor:
+        """Load a HEAL model directory and build the postprocessor."""
+        return cls(HEALEncoder.load(model), **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Serialisation key."""
+        return "HierarchyNodePostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("HierarchyNodePostprocessor needs the query: pass query_bundle or query_str.")
+        if not nodes:
+            return []
+        results = self._scorer.rerank(
+            query_bundle.query_str,
+            [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
+            paths=[path_from_metadata(n.node.metadata) for n in nodes],
+            similarities=[n.score for n in nodes],
+            top_n=self.top_n,
+        )
+        out = []
+        for result in results:
+            source = nodes[result.index]
+            node = exclude_hierarchy_metadata(source.node.model_copy(deep=True))
+            node.metadata.update(path_metadata(result.path))
+            node.metadata[LEVEL_MATCH_KEY] = list(result.level_matches)
+            if self.keep_retrieval_score:
+                node.metadata["retrieval_score"] = source.score
+            out.append(NodeWithScore(node=node, score=result.score))
+        return out
