@@ -4,6 +4,7 @@
 ``heal-rag train``    fine-tune on a JSONL corpus ``{id, text[, labels][, title]}`` and save a model directory;
                       a corpus without labels is clustered first (HNMFk).
 ``heal-rag cluster``  discover a label hierarchy for a JSONL corpus with HNMFk and write the labels.
+``heal-rag index``    embed a JSONL corpus with a HEAL model into a persistent Chroma collection.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--out", required=True, help="output JSONL: {id, labels, label_names, weights} per line")
     cluster.add_argument("--tree", default=None, help="hierarchy JSON (default: <out>.tree.json, and .tree.txt)")
     _add_hierarchy_options(cluster)
+
+    index = sub.add_parser("index", help="build a Chroma index of a corpus with a HEAL model (extra 'chroma')")
+    index.add_argument("--model", required=True, help="HEAL model directory")
+    index.add_argument("--data", required=True, help="JSONL corpus: {id, text[, labels][, title]} per line")
+    index.add_argument("--db", required=True, help="Chroma persistence directory")
+    index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
+    index.add_argument("--batch-size", type=int, default=256, help="documents per upsert")
+    index.add_argument("--rebuild", action="store_true", help="drop an existing collection of that name first")
     return parser
 
 
@@ -141,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         elif args.command == "cluster":
             return _cluster(args)
+        elif args.command == "index":
+            return _index(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -198,6 +209,18 @@ def _cluster(args: argparse.Namespace) -> int:
     write_tree(hnmfk, tree_path)
     print(hnmfk.format_tree())
     print(f"\nlabels for {len(corpus)} documents written to {args.out}; hierarchy to {tree_path}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from heal_rag.chroma import build_index
+    from heal_rag.data import read_corpus
+
+    corpus = read_corpus(args.data, require_labels=False)
+    collection = build_index(
+        args.model, corpus, args.db, collection_name=args.collection, batch_size=args.batch_size, rebuild=args.rebuild
+    )
+    print(f"collection {args.collection!r} in {args.db}: {collection.count()} documents")
     return 0
 
 

@@ -1,0 +1,122 @@
+"""``HEALEmbeddingFunction``: a Chroma embedding function that persists and refuses a changed model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+from chromadb.utils.embedding_functions import register_embedding_function
+
+from heal_rag.encoder import HEALEncoder
+
+_SPACES = {"cosine": "cosine", "dot": "ip", "euclidean": "l2"}
+_ENCODERS: dict[tuple[str, int], HEALEncoder] = {}
+
+
+class StaleModelError(ValueError):
+    """The model differs from the one a collection was built with (a same-width fine-tune would pass silently)."""
+
+
+def _shared_encoder(model_path: str | None, batch_size: int) -> HEALEncoder:
+    key = (str(model_path), batch_size)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = HEALEncoder.load(model_path, batch_size=batch_size)
+    return _ENCODERS[key]
+
+
+@register_embedding_function
+class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
+    """Chroma embedding function for a HEAL model directory.
+
+    Documents go through the model's document prompt, queries (``query_texts``) through ``embed_query`` and the
+    query prompt. The stored configuration holds only primitives: the model path, its content fingerprint, the
+    batch size. When Chroma rebuilds the function from a persisted collection, the model at that path must still
+    have the recorded fingerprint, else :class:`StaleModelError` is raised.
+
+    Args:
+        model_path: HEAL (or any sentence-transformers) model directory; ``None``: the embedded default.
+        batch_size: Encoding batch size.
+        fingerprint: Expected model fingerprint (set when rebuilt from a stored config).
+        encoder: An already loaded encoder to share (its path and fingerprint are used).
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        batch_size: int = 32,
+        fingerprint: str | None = None,
+        encoder: HEALEncoder | None = None,
+    ) -> None:
+        if encoder is None:
+            model_path = str(Path(model_path).resolve()) if model_path else None
+            encoder = _shared_encoder(model_path, batch_size)
+        self.encoder = encoder
+        self.model_path = encoder.model_path
+        self.batch_size = batch_size
+        if fingerprint is not None and fingerprint != encoder.fingerprint:
+            raise StaleModelError(
+                f"The model at {self.model_path!r} has changed since this collection was built (fingerprint "
+                f"{encoder.fingerprint[:19]}…, collection expects {fingerprint[:19]}…). Its stored vectors come from "
+                "another model and are not comparable: re-index the collection with this model."
+            )
+
+    def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma requires the name `input`
+        """Embed documents."""
+        return list(self.encoder.embed_documents(list(input)))
+
+    def embed_query(self, input: Documents) -> Embeddings:  # noqa: A002
+        """Embed queries with the model's query prompt."""
+        return list(self.encoder.embed_queries(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        """Registry name."""
+        return "heal_rag"
+
+    def default_space(self) -> Space:
+        """Chroma space matching the model's similarity (cosine for HEAL models)."""
+        return _SPACES.get(self.encoder.similarity_fn_name, "cosine")  # type: ignore[return-value]
+
+    def supported_spaces(self) -> list[Space]:
+        """Spaces the vectors make sense in."""
+        return ["cosine", "ip", "l2"]
+
+    def get_config(self) -> dict[str, Any]:
+        """Primitive-only configuration stored with the collection."""
+        return {
+            "model_path": self.model_path,
+            "fingerprint": self.encoder.fingerprint,
+            "batch_size": self.batch_size,
+            "dimension": self.encoder.dimension,
+        }
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> HEALEmbeddingFunction:
+        """Rebuild from a stored configuration, refusing a model whose fingerprint changed."""
+        HEALEmbeddingFunction.validate_config(config)
+        return HEALEmbeddingFunction(
+            model_path=config["model_path"], batch_size=int(config["batch_size"]), fingerprint=config["fingerprint"]
+        )
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> None:
+        """Check that a stored configuration has what :meth:`build_from_config` needs."""
+        missing = {"model_path", "fingerprint", "batch_size"} - set(config)
+        if missing:
+            raise ValueError(f"heal_rag embedding-function config is missing {sorted(missing)}.")
+
+    def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
+        """Refuse switching a collection to a different model."""
+        if new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):
+            raise StaleModelError("A collection cannot switch to a different model; build a new collection.")
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's content fingerprint."""
+        return self.encoder.fingerprint
+
+    def embed_as_array(self, texts: list[str]) -> np.ndarray:
+        """Document embeddings as one ``(n, dimension)`` array (what :func:`build_index` upserts)."""
+        return self.encoder.embed_documents(texts)
