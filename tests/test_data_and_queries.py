@@ -119,3 +119,22 @@ def test_retrieval_metrics_on_a_hand_made_case():
     assert report.hier_precision[0] == pytest.approx(0.75)
     # level 1: q0 (label 0): docs 0,1 -> 1/2 ; q1 (label 2): docs 2,1 -> 1/2
     assert report.hier_precision[1] == pytest.approx(0.5)
+
+
+def test_graded_ndcg_and_context_rates_on_a_hand_made_case():
+    from heal_rag.evaluation.retrieval import evaluate_rankings, graded_gains
+
+    doc_ids = np.array([[0, 0], [0, 1], [1, 2], [0, 0]])  # doc 3 shares the full path of doc 0
+    query_ids = doc_ids[[0]]  # one query, gold = doc 0
+    gains = graded_gains(query_ids, doc_ids, [0])
+    assert gains.tolist() == [[3.0, 1.0, 0.0, 2.0]]  # gold 2+1, same leaf 2, same top 1, other 0
+    ranked = np.array([[3, 0, 1, 2]])
+    report = evaluate_rankings(ranked, [0], query_ids, doc_ids, k=2, recall_at=(1,), context_k=2)
+    dcg = 2 / np.log2(2) + 3 / np.log2(3)
+    ideal = 3 / np.log2(2) + 2 / np.log2(3)
+    assert report.extra["nDCG@2"] == pytest.approx(dcg / ideal)
+    assert report.extra["context-miss@2"] == 0.0  # gold is at rank 2
+    assert report.extra["off-topic@2"] == 0.0  # both passages share the query's leaf
+    report = evaluate_rankings(np.array([[1, 2, 3, 0]]), [0], query_ids, doc_ids, k=2, recall_at=(1,), context_k=2)
+    assert report.extra["context-miss@2"] == 1.0 and report.extra["off-topic@2"] == 1.0
+    assert report.mrr == 0.0

@@ -2,6 +2,8 @@
 
 - MRR@k and Recall@k of the gold (source) document.
 - Hierarchical precision@k per level: the share of the top k whose level-``l`` label equals the query's.
+- nDCG@k with graded gains (shared label prefix; the source document gains most).
+- Hallucination-risk proxies: context-miss@c and off-topic@c over the c passages handed to a generator.
 """
 
 from __future__ import annotations
@@ -44,6 +46,63 @@ def top_k_indices(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: i
     return out
 
 
+def graded_gains(query_level_ids: np.ndarray, doc_level_ids: np.ndarray, gold_doc: Sequence[int]) -> np.ndarray:
+    """Graded relevance of every document for every query, shape ``(Q, N)``.
+
+    The gain is the number of leading levels the document shares with the query (nested ids make that the count of
+    matching levels); the query's own source document gains one more than a full path match.
+    """
+    gains = (doc_level_ids[None, :, :] == query_level_ids[:, None, :]).sum(axis=2).astype(np.float64)
+    gold = np.asarray(gold_doc)
+    gains[np.arange(len(gold)), gold] = query_level_ids.shape[1] + 1
+    return gains
+
+
+def evaluate_rankings(
+    ranked: np.ndarray,
+    gold_doc: Sequence[int],
+    query_level_ids: np.ndarray,
+    doc_level_ids: np.ndarray,
+    k: int = 10,
+    recall_at: Sequence[int] = (1, 10),
+    context_k: int = 5,
+) -> RetrievalReport:
+    """Score given rankings (``(Q, ≥k)`` document indices per query, best first).
+
+    Besides MRR@k, Recall and hierarchical precision@k per level, ``extra`` holds nDCG@k with graded gains
+    (:func:`graded_gains`), and the hallucination-risk proxies at ``context_k`` (the passages handed to the
+    generator): ``context-miss@c`` (the gold passage is not among them) and ``off-topic@c`` (share of them from
+    another leaf than the query's).
+    """
+    gold = np.asarray(gold_doc)
+    hits = ranked == gold[:, None]
+    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    in_top_k = (first_hit >= 0) & (first_hit < k)
+    reciprocal = np.divide(1.0, first_hit + 1, out=np.zeros(len(gold)), where=in_top_k)
+    recall = {r: float(hits[:, :r].any(axis=1).mean()) for r in recall_at}
+    matches = doc_level_ids[ranked[:, :k]] == query_level_ids[:, None, :]  # (Q, k, L)
+    hier_precision = matches.mean(axis=1).mean(axis=0).tolist()
+
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = graded_gains(query_level_ids, doc_level_ids, gold)
+    dcg = (np.take_along_axis(gains, ranked[:, :k], axis=1) * discounts).sum(axis=1)
+    ideal = (-np.sort(-gains, axis=1)[:, :k] * discounts).sum(axis=1)
+    leaf_match = doc_level_ids[ranked[:, :context_k], -1] == query_level_ids[:, None, -1]
+    extra = {
+        f"nDCG@{k}": float((dcg / np.maximum(ideal, 1e-12)).mean()),
+        f"context-miss@{context_k}": float(1.0 - hits[:, :context_k].any(axis=1).mean()),
+        f"off-topic@{context_k}": float(1.0 - leaf_match.mean()),
+    }
+    return RetrievalReport(
+        mrr=float(reciprocal.mean()),
+        recall=recall,
+        hier_precision=[float(v) for v in hier_precision],
+        k=k,
+        n_queries=len(gold),
+        extra=extra,
+    )
+
+
 def evaluate_retrieval(
     query_embeddings: np.ndarray,
     doc_embeddings: np.ndarray,
@@ -52,8 +111,9 @@ def evaluate_retrieval(
     doc_level_ids: np.ndarray,
     k: int = 10,
     recall_at: Sequence[int] = (1, 10),
+    context_k: int = 5,
 ) -> RetrievalReport:
-    """Score a retrieval run.
+    """Rank documents by dot product (cosine for normalised vectors) and score with :func:`evaluate_rankings`.
 
     Args:
         query_embeddings: ``(Q, D)`` normalised query vectors.
@@ -62,27 +122,9 @@ def evaluate_retrieval(
         query_level_ids: ``(Q, L)`` label ids of each query (its source document's), in the same id space as
             ``doc_level_ids``.
         doc_level_ids: ``(N, L)`` label ids of the documents.
-        k: Cut-off for MRR and hierarchical precision.
+        k: Cut-off for MRR, nDCG and hierarchical precision.
         recall_at: Cut-offs for Recall.
-
-    Returns:
-        A :class:`RetrievalReport`.
+        context_k: Passages handed to a generator, for the hallucination-risk proxies.
     """
-    gold = np.asarray(gold_doc)
-    depth = max([k, *recall_at])
-    ranked = top_k_indices(query_embeddings, doc_embeddings, depth)
-    hits = ranked == gold[:, None]
-    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
-    in_top_k = (first_hit >= 0) & (first_hit < k)
-    reciprocal = np.divide(1.0, first_hit + 1, out=np.zeros(len(gold)), where=in_top_k)
-    recall = {r: float(hits[:, :r].any(axis=1).mean()) for r in recall_at}
-    top_ids = doc_level_ids[ranked[:, :k]]  # (Q, k, L)
-    matches = top_ids == query_level_ids[:, None, :]
-    hier_precision = matches.mean(axis=1).mean(axis=0).tolist()
-    return RetrievalReport(
-        mrr=float(reciprocal.mean()),
-        recall=recall,
-        hier_precision=[float(v) for v in hier_precision],
-        k=k,
-        n_queries=len(gold),
-    )
+    ranked = top_k_indices(query_embeddings, doc_embeddings, max([k, context_k, *recall_at]))
+    return evaluate_rankings(ranked, gold_doc, query_level_ids, doc_level_ids, k, recall_at, context_k)

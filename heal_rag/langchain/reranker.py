@@ -38,7 +38,7 @@ class HierarchyReranker(BaseDocumentCompressor):
     """The :class:`~heal_rag.encoder.HEALEncoder` of a HEAL model (shared with the other adapters)."""
     top_n: int = Field(default=4, gt=0)
     """Number of documents to return."""
-    beta: float = Field(default=0.05, ge=0)
+    beta: float = Field(default=0.01, ge=0)
     """Weight of the hierarchy term."""
     temperature: float = Field(default=0.05, gt=0)
     """Softmax temperature over label-centroid similarities."""

@@ -29,7 +29,7 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     """
 
     top_n: int = Field(default=4, gt=0, description="Number of nodes to return.")
-    beta: float = Field(default=0.05, ge=0, description="Weight of the hierarchy term.")
+    beta: float = Field(default=0.01, ge=0, description="Weight of the hierarchy term.")
     temperature: float = Field(default=0.05, gt=0, description="Softmax temperature over label centroids.")
     mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (query's subtrees first).")
     keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
