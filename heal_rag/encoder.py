@@ -8,6 +8,7 @@ It embeds queries and documents with the model's own query/document prompts (``e
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +21,9 @@ from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fin
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+#: How many recent query embeddings an encoder keeps.
+QUERY_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class HEALEncoder:
         self.model_path = model_path
         self.batch_size = batch_size
         self.normalize_embeddings = normalize_embeddings
+        # Chains embed the same query more than once (vector store, then reranker): keep the last few.
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     def load(
@@ -161,6 +167,8 @@ class HEALEncoder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if len(texts) == 1 and texts[0] in self._query_cache:
+            return self.embed_query(texts[0])[None, :]
         return np.asarray(
             self.model.encode_query(
                 texts,
@@ -172,10 +180,18 @@ class HEALEncoder:
         )
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Embed one query, shape ``(dimension,)``."""
+        """Embed one query, shape ``(dimension,)``; the last :data:`QUERY_CACHE_SIZE` queries are cached."""
         if not isinstance(text, str):
             raise TypeError(f"embed_query takes a string, got {type(text).__name__}.")
-        return self.embed_queries([text])[0]
+        cached = self._query_cache.get(text)
+        if cached is None:
+            cached = self.embed_queries([text])[0]
+            self._query_cache[text] = cached
+            if len(self._query_cache) > QUERY_CACHE_SIZE:
+                self._query_cache.popitem(last=False)
+        else:
+            self._query_cache.move_to_end(text)
+        return cached.copy()
 
     @cached_property
     def dimension(self) -> int:

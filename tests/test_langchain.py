@@ -168,3 +168,21 @@ def test_reranker_inside_contextual_compression_retriever(encoder):
 def test_reranker_needs_a_heal_model(tiny_model_dir):
     with pytest.raises(ValueError, match="heal_rag.json"):
         HierarchyReranker(encoder=HEALEncoder.load(tiny_model_dir))
+
+
+def test_query_embeddings_are_cached_and_not_shared_mutably(encoder, monkeypatch):
+    calls = []
+    original = encoder.model.encode_query
+
+    def counting(texts, **kwargs):
+        calls.append(list(texts))
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(encoder.model, "encode_query", counting)
+    first = encoder.embed_query("a query seen twice")
+    first[:] = 0.0  # a caller mutating its copy must not poison the cache
+    second = encoder.embed_query("a query seen twice")
+    batch = encoder.embed_queries(["a query seen twice"])
+    assert calls == [["a query seen twice"]]
+    assert np.linalg.norm(second) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(batch[0], second)
