@@ -171,3 +171,16 @@ def test_index_cli(heal_model_copy, tmp_path, capsys):
     ]
     assert main(other) == 2
     assert "different model" in capsys.readouterr().err
+
+
+def test_empty_input_follows_chromas_contract(heal_model_copy, tmp_path):
+    """Chroma's protocol wrapper rejects empty embedding lists (as for its built-in functions); building an index
+    of an empty corpus is a no-op."""
+    function = HEALEmbeddingFunction(str(heal_model_copy))
+    with pytest.raises(ValueError, match="non-empty"):
+        function([])
+    empty = Corpus(ids=[], texts=[], titles=[], labels=None)
+    assert (
+        build_index(str(heal_model_copy), empty, tmp_path / "db", collection_name="empty", show_progress=False).count()
+        == 0
+    )
