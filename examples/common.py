@@ -95,9 +95,12 @@ def smollm2_generator(max_new_tokens: int = 160) -> Runnable:
             {"role": "system" if m.type == "system" else "user", "content": m.content}
             for m in prompt_value.to_messages()
         ]
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        output = model.generate(inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return AIMessage(content=tokenizer.decode(output[0, inputs.shape[1] :], skip_special_tokens=True).strip())
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.3)
+        prompt_length = inputs["input_ids"].shape[1]
+        return AIMessage(content=tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip())
 
     return RunnableLambda(generate)
 
