@@ -81,12 +81,10 @@ def build_tiny_model() -> Path:
     return path
 
 
-@functools.cache
-def build_tiny_heal_model() -> Path:
-    """The tiny model fine-tuned for 2 HEAL steps on :func:`make_corpus`: a HEAL model directory with heal_rag.json."""
+def train_tiny_heal_model(path: Path, seed: int = 42) -> Path:
+    """Fine-tune the tiny model for 2 HEAL steps on :func:`make_corpus` into ``path`` (a HEAL model directory)."""
     from heal_rag.training import fine_tune
 
-    path = _SESSION_DIR / "tiny-heal"
     texts, labels, titles = make_corpus()
     fine_tune(
         texts,
@@ -98,9 +96,16 @@ def build_tiny_heal_model() -> Path:
         batch_size=8,
         samples_per_leaf=2,
         learning_rate=1e-2,
+        seed=seed,
         show_progress_bar=False,
     )
     return path
+
+
+@functools.cache
+def build_tiny_heal_model() -> Path:
+    """The session's tiny HEAL model directory (with heal_rag.json)."""
+    return train_tiny_heal_model(_SESSION_DIR / "tiny-heal")
 
 
 @pytest.fixture(scope="session")

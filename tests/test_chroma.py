@@ -14,13 +14,18 @@ import pytest
 pytest.importorskip("chromadb")
 
 from chromadb.utils.embedding_functions import known_embedding_functions  # noqa: E402
-from conftest import build_tiny_heal_model, build_tiny_model, make_corpus, write_corpus_jsonl  # noqa: E402
+from conftest import (  # noqa: E402
+    build_tiny_heal_model,
+    build_tiny_model,
+    make_corpus,
+    train_tiny_heal_model,
+    write_corpus_jsonl,
+)
 
 from heal_rag.chroma import HEALEmbeddingFunction, StaleModelError, build_index, open_collection  # noqa: E402
 from heal_rag.cli import main  # noqa: E402
 from heal_rag.data import Corpus  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
-from heal_rag.training import fine_tune  # noqa: E402
 
 
 def small_corpus(labelled: bool = True) -> Corpus:
@@ -113,19 +118,8 @@ def test_a_different_model_is_refused(heal_model_copy, tmp_path):
 def test_a_model_retrained_in_place_is_refused_on_reopen(heal_model_copy, tmp_path):
     db = tmp_path / "db"
     build_index(str(heal_model_copy), small_corpus(), db, collection_name="papers", show_progress=False)
-    texts, paths, _ = make_corpus()
-    fine_tune(  # same path, same width, new weights: the silent failure users complain about
-        texts,
-        paths,
-        output_dir=heal_model_copy,
-        base_model=build_tiny_model(),
-        max_steps=2,
-        batch_size=8,
-        samples_per_leaf=2,
-        learning_rate=1e-2,
-        seed=123,
-        show_progress_bar=False,
-    )
+    # Same path, same width, new weights: the silent failure users complain about.
+    train_tiny_heal_model(heal_model_copy, seed=123)
     script = textwrap.dedent(
         f"""
         import heal_rag.chroma

@@ -276,20 +276,20 @@ class HNMFk(BaseEstimator):
         if len(rows) < self.min_node_size:
             node.stop_reason = "small"
             return []
-        node.term_weights = node_idf(matrix[rows], self.max_df)
-        node_matrix = weight_terms(matrix[rows], node.term_weights)
+        term_frequencies = matrix[rows]
+        term_weights = node_idf(term_frequencies, self.max_df)
+        node_matrix = weight_terms(term_frequencies, term_weights)
         k_values = list(range(self.k_range[0], min(self.k_range[1], max_k) + 1))
         k_values = [k for k in k_values if k <= min(node_matrix.shape) - 1]
         if not k_values:
             node.stop_reason = "rank"
-            node.term_weights = None
             return []
         seed = (self.random_state * 1_000_003 + zlib.crc32(node.node_id.encode())) % 2**31
         sample = rows
         if len(rows) > self.max_selection_docs:
             sample = np.sort(np.random.default_rng(seed).choice(rows, self.max_selection_docs, replace=False))
         selection = select_k(
-            weight_terms(matrix[sample], node.term_weights),
+            weight_terms(matrix[sample], term_weights),
             k_values,
             n_perturbations=self.n_perturbations,
             epsilon=self.epsilon,
@@ -301,7 +301,6 @@ class HNMFk(BaseEstimator):
         node.k_scores, node.k_passed = list(selection.scores), selection.passed
         if not selection.passed and node.node_id != ROOT_ID and not self.split_unstable_nodes:
             node.stop_reason = "no stable k"  # k = 1: no split of this node is reproducible
-            node.term_weights = None
             return []
         final = NMF(n_components=selection.k, init="nndsvda", random_state=seed, max_iter=400, tol=1e-4)
         with warnings.catch_warnings():
@@ -313,7 +312,6 @@ class HNMFk(BaseEstimator):
         sizes = np.bincount(assignment, minlength=selection.k)
         if sizes.max() >= self.dominant_fraction * len(rows):
             node.stop_reason = "dominant topic"
-            node.term_weights = None
             return []
         # Children largest first; topics that attracted no document are dropped.
         order = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0]
@@ -321,7 +319,7 @@ class HNMFk(BaseEstimator):
         coefficients = coefficients[:, order]
         assignment = coefficients.argmax(axis=1)
         shares = coefficients / np.maximum(coefficients.sum(axis=1, keepdims=True), 1e-12)
-        node.topics = topics
+        node.topics, node.term_weights = topics, term_weights
         node.k = len(order)
         children = []
         for index in range(len(order)):
