@@ -13,6 +13,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
+from heal_rag.evaluation.retrieval import top_k_indices
 from heal_rag.rerank import path_from_metadata, path_metadata
 
 
@@ -108,10 +109,9 @@ class HEALRetriever(BaseRetriever):
     def _search(self, query: str, k: int) -> list[Document]:
         if not self._documents:
             return []
-        scores = np.clip(self._embeddings @ self.encoder.embed_query(query), -1.0, 1.0)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        query_embedding = self.encoder.embed_query(query)
+        scores = np.clip(self._embeddings @ query_embedding, -1.0, 1.0)
+        top = top_k_indices(query_embedding[None, :], self._embeddings, k)[0]
         return [
             Document(
                 page_content=self._documents[i].page_content,

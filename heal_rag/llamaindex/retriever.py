@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from heal_rag.encoder import HEALEncoder
+from heal_rag.evaluation.retrieval import top_k_indices
 from heal_rag.rerank import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
 
 #: Metadata keys heal_rag writes; they are excluded from the text that is embedded or shown to the LLM.
@@ -90,9 +91,7 @@ class HEALRetriever(BaseRetriever):
         else:
             query = self.encoder.embed_query(" ".join(query_bundle.embedding_strs))
         scores = np.clip(self._embeddings @ query, -1.0, 1.0)
-        k = min(self.similarity_top_k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top_k_indices(query[None, :], self._embeddings, self.similarity_top_k)[0]
         return [NodeWithScore(node=self._nodes[i], score=float(scores[i])) for i in top]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
