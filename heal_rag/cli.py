@@ -5,6 +5,7 @@
                       a corpus without labels is clustered first (HNMFk).
 ``heal-rag cluster``  discover a label hierarchy for a JSONL corpus with HNMFk and write the labels.
 ``heal-rag index``    embed a JSONL corpus with a HEAL model into a persistent Chroma collection.
+``heal-rag eval``     A/B report of models (and BM25) on a labelled JSONL corpus with queries (extra 'eval').
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=None, help="HEAL temperature τ")
     group.add_argument("--level-weights", type=_level_weights, default=None, help="uniform|deeper|coarser|w0,w1,..")
     group.add_argument("--query-document-weight", type=float, default=None)
+    group.add_argument("--pair-loss", choices=["ranking", "supcon"], default=None, help="query↔document level form")
+    group.add_argument("--pair-temperature", type=float, default=None, help="τ of the query↔document level")
+    group.add_argument("--hierarchy-views", choices=["both", "documents"], default=None)
     group.add_argument("--consistency-weight", type=float, default=None)
     group.add_argument("--samples-per-leaf", type=int, default=None)
     group.add_argument("--leaves-per-parent", type=int, default=None)
@@ -54,6 +58,9 @@ _TRAINING_KEYS = (
     "temperature",
     "level_weights",
     "query_document_weight",
+    "pair_loss",
+    "pair_temperature",
+    "hierarchy_views",
     "consistency_weight",
     "samples_per_leaf",
     "leaves_per_parent",
@@ -105,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=int, default=256, help="documents per upsert")
     index.add_argument("--rebuild", action="store_true", help="drop an existing collection of that name first")
+
+    evaluate = sub.add_parser(
+        "eval", help="compare models on a labelled corpus: Markdown/HTML report with plots (extra 'eval')"
+    )
+    evaluate.add_argument("--data", required=True, help="JSONL corpus: {id, text, labels[, title]} per line")
+    evaluate.add_argument(
+        "--queries", default=None, help="JSONL queries {query, document_id} (default: titles as queries)"
+    )
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model directory to evaluate (repeatable); the base model is always evaluated first as the reference",
+    )
+    evaluate.add_argument("--base-model", default=None, help="reference model (default: embedded all-MiniLM-L6-v2)")
+    evaluate.add_argument("--bm25", action="store_true", help="add the BM25 baseline")
+    evaluate.add_argument("--out", default="runs/eval", help="report directory (default: runs/eval)")
+    evaluate.add_argument("--max-seq-length", type=int, default=256, help="token limit for every model")
+    evaluate.add_argument("--k", type=int, default=10, help="cut-off of MRR, nDCG and hierarchical precision")
+    evaluate.add_argument("--context-k", type=int, default=5, help="passages handed to a generator")
+    evaluate.add_argument("--map", choices=["tsne", "pca"], default="tsne", help="2-D map method")
     return parser
 
 
@@ -152,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cluster(args)
         elif args.command == "index":
             return _index(args)
+        elif args.command == "eval":
+            return _eval(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -221,6 +251,40 @@ def _index(args: argparse.Namespace) -> int:
         args.model, corpus, args.db, collection_name=args.collection, batch_size=args.batch_size, rebuild=args.rebuild
     )
     print(f"collection {args.collection!r} in {args.db}: {collection.count()} documents")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from heal_rag.data import read_corpus, read_queries
+    from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model, write_report
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+
+    corpus = read_corpus(args.data)
+    queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
+    task = EvaluationTask.build(corpus, queries)
+    print(f"{len(corpus)} documents, {len(task.query_texts)} queries", flush=True)
+    evaluations = []
+    for index, model_path in enumerate([args.base_model, *args.model]):
+        path = Path(model_path or "")
+        name = (
+            "untouched" if index == 0 else (f"{path.parent.name}/{path.name}" if path.name == "model" else path.name)
+        )
+        if name in {e.name for e in evaluations}:
+            name = f"{name}#{index}"
+        print(f"[{index + 1}/{len(args.model) + 1}] {name}", flush=True)
+        model = load_sentence_transformer(model_path)
+        set_max_seq_length(model, args.max_seq_length)
+        evaluations.append(evaluate_embedding_model(model, task, name, k=args.k, context_k=args.context_k))
+    if args.bm25:
+        evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))
+    print("writing the report (plots, 2-D maps)", flush=True)
+    out = write_report(
+        evaluations, task, args.out, title=f"heal_rag evaluation: {Path(args.data).name}", map_method=args.map
+    )
+    print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
+    print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     return 0
 
 

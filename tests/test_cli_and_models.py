@@ -67,11 +67,16 @@ def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
             "8",
             "--samples-per-leaf",
             "2",
+            "--pair-loss",
+            "supcon",
+            "--hierarchy-views",
+            "both",
         ]
     )
     assert code == 0
     metadata = json.loads((tmp_path / "m" / "heal_rag.json").read_text())
     assert metadata["training"]["training_rows"] == len(texts)
+    assert metadata["training"]["pair_loss"] == "supcon"
     assert metadata["base_model"] == str(tiny_model_dir)
 
 

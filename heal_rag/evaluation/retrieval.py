@@ -58,6 +58,26 @@ def graded_gains(query_level_ids: np.ndarray, doc_level_ids: np.ndarray, gold_do
     return gains
 
 
+def relevance_judgements(
+    ranked: np.ndarray, gold_doc: Sequence[int], query_level_ids: np.ndarray, doc_level_ids: np.ndarray, k: int
+) -> dict[str, dict[str, int]]:
+    """Graded qrels ``{query: {document: gain}}`` (:func:`graded_gains`) for scoring ``ranked`` at cut-off ``k``.
+
+    Only the documents that can matter at ``k`` are listed: the ranked ones, and for each query the ``k``
+    highest-gain documents (which fix the ideal DCG). That keeps the judgements small on large corpora while
+    nDCG@k, reciprocal rank and recall stay exact.
+    """
+    gold = np.asarray(gold_doc)
+    qrels: dict[str, dict[str, int]] = {}
+    for start in range(0, len(gold), 512):
+        gains = graded_gains(query_level_ids[start : start + 512], doc_level_ids, gold[start : start + 512])
+        best = np.argsort(-gains, axis=1, kind="stable")[:, :k]
+        for row in range(gains.shape[0]):
+            listed = np.union1d(best[row], ranked[start + row])
+            qrels[str(start + row)] = {str(d): int(gains[row, d]) for d in listed if gains[row, d] > 0}
+    return qrels
+
+
 def evaluate_rankings(
     ranked: np.ndarray,
     gold_doc: Sequence[int],
@@ -69,38 +89,59 @@ def evaluate_rankings(
 ) -> RetrievalReport:
     """Score given rankings (``(Q, ≥k)`` document indices per query, best first).
 
-    Besides MRR@k, Recall and hierarchical precision@k per level, ``extra`` holds nDCG@k with graded gains
-    (:func:`graded_gains`), and the hallucination-risk proxies at ``context_k`` (the passages handed to the
-    generator): ``context-miss@c`` (the gold passage is not among them) and ``off-topic@c`` (share of them from
-    another leaf than the query's).
-    """
-    gold = np.asarray(gold_doc)
-    hits = ranked == gold[:, None]
-    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
-    in_top_k = (first_hit >= 0) & (first_hit < k)
-    reciprocal = np.divide(1.0, first_hit + 1, out=np.zeros(len(gold)), where=in_top_k)
-    recall = {r: float(hits[:, :r].any(axis=1).mean()) for r in recall_at}
-    matches = doc_level_ids[ranked[:, :k]] == query_level_ids[:, None, :]  # (Q, k, L)
-    hier_precision = matches.mean(axis=1).mean(axis=0).tolist()
+    MRR@k, Recall@r and nDCG@k come from ``ir_measures`` (trec_eval through pytrec_eval) on graded judgements
+    (:func:`relevance_judgements`): reciprocal rank and recall count only the gold document (the highest grade),
+    nDCG uses every grade. Our own code adds the hierarchical parts: hierarchical precision@k per level, and the
+    hallucination-risk proxies at ``context_k`` (the passages handed to a generator) in ``extra``:
+    ``context-miss@c`` (the gold passage is not among them) and ``off-topic@c`` (share of them from another leaf).
 
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    gains = graded_gains(query_level_ids, doc_level_ids, gold)
-    dcg = (np.take_along_axis(gains, ranked[:, :k], axis=1) * discounts).sum(axis=1)
-    ideal = (-np.sort(-gains, axis=1)[:, :k] * discounts).sum(axis=1)
-    leaf_match = doc_level_ids[ranked[:, :context_k], -1] == query_level_ids[:, None, -1]
+    Example:
+        ```python
+        ranked = np.array([[1, 0]])  # the gold document 0 comes second
+        level_ids = np.array([[0, 0], [0, 1]])
+        evaluate_rankings(ranked, [0], level_ids[:1], level_ids, k=2, recall_at=(1,), context_k=1).mrr  # 0.5
+        ```
+    """
+    ir_measures = _import_ir_measures()
+    gold = np.asarray(gold_doc)
+    ranked = np.asarray(ranked)
+    depth = max([k, context_k, *recall_at])
+    if ranked.ndim != 2 or ranked.shape[0] != len(gold):
+        raise ValueError(f"ranked must be (queries, depth) with one row per gold document, got {ranked.shape}.")
+    top = ranked[:, :depth]
+    gold_grade = query_level_ids.shape[1] + 1
+    qrels = relevance_judgements(top, gold, query_level_ids, doc_level_ids, k)
+    run = {str(q): {str(d): float(depth - rank) for rank, d in enumerate(row)} for q, row in enumerate(top)}
+    rr, ndcg = ir_measures.RR(rel=gold_grade) @ k, ir_measures.nDCG @ k
+    recalls = {r: ir_measures.R(rel=gold_grade) @ r for r in sorted({*recall_at, context_k})}
+    scores = ir_measures.calc_aggregate([rr, ndcg, *recalls.values()], qrels, run)
+
+    matches = doc_level_ids[top[:, :k]] == query_level_ids[:, None, :]  # (Q, k, L)
+    hier_precision = matches.mean(axis=1).mean(axis=0).tolist()
+    leaf_match = doc_level_ids[top[:, :context_k], -1] == query_level_ids[:, None, -1]
     extra = {
-        f"nDCG@{k}": float((dcg / np.maximum(ideal, 1e-12)).mean()),
-        f"context-miss@{context_k}": float(1.0 - hits[:, :context_k].any(axis=1).mean()),
+        f"nDCG@{k}": float(scores[ndcg]),
+        f"context-miss@{context_k}": float(1.0 - scores[recalls[context_k]]),
         f"off-topic@{context_k}": float(1.0 - leaf_match.mean()),
     }
     return RetrievalReport(
-        mrr=float(reciprocal.mean()),
-        recall=recall,
+        mrr=float(scores[rr]),
+        recall={r: float(scores[recalls[r]]) for r in recall_at},
         hier_precision=[float(v) for v in hier_precision],
         k=k,
         n_queries=len(gold),
         extra=extra,
     )
+
+
+def _import_ir_measures():  # noqa: ANN202 - a module
+    try:
+        import ir_measures
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "heal_rag's retrieval metrics use ir_measures and pytrec_eval: pip install 'heal_rag[eval]'"
+        ) from exc
+    return ir_measures
 
 
 def evaluate_retrieval(
