@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 LevelSchedule = Literal["uniform", "deeper", "coarser"]
 LevelWeights = LevelSchedule | Sequence[float]
+PairLoss = Literal["supcon", "ranking"]
+HierarchyViews = Literal["both", "documents"]
 
 _EPS = 1e-12
 
@@ -79,9 +81,18 @@ class HEALLoss(nn.Module):
     one ``N×N`` similarity matrix and masks.
 
     With two text columns ``(query, document)``, queries and documents are embedded in separate forward passes
-    (no padding of short queries to document length), share one batch of ``2B`` samples, inherit the same path,
-    and an extra finest level pairs each query with its source document (the *query↔document level*, weighted by
-    ``query_document_weight``). That level is what makes HEAL a retrieval objective and not only a clustering one.
+    (no padding of short queries to document length), queries inherit their document's path, and a
+    *query↔document level* pairs each query with its source document, weighted by ``query_document_weight``.
+    That level is what makes HEAL a retrieval objective and not only a clustering one. It comes in two forms:
+
+    - ``pair_loss="ranking"`` (default): each query picks its document among the batch's documents (cross-entropy
+      over query→document similarities, as in MultipleNegativesRankingLoss). Because the hierarchical sampler fills
+      a batch with sibling documents, these in-batch negatives are hard ones.
+    - ``pair_loss="supcon"``: an extra finest SupCon level over the joint pool of queries and documents, whose label
+      is the source document.
+
+    ``hierarchy_views`` chooses who takes part in the hierarchy levels: ``"both"`` (queries and documents in one
+    pool of ``2B``, so queries are pulled towards their topic too) or ``"documents"``.
 
     An optional hierarchy-consistency hinge (after HiMulCon) asks that, for every anchor, positives sharing a deeper
     prefix are on average at least ``consistency_margin`` more similar (cosine) than those sharing only a shallower
@@ -93,6 +104,14 @@ class HEALLoss(nn.Module):
         level_weights: λ per hierarchy level, or a schedule name (see :func:`level_weight_schedule`).
         schedule_alpha: Growth rate of the ``"deeper"``/``"coarser"`` schedules.
         query_document_weight: Weight of the query↔document level (two-column input only).
+        pair_loss: Form of the query↔document level: ``"ranking"`` or ``"supcon"`` (see above).
+        pair_temperature: τ of the query↔document level (``None``: ``temperature``).
+        hierarchy_views: ``"both"`` or ``"documents"``: which column takes part in the hierarchy levels.
+        pair_level_discount: ``γ`` in ``[0, 1)``, ranking form only: besides its own document, a query's target
+            distribution over the batch's documents gives a document that shares its path down to ``d`` levels
+            short of the leaf the weight ``γ^(d+1)`` (the same leaf ``γ``, a sibling leaf ``γ²``, ...). 0 is the
+            plain ranking loss; a small ``γ`` keeps the own document first while no longer pushing same-topic
+            documents away as hard as unrelated ones.
         consistency_weight: Weight of the consistency hinge; 0 turns it off.
         consistency_margin: Margin of the consistency hinge, in cosine similarity.
 
@@ -139,10 +158,25 @@ class HEALLoss(nn.Module):
         query_document_weight: float = 1.0,
         consistency_weight: float = 0.0,
         consistency_margin: float = 0.0,
+        pair_loss: PairLoss = "ranking",
+        pair_temperature: float | None = None,
+        hierarchy_views: HierarchyViews = "both",
+        pair_level_discount: float = 0.0,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if temperature <= 0 or (pair_temperature is not None and pair_temperature <= 0):
+            raise ValueError(f"temperatures must be > 0, got {temperature} and {pair_temperature}.")
+        if pair_loss not in ("ranking", "supcon"):
+            raise ValueError(f"pair_loss must be 'ranking' or 'supcon', got {pair_loss!r}.")
+        if hierarchy_views not in ("both", "documents"):
+            raise ValueError(f"hierarchy_views must be 'both' or 'documents', got {hierarchy_views!r}.")
+        if not 0.0 <= pair_level_discount < 1.0:
+            raise ValueError(f"pair_level_discount must be in [0, 1), got {pair_level_discount}.")
+        if pair_loss == "supcon" and hierarchy_views != "both":
+            raise ValueError(
+                "pair_loss='supcon' pairs queries with documents inside the joint pool, so it needs "
+                "hierarchy_views='both'; use pair_loss='ranking' to keep queries out of the hierarchy levels."
+            )
         if query_document_weight < 0 or consistency_weight < 0:
             raise ValueError("query_document_weight and consistency_weight must be non-negative.")
         if isinstance(level_weights, str):
@@ -154,6 +188,10 @@ class HEALLoss(nn.Module):
         self.query_document_weight = float(query_document_weight)
         self.consistency_weight = float(consistency_weight)
         self.consistency_margin = float(consistency_margin)
+        self.pair_loss: PairLoss = pair_loss
+        self.pair_temperature = float(pair_temperature) if pair_temperature is not None else None
+        self.hierarchy_views: HierarchyViews = hierarchy_views
+        self.pair_level_discount = float(pair_level_discount)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         """Embed each text column in its own forward pass and compute the loss components."""
@@ -180,42 +218,34 @@ class HEALLoss(nn.Module):
         n_hierarchy = ids.shape[1] - (1 if paired else 0)
         if n_hierarchy < 1:
             raise ValueError("Labels must hold at least one hierarchy level (plus the document key when paired).")
-        if paired:
-            embeddings_all = torch.cat(embeddings, dim=0)
-            ids = torch.cat([ids, ids], dim=0)
-            weights = torch.cat([weights, weights], dim=0)
-        else:
-            embeddings_all = embeddings[0]
-
         lambdas = level_weight_schedule(n_hierarchy, self.level_weights, self.schedule_alpha)
-        if paired:
+        pair_in_pool = paired and self.pair_loss == "supcon"
+        if pair_in_pool:
             lambdas = [*lambdas, self.query_document_weight]
-        lambda_t = embeddings_all.new_tensor(lambdas)
+        pool_levels = ids.shape[1] if pair_in_pool else n_hierarchy
+        if paired and self.hierarchy_views == "both":
+            pool = torch.cat(embeddings, dim=0)
+            pool_ids = torch.cat([ids, ids], dim=0)[:, :pool_levels]
+            pool_weights = torch.cat([weights, weights], dim=0)[:, :pool_levels]
+        else:
+            pool = embeddings[-1]
+            pool_ids, pool_weights = ids[:, :pool_levels], weights[:, :pool_levels]
 
-        z = F.normalize(embeddings_all, dim=-1)
+        z = F.normalize(pool, dim=-1)
         cosine = z @ z.T
-        n = cosine.shape[0]
-        eye = torch.eye(n, dtype=torch.bool, device=z.device)
-        logits = (cosine / self.temperature).masked_fill(eye, float("-inf"))
-        log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(eye, 0.0)
+        same = _same_label_masks(pool_ids, torch.eye(z.shape[0], dtype=torch.bool, device=z.device))
+        per_level = _supcon_per_level(cosine / self.temperature, same, pool_weights) * pool.new_tensor(lambdas)
 
-        same = _same_label_masks(ids, eye)  # (K, N, N): j is a positive of anchor i at level k
-        positive_weight = same * weights.T[:, None, :]  # (K, N, N)
-        positive_total = positive_weight.sum(-1)  # (K, N)
-        per_anchor = -(positive_weight * log_prob.unsqueeze(0)).sum(-1) / positive_total.clamp_min(_EPS)
-        anchor_weight = weights.T * (positive_total > 0)  # (K, N): anchors without a positive are skipped
-        anchor_total = anchor_weight.sum(-1)
-        per_level = (per_anchor * anchor_weight).sum(-1) / anchor_total.clamp_min(_EPS)  # (K,)
-        # Keep every component attached to the graph, even a level with no anchors in this batch.
-        per_level = per_level + 0.0 * log_prob.sum()
-        weighted = per_level * lambda_t
-
-        components = {f"level_{level}": weighted[level] for level in range(n_hierarchy)}
-        if paired:
-            components["query_document"] = weighted[-1]
+        components = {f"level_{level}": per_level[level] for level in range(n_hierarchy)}
+        if pair_in_pool:
+            components["query_document"] = per_level[-1]
+        elif paired:
+            components["query_document"] = self.query_document_weight * _ranking_loss(
+                embeddings[0], embeddings[1], ids, self.pair_temperature or self.temperature, self.pair_level_discount
+            )
         if self.consistency_weight > 0:
             components["consistency"] = self.consistency_weight * _consistency_hinge(
-                cosine, same, self.consistency_margin
+                cosine, same[:n_hierarchy], self.consistency_margin
             )
         return components
 
@@ -228,6 +258,10 @@ class HEALLoss(nn.Module):
             "query_document_weight": self.query_document_weight,
             "consistency_weight": self.consistency_weight,
             "consistency_margin": self.consistency_margin,
+            "pair_loss": self.pair_loss,
+            "pair_temperature": self.pair_temperature,
+            "hierarchy_views": self.hierarchy_views,
+            "pair_level_discount": self.pair_level_discount,
         }
 
     @property
@@ -262,6 +296,47 @@ def _split_labels(labels: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
         weights = torch.ones(ids.shape, dtype=torch.float32, device=labels.device)
     weights = weights.masked_fill(ids < 0, 0.0)
     return ids, weights
+
+
+def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor) -> Tensor:
+    """Weighted SupCon loss per level, ``(K,)``, from ``(N, N)`` logits and ``(K, N, N)`` positive masks.
+
+    Anchors without a positive at a level are skipped there; a level without anchors gives 0 (still attached to the
+    graph, so every component can be back-propagated).
+    """
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(eye, 0.0)
+    positive_weight = same * weights.T[:, None, :]  # (K, N, N)
+    positive_total = positive_weight.sum(-1)  # (K, N)
+    per_anchor = -(positive_weight * log_prob.unsqueeze(0)).sum(-1) / positive_total.clamp_min(_EPS)
+    anchor_weight = weights.T * (positive_total > 0)  # (K, N)
+    per_level = (per_anchor * anchor_weight).sum(-1) / anchor_weight.sum(-1).clamp_min(_EPS)
+    return per_level + 0.0 * log_prob.sum()
+
+
+def _ranking_loss(queries: Tensor, documents: Tensor, ids: Tensor, temperature: float, discount: float) -> Tensor:
+    """Cross-entropy of each query's softmax over the batch documents against a target distribution.
+
+    ``ids`` are the rows' hierarchy ids followed by the document key. The target puts weight 1 on the query's own
+    document (every row with its key) and, when ``discount > 0``, ``discount^(L - shared + 1)`` on a document that
+    shares ``shared ≥ 1`` of the ``L`` hierarchy levels. With ``discount = 0`` and one row per document this is
+    MultipleNegativesRankingLoss at scale ``1/temperature``.
+    """
+    scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature
+    log_prob = scores - torch.logsumexp(scores, dim=1, keepdim=True)
+    keys = ids[:, -1]
+    own = keys[:, None] == keys[None, :]
+    if discount <= 0:
+        return -torch.logsumexp(log_prob.masked_fill(~own, float("-inf")), dim=1).mean()
+    hierarchy = ids[:, :-1]
+    valid = hierarchy >= 0
+    shared = ((hierarchy[:, None, :] == hierarchy[None, :, :]) & valid[:, None, :] & valid[None, :, :]).sum(-1)
+    n_levels = hierarchy.shape[1]
+    target = torch.where(shared > 0, discount ** (n_levels - shared + 1).to(scores.dtype), 0.0)
+    target = torch.where(own, torch.ones_like(target), target)
+    target = target / target.sum(dim=1, keepdim=True)
+    return -(target * log_prob).sum(dim=1).mean()
 
 
 def _same_label_masks(ids: Tensor, eye: Tensor) -> Tensor:

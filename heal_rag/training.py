@@ -50,6 +50,10 @@ class HEALTrainingConfig:
         query_document_weight: Weight of the query↔document level.
         consistency_weight: Weight of the hierarchy-consistency hinge (0: off).
         consistency_margin: Margin of the hinge.
+        pair_loss: Form of the query↔document level, ``"ranking"`` or ``"supcon"`` (see :class:`heal_rag.HEALLoss`).
+        pair_temperature: τ of the query↔document level (``None``: ``temperature``).
+        hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels.
+        pair_level_discount: Share of the query↔document target given to same-topic documents (ranking form).
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
     """
@@ -67,6 +71,10 @@ class HEALTrainingConfig:
     query_document_weight: float = 1.0
     consistency_weight: float = 0.0
     consistency_margin: float = 0.0
+    pair_loss: str = "ranking"
+    pair_temperature: float | None = None
+    hierarchy_views: str = "both"
+    pair_level_discount: float = 0.0
     samples_per_leaf: int = 4
     leaves_per_parent: int = 4
 
@@ -278,6 +286,10 @@ def fine_tune(
         query_document_weight=config.query_document_weight,
         consistency_weight=config.consistency_weight,
         consistency_margin=config.consistency_margin,
+        pair_loss=config.pair_loss,
+        pair_temperature=config.pair_temperature,
+        hierarchy_views=config.hierarchy_views,
+        pair_level_discount=config.pair_level_discount,
     )
     output_dir = Path(output_dir)
     steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))

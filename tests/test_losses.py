@@ -21,8 +21,40 @@ def reference_heal_loss(
     query_document_weight: float = 1.0,
     consistency_weight: float = 0.0,
     consistency_margin: float = 0.0,
+    pair_loss: str = "supcon",
+    hierarchy_views: str = "both",
+    pair_level_discount: float = 0.0,
 ) -> dict[str, float]:
     """Slow, obviously-correct loops over anchors, positives and levels (heal-method §3)."""
+    if len(embeddings) == 2 and pair_loss == "ranking":
+        keys = labels[:, -1].tolist()
+        q, d = (F.normalize(e.double(), dim=-1) for e in embeddings)
+        paths = labels[:, :-1].tolist()
+        ranking = 0.0
+        for i in range(len(keys)):
+            scores = [float(q[i] @ d[j]) / temperature for j in range(len(keys))]
+            log_norm = math.log(sum(math.exp(s) for s in scores))
+            if pair_level_discount == 0:
+                positive = sum(math.exp(s) for j, s in enumerate(scores) if keys[j] == keys[i])
+                ranking += -(math.log(positive) - log_norm)
+                continue
+            targets = []
+            for j in range(len(keys)):
+                shared = sum(1 for a, b in zip(paths[i], paths[j], strict=True) if a == b and a >= 0)
+                if keys[j] == keys[i]:
+                    targets.append(1.0)
+                else:
+                    targets.append(pair_level_discount ** (len(paths[i]) - shared + 1) if shared else 0.0)
+            total = sum(targets)
+            ranking += -sum(t / total * (s - log_norm) for t, s in zip(targets, scores, strict=True))
+        pool = embeddings if hierarchy_views == "both" else [embeddings[1]]
+        pool = [torch.cat(pool)] if len(pool) == 2 else pool
+        pool_labels = labels[:, :-1]
+        if hierarchy_views == "both":
+            pool_labels = torch.cat([pool_labels, pool_labels])
+        out = reference_heal_loss(pool, pool_labels, temperature, level_weights)
+        out["query_document"] = query_document_weight * ranking / len(keys)
+        return out
     paired = len(embeddings) == 2
     if labels.is_floating_point():
         half = labels.shape[1] // 2
@@ -120,10 +152,64 @@ def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
     doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
     labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
     embeddings = [torch.as_tensor(rng.normal(size=(batch, 8)), dtype=torch.float32) for _ in range(2)]
-    loss = HEALLoss(IdentityModel(), temperature=0.1, level_weights=[1.0, 0.5, 2.0], query_document_weight=qd_weight)
+    loss = HEALLoss(
+        IdentityModel(),
+        temperature=0.1,
+        level_weights=[1.0, 0.5, 2.0],
+        query_document_weight=qd_weight,
+        pair_loss="supcon",
+    )
     assert_matches_reference(
         loss, embeddings, labels, temperature=0.1, level_weights=[1.0, 0.5, 2.0], query_document_weight=qd_weight
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(2, 10),
+    qd_weight=st.sampled_from([0.5, 2.0]),
+    views=st.sampled_from(["both", "documents"]),
+    discount=st.sampled_from([0.0, 0.1, 0.5]),
+)
+def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views, discount):
+    rng = np.random.default_rng(seed)
+    doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
+    labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
+    embeddings = [torch.as_tensor(rng.normal(size=(batch, 8)), dtype=torch.float32) for _ in range(2)]
+    loss = HEALLoss(
+        IdentityModel(),
+        temperature=0.1,
+        level_weights=[1.0, 0.5, 2.0],
+        query_document_weight=qd_weight,
+        pair_loss="ranking",
+        hierarchy_views=views,
+        pair_level_discount=discount,
+    )
+    assert_matches_reference(
+        loss,
+        embeddings,
+        labels,
+        temperature=0.1,
+        level_weights=[1.0, 0.5, 2.0],
+        query_document_weight=qd_weight,
+        pair_loss="ranking",
+        hierarchy_views=views,
+        pair_level_discount=discount,
+    )
+
+
+def test_ranking_pair_loss_equals_multiple_negatives_ranking_loss():
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.manual_seed(0)
+    queries, documents = torch.randn(6, 8), torch.randn(6, 8)
+    labels = torch.tensor([[0, 0, i] for i in range(6)])  # one row per document
+    heal = HEALLoss(IdentityModel(), temperature=0.05, level_weights=[0.0, 0.0], pair_loss="ranking")
+    ours = heal.compute_loss_from_embeddings([queries, documents], labels)["query_document"]
+    mnrl = MultipleNegativesRankingLoss(IdentityModel(), scale=20.0)
+    theirs = mnrl.compute_loss_from_embeddings([queries, documents], labels)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
 
 
 @settings(max_examples=20, deadline=None)
@@ -245,3 +331,9 @@ def test_bad_inputs_raise_clear_errors():
         HEALLoss(IdentityModel(), temperature=0)
     with pytest.raises(ValueError, match="Unknown level-weight schedule"):
         HEALLoss(IdentityModel(), level_weights="steep")
+    with pytest.raises(ValueError, match="pair_loss must be"):
+        HEALLoss(IdentityModel(), pair_loss="triplet")
+    with pytest.raises(ValueError, match="hierarchy_views='both'"):
+        HEALLoss(IdentityModel(), pair_loss="supcon", hierarchy_views="documents")
+    with pytest.raises(ValueError, match="pair_level_discount"):
+        HEALLoss(IdentityModel(), pair_level_discount=1.0)

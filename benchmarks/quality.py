@@ -1,0 +1,490 @@
+"""Retrieval and classification quality: HEAL against the baselines a team would try first, on real data.
+
+Datasets (read from ../shared/data; a missing one is skipped):
+
+- ``arxiv``: arxiv_oai, title → abstract, 3 levels (group → archive → category).
+- ``20newsgroups``: subject → body, 2 levels (group → newsgroup).
+- ``medquad``: question → answer, 2 levels (collection → focus); sampled by source document so that a focus
+  keeps its question–answer pairs together.
+
+Each dataset is cut to a deterministic sample by hashed id (``--train-docs`` training documents, ``--test-docs``
+held-out ones). Every method sees the same base model, training documents and queries, step budget, batch size,
+learning rate, warm-up, token limit and seed:
+
+- ``untouched``: the base model.
+- ``bm25``: bm25s (Lucene BM25, English stop words) over the held-out documents.
+- ``mnrl``: MultipleNegativesRankingLoss on (query, document) pairs, batches without duplicates: what
+  sentence-transformers users do today.
+- ``supcon``: flat supervised contrastive loss on the leaf labels of the documents (HEALLoss with one level).
+- ``heal``: ``heal_rag.fine_tune`` with its defaults (override with ``--heal key=value``).
+
+Retrieval: each held-out document's query against the held-out documents; metrics from
+:mod:`heal_rag.evaluation`. Classification: each held-out document's path predicted by a 10-NN vote over the
+training documents in the method's embedding space.
+
+    python benchmarks/quality.py [--datasets arxiv 20newsgroups medquad] [--steps 100]
+    python benchmarks/quality.py --datasets arxiv --methods heal --heal level_weights=uniform --tag uniform
+
+Runs are cached under runs/quality (embeddings and rankings), so a table can be rebuilt without retraining.
+Prints one table per dataset and writes benchmarks/results/quality.json (or quality-<tag>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from heal_rag.artifacts import write_json_atomic  # noqa: E402
+from heal_rag.data import hashed_split  # noqa: E402
+from heal_rag.evaluation import (  # noqa: E402
+    evaluate_rankings,
+    hierarchical_classification_report,
+    knn_predict_level_ids,
+    top_k_indices,
+)
+from heal_rag.labels import LabelPaths  # noqa: E402
+from heal_rag.training import HEALTrainingConfig  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "quality"
+METHODS = ("untouched", "bm25", "mnrl", "supcon", "heal")
+RANK_DEPTH = 100
+# The recipe settings an ablation varies, and where the sweep started (the defaults before issue 3).
+RECIPE_KEYS = (
+    "temperature",
+    "level_weights",
+    "schedule_alpha",
+    "query_document_weight",
+    "pair_loss",
+    "pair_temperature",
+    "hierarchy_views",
+    "pair_level_discount",
+    "consistency_weight",
+    "consistency_margin",
+    "samples_per_leaf",
+    "leaves_per_parent",
+    "learning_rate",
+)
+SWEEP_START = {
+    "temperature": 0.1,
+    "level_weights": "deeper",
+    "schedule_alpha": 1.0,
+    "query_document_weight": 1.0,
+    "pair_loss": "supcon",
+    "pair_temperature": None,
+    "hierarchy_views": "both",
+    "pair_level_discount": 0.0,
+    "consistency_weight": 0.0,
+    "consistency_margin": 0.0,
+    "samples_per_leaf": 4,
+    "leaves_per_parent": 4,
+    "learning_rate": 1e-4,
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a shared dataset lives and which fields hold the query, the labels and the sampling group."""
+
+    path: str
+    query_field: str
+    label_field: str
+    group_field: str | None = None
+
+
+DATASETS = {
+    "arxiv": DatasetSpec("arxiv_oai/arxiv_oai_hier.jsonl", "title", "labels"),
+    "20newsgroups": DatasetSpec("20newsgroups/20newsgroups.jsonl", "title", "labels"),
+    "medquad": DatasetSpec("medquad/medquad_qa.jsonl", "question", "labels_tree", group_field="doc_id"),
+}
+
+
+@dataclass
+class Split:
+    """A dataset sample: training and held-out documents with queries and label paths."""
+
+    name: str
+    train_texts: list[str]
+    train_queries: list[str]
+    train_ids: list[str]
+    train_labels: LabelPaths
+    test_texts: list[str]
+    test_queries: list[str]
+    test_level_ids: np.ndarray
+    train_level_ids: np.ndarray
+
+
+def _hash(value: str) -> int:
+    return int.from_bytes(hashlib.sha1(f"quality:{value}".encode()).digest()[:8], "big")
+
+
+def _clean_query(text: str) -> str:
+    return re.sub(r"^(re:\s*)+", "", text.strip(), flags=re.IGNORECASE).strip()
+
+
+def load_split(name: str, train_docs: int, test_docs: int) -> Split | None:
+    """Deterministic sample of a shared dataset, or ``None`` when the file is absent."""
+    spec = DATASETS[name]
+    path = SHARED / spec.path
+    if not path.is_file():
+        print(f"[{name}] {path} not found: skipped", flush=True)
+        return None
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            query = _clean_query(str(record.get(spec.query_field) or ""))
+            if query and record.get("text", "").strip():
+                records.append(record | {"_query": query})
+    # Sample whole groups in hashed order until there are enough documents, then split documents by hashed id.
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record[spec.group_field]) if spec.group_field else record["id"], []).append(record)
+    wanted = train_docs + test_docs
+    sample: list[dict[str, Any]] = []
+    for key in sorted(groups, key=_hash):
+        sample.extend(groups[key])
+        if len(sample) >= wanted * 1.05:
+            break
+    train_idx, test_idx = hashed_split([r["id"] for r in sample], test_fraction=test_docs / wanted)
+    train = [sample[i] for i in train_idx][:train_docs]
+    test = [sample[i] for i in test_idx][:test_docs]
+    labels = LabelPaths([r[spec.label_field] for r in train + test])
+    level_ids = labels.level_ids()
+    return Split(
+        name=name,
+        train_texts=[r["text"] for r in train],
+        train_queries=[r["_query"] for r in train],
+        train_ids=[r["id"] for r in train],
+        train_labels=labels.subset(range(len(train))),
+        test_texts=[r["text"] for r in test],
+        test_queries=[r["_query"] for r in test],
+        test_level_ids=level_ids[len(train) :],
+        train_level_ids=level_ids[: len(train)],
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every trained method shares."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    max_seq_length: int
+    seed: int
+
+
+def train_mnrl(split: Split, budget: Budget, output_dir: Path) -> Any:
+    """The usual sentence-transformers fine-tune: MNRL on (query, document) pairs, no duplicates in a batch."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+
+    model = load_sentence_transformer(None)
+    set_max_seq_length(model, budget.max_seq_length)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=budget.steps,
+        per_device_train_batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        warmup_steps=budget.warmup_ratio,
+        seed=budget.seed,
+        data_seed=budget.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, budget.steps // 10),
+    )
+    dataset = Dataset.from_dict({"query": split.train_queries, "document": split.train_texts})
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
+    )
+    trainer.train()
+    return model
+
+
+def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[str, Any]) -> Any:
+    """``heal_rag.fine_tune`` with its defaults and ``overrides``, on (query, document) pairs."""
+    from heal_rag.queries import Query
+    from heal_rag.training import fine_tune
+
+    result = fine_tune(
+        split.train_texts,
+        split.train_labels,
+        ids=split.train_ids,
+        queries=[Query(q, i) for q, i in zip(split.train_queries, split.train_ids, strict=True)],
+        output_dir=output_dir / "model",
+        **{**_budget_settings(budget), **overrides},
+    )
+    return result.model, result.metadata["training"]
+
+
+def train_supcon(split: Split, budget: Budget, output_dir: Path) -> Any:
+    """Flat SupCon: documents only, leaf labels only (one level), the hierarchical sampler for positives."""
+    from heal_rag.training import fine_tune
+
+    leaves = LabelPaths([[path[-1]] for path in split.train_labels.paths])
+    result = fine_tune(
+        split.train_texts,
+        leaves,
+        ids=split.train_ids,
+        query_generator=None,
+        output_dir=output_dir / "model",
+        level_weights="uniform",
+        **_budget_settings(budget),
+    )
+    return result.model
+
+
+def _budget_settings(budget: Budget) -> dict[str, Any]:
+    return {
+        "max_steps": budget.steps,
+        "batch_size": budget.batch_size,
+        "learning_rate": budget.learning_rate,
+        "warmup_ratio": budget.warmup_ratio,
+        "max_seq_length": budget.max_seq_length,
+        "seed": budget.seed,
+        "show_progress_bar": False,
+    }
+
+
+def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
+    """Normalised embeddings of held-out queries and documents and of the training documents."""
+    kwargs = {"batch_size": 64, "normalize_embeddings": True, "convert_to_numpy": True}
+    return {
+        "queries": model.encode_query(split.test_queries, **kwargs),
+        "documents": model.encode_document(split.test_texts, **kwargs),
+        "train_documents": model.encode_document(split.train_texts, **kwargs),
+    }
+
+
+def bm25_rankings(split: Split) -> np.ndarray:
+    """Top documents per query with bm25s (English stop words)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(split.test_texts, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize(split.test_queries, stopwords="en", show_progress=False)
+    ranked, _ = retriever.retrieve(tokens, k=min(RANK_DEPTH, len(split.test_texts)), show_progress=False)
+    return np.asarray(ranked)
+
+
+def run_method(
+    split: Split, method: str, budget: Budget, overrides: dict[str, Any], refresh: bool = False
+) -> dict[str, Any]:
+    """Train (if needed), embed, rank and score one method; cached by its settings."""
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+
+    key_payload = {"method": method, "budget": budget.__dict__, "overrides": overrides if method == "heal" else {}}
+    if method == "untouched":
+        key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
+    elif method == "bm25":
+        key_payload = {"method": method}
+    key = hashlib.sha1(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:10]
+    cache_dir = CACHE / split.name / f"{method}-{key}"
+    result_path = cache_dir / "result.json"
+    if result_path.is_file() and not refresh:
+        return json.loads(result_path.read_text())
+
+    started = time.perf_counter()
+    train_seconds = 0.0
+    heal_config: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    if method == "bm25":
+        ranked = bm25_rankings(split)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"quality-{method}-") as scratch:
+            trainers: dict[str, Callable[[], Any]] = {
+                "mnrl": lambda: train_mnrl(split, budget, Path(scratch)),
+                "supcon": lambda: train_supcon(split, budget, Path(scratch)),
+                "heal": lambda: train_heal(split, budget, Path(scratch), overrides),
+            }
+            if method == "untouched":
+                model = load_sentence_transformer(None)
+                set_max_seq_length(model, budget.max_seq_length)
+            else:
+                model = trainers[method]()
+                if method == "heal":
+                    model, heal_config = model
+                train_seconds = time.perf_counter() - started
+            arrays = embed(model, split)
+        ranked = top_k_indices(arrays["queries"], arrays["documents"], RANK_DEPTH)
+    retrieval = evaluate_rankings(
+        ranked,
+        np.arange(len(split.test_texts)),
+        split.test_level_ids,
+        split.test_level_ids,
+        k=10,
+        recall_at=(1, 10),
+        context_k=5,
+    ).as_dict()
+    classification: dict[str, float] = {}
+    if arrays:
+        predicted = knn_predict_level_ids(arrays["documents"], arrays["train_documents"], split.train_level_ids, k=10)
+        classification = hierarchical_classification_report(predicted, split.test_level_ids).as_dict()
+    result = {
+        "method": method,
+        "settings": key_payload,
+        "retrieval": retrieval,
+        "classification": classification,
+        "heal_config": {k: v for k, v in heal_config.items() if k in RECIPE_KEYS},
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache_dir / "ranked.npy", ranked)
+    for name, values in arrays.items():
+        np.save(cache_dir / f"{name}.npy", values.astype(np.float32))
+    write_json_atomic(result_path, result)
+    return result
+
+
+TABLE_COLUMNS = (
+    ("nDCG@10", "retrieval"),
+    ("MRR@10", "retrieval"),
+    ("Recall@1", "retrieval"),
+    ("hP@10/leaf", "retrieval"),
+    ("off-topic@5", "retrieval"),
+    ("context-miss@5", "retrieval"),
+    ("acc/leaf", "classification"),
+    ("hF1", "classification"),
+)
+
+
+def _value(result: dict[str, Any], column: str, section: str) -> float | None:
+    values = result[section]
+    if column == "hP@10/leaf":
+        levels = [k for k in values if k.startswith("hP@10/L")]
+        return values[sorted(levels)[-1]] if levels else None
+    if column == "acc/leaf":
+        levels = [k for k in values if k.startswith("acc/L")]
+        return values[sorted(levels)[-1]] if levels else None
+    return values.get(column)
+
+
+def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> str:
+    """Markdown table: one row per method."""
+    header = "| method | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " | train s |"
+    lines = [f"{name} ({n_test} held-out queries)", header, "|---" + "|---:" * (len(TABLE_COLUMNS) + 1) + "|"]
+    for method, result in results.items():
+        cells = []
+        for column, section in TABLE_COLUMNS:
+            value = _value(result, column, section)
+            cells.append("–" if value is None else f"{value:.4f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {result['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def ablation_table(name: str) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table of every cached HEAL run on dataset ``name`` (one row per settings), and the rows."""
+    rows = []
+    for path in sorted((CACHE / name).glob("heal-*/result.json")):
+        result = json.loads(path.read_text())
+        rows.append(result)
+    rows.sort(key=lambda r: r.get("heal_config", {}).get("query_document_weight", 0))
+    header = "| HEAL settings (changes from the sweep start) | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|---" + "|---:" * len(TABLE_COLUMNS) + "|"]
+    for result in rows:
+        config = result.get("heal_config", {})
+        changed = {k: v for k, v in config.items() if SWEEP_START.get(k, v) != v}
+        label = ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "sweep start (pre-issue-3 defaults)"
+        cells = []
+        for column, section in TABLE_COLUMNS:
+            value = _value(result, column, section)
+            cells.append("–" if value is None else f"{value:.4f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), rows
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        if key not in HEALTrainingConfig.__dataclass_fields__:
+            raise SystemExit(f"--heal {pair!r}: {key!r} is not a HEALTrainingConfig field.")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--train-docs", type=int, default=2000)
+    parser.add_argument("--test-docs", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps of every trained method")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    defaults = HEALTrainingConfig()
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="of every trained method")
+    parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument("--refresh", action="store_true", help="ignore cached runs")
+    parser.add_argument(
+        "--ablation-table", action="store_true", help="only print the table of cached HEAL runs per dataset"
+    )
+    args = parser.parse_args()
+    if args.ablation_table:
+        payload = {}
+        for name in args.datasets:
+            table, rows = ablation_table(name)
+            print(f"{name}\n{table}\n")
+            payload[name] = rows
+        write_json_atomic(RESULTS / "quality-ablations.json", payload)
+        return
+
+    budget = Budget(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_ratio=defaults.warmup_ratio,
+        max_seq_length=args.max_seq_length,
+        seed=defaults.seed,
+    )
+    overrides = _parse_overrides(args.heal)
+    report: dict[str, Any] = {"budget": budget.__dict__, "heal_overrides": overrides, "datasets": {}}
+    for name in args.datasets:
+        split = load_split(name, args.train_docs, args.test_docs)
+        if split is None:
+            continue
+        print(f"[{name}] train {len(split.train_texts)}, held out {len(split.test_texts)}", flush=True)
+        results = {}
+        for method in args.methods:
+            results[method] = run_method(split, method, budget, overrides, refresh=args.refresh)
+            print(f"[{name}] {method}: {results[method]['total_seconds']:.0f} s", flush=True)
+        print(format_table(name, results, len(split.test_texts)), flush=True)
+        report["datasets"][name] = {"n_train": len(split.train_texts), "n_test": len(split.test_texts), **results}
+    out = RESULTS / (f"quality-{args.tag}.json" if args.tag else "quality.json")
+    write_json_atomic(out, report)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
