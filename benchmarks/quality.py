@@ -299,7 +299,9 @@ def run_method(
     """Train (if needed), embed, rank and score one method; cached by its settings."""
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
-    key_payload = {"method": method, "budget": budget.__dict__, "overrides": overrides if method == "heal" else {}}
+    key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
+    if method == "heal":
+        key_payload["overrides"] = heal_recipe(overrides, budget)
     if method == "untouched":
         key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
     elif method == "bm25":
@@ -351,7 +353,7 @@ def run_method(
         "settings": key_payload,
         "retrieval": retrieval,
         "classification": classification,
-        "heal_config": {k: v for k, v in heal_config.items() if k in RECIPE_KEYS},
+        "heal_config": heal_recipe(heal_config, budget) if method == "heal" else {},
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
@@ -397,6 +399,23 @@ def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> 
             cells.append("–" if value is None else f"{value:.4f}")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {result['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """The effective HEAL recipe: ``fine_tune`` defaults, then the budget's learning rate, then ``settings``."""
+    recipe = {k: v for k, v in HEALTrainingConfig().as_dict().items() if k in RECIPE_KEYS}
+    recipe["learning_rate"] = budget.learning_rate
+    recipe.update({k: v for k, v in settings.items() if k in RECIPE_KEYS})
+    if recipe.get("hierarchy_views") is None:
+        recipe["hierarchy_views"] = "both" if recipe["pair_loss"] == "supcon" else "documents"
+    for key, value in recipe.items():  # "2" on the command line and 2.0 in the defaults are the same recipe
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and key not in ("samples_per_leaf", "leaves_per_parent")
+        ):
+            recipe[key] = float(value)
+    return dict(sorted(recipe.items()))
 
 
 def ablation_table(name: str) -> tuple[str, list[dict[str, Any]]]:

@@ -106,7 +106,8 @@ class HEALLoss(nn.Module):
         query_document_weight: Weight of the query↔document level (two-column input only).
         pair_loss: Form of the query↔document level: ``"ranking"`` or ``"supcon"`` (see above).
         pair_temperature: τ of the query↔document level (``None``: ``temperature``).
-        hierarchy_views: ``"both"`` or ``"documents"``: which column takes part in the hierarchy levels.
+        hierarchy_views: ``"both"`` or ``"documents"``: which column takes part in the hierarchy levels
+            (``None``: ``"documents"`` with the ranking form, ``"both"`` with the SupCon form, which needs it).
         pair_level_discount: ``γ`` in ``[0, 1)``, ranking form only: besides its own document, a query's target
             distribution over the batch's documents gives a document that shares its path down to ``d`` levels
             short of the leaf the weight ``γ^(d+1)`` (the same leaf ``γ``, a sibling leaf ``γ²``, ...). 0 is the
@@ -152,15 +153,15 @@ class HEALLoss(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        temperature: float = 0.05,
+        temperature: float = 0.1,
         level_weights: LevelWeights = "deeper",
         schedule_alpha: float = 1.0,
-        query_document_weight: float = 1.0,
+        query_document_weight: float = 2.0,
         consistency_weight: float = 0.0,
         consistency_margin: float = 0.0,
         pair_loss: PairLoss = "ranking",
         pair_temperature: float | None = None,
-        hierarchy_views: HierarchyViews = "both",
+        hierarchy_views: HierarchyViews | None = None,
         pair_level_discount: float = 0.0,
     ) -> None:
         super().__init__()
@@ -168,10 +169,12 @@ class HEALLoss(nn.Module):
             raise ValueError(f"temperatures must be > 0, got {temperature} and {pair_temperature}.")
         if pair_loss not in ("ranking", "supcon"):
             raise ValueError(f"pair_loss must be 'ranking' or 'supcon', got {pair_loss!r}.")
-        if hierarchy_views not in ("both", "documents"):
+        if hierarchy_views not in ("both", "documents", None):
             raise ValueError(f"hierarchy_views must be 'both' or 'documents', got {hierarchy_views!r}.")
         if not 0.0 <= pair_level_discount < 1.0:
             raise ValueError(f"pair_level_discount must be in [0, 1), got {pair_level_discount}.")
+        if hierarchy_views is None:
+            hierarchy_views = "both" if pair_loss == "supcon" else "documents"
         if pair_loss == "supcon" and hierarchy_views != "both":
             raise ValueError(
                 "pair_loss='supcon' pairs queries with documents inside the joint pool, so it needs "

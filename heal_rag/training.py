@@ -52,7 +52,8 @@ class HEALTrainingConfig:
         consistency_margin: Margin of the hinge.
         pair_loss: Form of the query↔document level, ``"ranking"`` or ``"supcon"`` (see :class:`heal_rag.HEALLoss`).
         pair_temperature: τ of the query↔document level (``None``: ``temperature``).
-        hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels.
+        hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels (``None``:
+            documents with the ranking form, both with the SupCon form).
         pair_level_discount: Share of the query↔document target given to same-topic documents (ranking form).
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
@@ -68,12 +69,12 @@ class HEALTrainingConfig:
     temperature: float = 0.1
     level_weights: LevelWeights = "deeper"
     schedule_alpha: float = 1.0
-    query_document_weight: float = 1.0
+    query_document_weight: float = 2.0
     consistency_weight: float = 0.0
     consistency_margin: float = 0.0
     pair_loss: str = "ranking"
     pair_temperature: float | None = None
-    hierarchy_views: str = "both"
+    hierarchy_views: str | None = None
     pair_level_discount: float = 0.0
     samples_per_leaf: int = 4
     leaves_per_parent: int = 4

@@ -205,7 +205,9 @@ def test_ranking_pair_loss_equals_multiple_negatives_ranking_loss():
     torch.manual_seed(0)
     queries, documents = torch.randn(6, 8), torch.randn(6, 8)
     labels = torch.tensor([[0, 0, i] for i in range(6)])  # one row per document
-    heal = HEALLoss(IdentityModel(), temperature=0.05, level_weights=[0.0, 0.0], pair_loss="ranking")
+    heal = HEALLoss(
+        IdentityModel(), temperature=0.05, level_weights=[0.0, 0.0], query_document_weight=1.0, pair_loss="ranking"
+    )
     ours = heal.compute_loss_from_embeddings([queries, documents], labels)["query_document"]
     mnrl = MultipleNegativesRankingLoss(IdentityModel(), scale=20.0)
     theirs = mnrl.compute_loss_from_embeddings([queries, documents], labels)
