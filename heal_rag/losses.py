@@ -156,7 +156,7 @@ class HEALLoss(nn.Module):
         temperature: float = 0.1,
         level_weights: LevelWeights = "deeper",
         schedule_alpha: float = 1.0,
-        query_document_weight: float = 2.0,
+        query_document_weight: float = 3.0,
         consistency_weight: float = 0.0,
         consistency_margin: float = 0.0,
         pair_loss: PairLoss = "ranking",

@@ -69,14 +69,14 @@ class HEALTrainingConfig:
     temperature: float = 0.1
     level_weights: LevelWeights = "deeper"
     schedule_alpha: float = 1.0
-    query_document_weight: float = 2.0
+    query_document_weight: float = 3.0
     consistency_weight: float = 0.0
     consistency_margin: float = 0.0
     pair_loss: str = "ranking"
     pair_temperature: float | None = None
     hierarchy_views: str | None = None
     pair_level_discount: float = 0.0
-    samples_per_leaf: int = 4
+    samples_per_leaf: int = 2
     leaves_per_parent: int = 4
 
     def as_dict(self) -> dict[str, Any]:
