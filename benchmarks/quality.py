@@ -57,6 +57,7 @@ from heal_rag.evaluation import (  # noqa: E402
     knn_predict_level_ids,
     top_k_indices,
 )
+from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
 from heal_rag.training import HEALTrainingConfig  # noqa: E402
 
@@ -282,17 +283,6 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
     }
 
 
-def bm25_rankings(split: Split) -> np.ndarray:
-    """Top documents per query with bm25s (English stop words)."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(split.test_texts, stopwords="en", show_progress=False), show_progress=False)
-    tokens = bm25s.tokenize(split.test_queries, stopwords="en", show_progress=False)
-    ranked, _ = retriever.retrieve(tokens, k=min(RANK_DEPTH, len(split.test_texts)), show_progress=False)
-    return np.asarray(ranked)
-
-
 def run_method(
     split: Split, method: str, budget: Budget, overrides: dict[str, Any], refresh: bool = False
 ) -> dict[str, Any]:
@@ -317,7 +307,7 @@ def run_method(
     heal_config: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     if method == "bm25":
-        ranked = bm25_rankings(split)
+        ranked = bm25_rankings(split.test_texts, split.test_queries, RANK_DEPTH)
     else:
         with tempfile.TemporaryDirectory(prefix=f"quality-{method}-") as scratch:
             trainers: dict[str, Callable[[], Any]] = {
@@ -377,15 +367,23 @@ TABLE_COLUMNS = (
 )
 
 
+# Columns that stand for the deepest level of a per-level metric.
+LEAF_COLUMNS = {"hP@10/leaf": "hP@10/L", "acc/leaf": "acc/L"}
+
+
 def _value(result: dict[str, Any], column: str, section: str) -> float | None:
     values = result[section]
-    if column == "hP@10/leaf":
-        levels = [k for k in values if k.startswith("hP@10/L")]
-        return values[sorted(levels)[-1]] if levels else None
-    if column == "acc/leaf":
-        levels = [k for k in values if k.startswith("acc/L")]
-        return values[sorted(levels)[-1]] if levels else None
-    return values.get(column)
+    prefix = LEAF_COLUMNS.get(column)
+    if prefix is None:
+        return values.get(column)
+    levels = [int(key[len(prefix) :]) for key in values if key.startswith(prefix)]
+    return values[f"{prefix}{max(levels)}"] if levels else None
+
+
+def _cells(result: dict[str, Any]) -> list[str]:
+    """The table cells of one result, in TABLE_COLUMNS order ("–" where the method has no such metric)."""
+    values = (_value(result, column, section) for column, section in TABLE_COLUMNS)
+    return ["–" if value is None else f"{value:.4f}" for value in values]
 
 
 def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> str:
@@ -393,11 +391,7 @@ def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> 
     header = "| method | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " | train s |"
     lines = [f"{name} ({n_test} held-out queries)", header, "|---" + "|---:" * (len(TABLE_COLUMNS) + 1) + "|"]
     for method, result in results.items():
-        cells = []
-        for column, section in TABLE_COLUMNS:
-            value = _value(result, column, section)
-            cells.append("–" if value is None else f"{value:.4f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {result['train_seconds']:.0f} |")
+        lines.append(f"| {method} | " + " | ".join(_cells(result)) + f" | {result['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -431,11 +425,7 @@ def ablation_table(name: str) -> tuple[str, list[dict[str, Any]]]:
         config = result.get("heal_config", {})
         changed = {k: v for k, v in config.items() if SWEEP_START.get(k, v) != v}
         label = ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "sweep start (pre-issue-3 defaults)"
-        cells = []
-        for column, section in TABLE_COLUMNS:
-            value = _value(result, column, section)
-            cells.append("–" if value is None else f"{value:.4f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cells(result)) + " |")
     return "\n".join(lines), rows
 
 

@@ -127,19 +127,29 @@ def evaluate_embedding_model(
     return ModelEvaluation(name, retrieval, classification, documents)
 
 
-def evaluate_bm25(task: EvaluationTask, *, k: int = 10, context_k: int = 5) -> ModelEvaluation:
-    """The lexical baseline: bm25s (Lucene BM25, English stop words) over the corpus."""
+def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> np.ndarray:
+    """The ``k`` best documents per query (``(Q, k)`` indices, best first) with bm25s: Lucene BM25, English stop words.
+
+    Example:
+        ```python
+        bm25_rankings(["qubits decohere", "prime gaps"], ["prime numbers"], k=1)  # [[1]]
+        ```
+    """
     try:
         import bm25s
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError("The BM25 baseline needs bm25s: pip install 'heal_rag[eval]'") from exc
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(task.corpus.texts, stopwords="en", show_progress=False), show_progress=False)
-    depth = min(max(k, context_k), len(task.corpus))
-    tokens = bm25s.tokenize(task.query_texts, stopwords="en", show_progress=False)
-    ranked, _ = retriever.retrieve(tokens, k=depth, show_progress=False)
+    retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+    ranked, _ = retriever.retrieve(tokens, k=min(k, len(documents)), show_progress=False)
+    return np.asarray(ranked)
+
+
+def evaluate_bm25(task: EvaluationTask, *, k: int = 10, context_k: int = 5) -> ModelEvaluation:
+    """The lexical baseline: :func:`bm25_rankings` over the corpus."""
     retrieval = evaluate_rankings(
-        np.asarray(ranked),
+        bm25_rankings(task.corpus.texts, task.query_texts, max(k, context_k)),
         task.gold,
         task.level_ids[task.gold],
         task.level_ids,
