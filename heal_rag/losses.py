@@ -236,8 +236,9 @@ class HEALLoss(nn.Module):
 
         z = F.normalize(pool, dim=-1)
         cosine = z @ z.T
-        same = _same_label_masks(pool_ids, torch.eye(z.shape[0], dtype=torch.bool, device=z.device))
-        per_level = _supcon_per_level(cosine / self.temperature, same, pool_weights) * pool.new_tensor(lambdas)
+        eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        same = _same_label_masks(pool_ids, eye)
+        per_level = _supcon_per_level(cosine / self.temperature, same, pool_weights, eye) * pool.new_tensor(lambdas)
 
         components = {f"level_{level}": per_level[level] for level in range(n_hierarchy)}
         if pair_in_pool:
@@ -301,13 +302,12 @@ def _split_labels(labels: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
     return ids, weights
 
 
-def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor) -> Tensor:
+def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor, eye: Tensor) -> Tensor:
     """Weighted SupCon loss per level, ``(K,)``, from ``(N, N)`` logits and ``(K, N, N)`` positive masks.
 
     Anchors without a positive at a level are skipped there; a level without anchors gives 0 (still attached to the
-    graph, so every component can be back-propagated).
+    graph, so every component can be back-propagated). ``eye`` is the ``(N, N)`` boolean diagonal.
     """
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
     logits = logits.masked_fill(eye, float("-inf"))
     log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(eye, 0.0)
     positive_weight = same * weights.T[:, None, :]  # (K, N, N)
@@ -333,8 +333,8 @@ def _ranking_loss(queries: Tensor, documents: Tensor, ids: Tensor, temperature: 
     if discount <= 0:
         return -torch.logsumexp(log_prob.masked_fill(~own, float("-inf")), dim=1).mean()
     hierarchy = ids[:, :-1]
-    valid = hierarchy >= 0
-    shared = ((hierarchy[:, None, :] == hierarchy[None, :, :]) & valid[:, None, :] & valid[None, :, :]).sum(-1)
+    nothing_excluded = torch.zeros_like(own)
+    shared = _same_label_masks(hierarchy, nothing_excluded).sum(0)  # levels query i shares with document j
     n_levels = hierarchy.shape[1]
     target = torch.where(shared > 0, discount ** (n_levels - shared + 1).to(scores.dtype), 0.0)
     target = torch.where(own, torch.ones_like(target), target)
