@@ -15,7 +15,7 @@ from heal_rag.evaluation import (
     hierarchical_classification_report,
     knn_predict_level_ids,
 )
-from heal_rag.evaluation.retrieval import relevance_judgements
+from heal_rag.evaluation.retrieval import paired_difference, per_query_scores, relevance_judgements
 
 # Five documents in a 2-level hierarchy (nested ids): A/a, A/a, A/b, B/c, B/c.
 DOC_LEVELS = np.array([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2]])
@@ -63,6 +63,35 @@ def test_hallucination_proxies_context_miss_and_off_topic():
     report = evaluate_rankings(ranked, [0, 3], DOC_LEVELS[[0, 3]], DOC_LEVELS, k=3, recall_at=(1,), context_k=2)
     assert report.extra["context-miss@2"] == pytest.approx(0.5)
     assert report.extra["off-topic@2"] == pytest.approx(0.5)
+
+
+def test_per_query_scores_hold_each_query_and_average_to_the_report():
+    # Query 0 (gold 0) finds it 2nd among A/a, A/a, A/b; query 1 (gold 3) misses it entirely among A/a, A/a, A/b.
+    ranked = np.array([[1, 0, 2], [0, 1, 2]])
+    scores = per_query_scores(ranked, [0, 3], DOC_LEVELS[[0, 3]], DOC_LEVELS, k=3, recall_at=(1,), context_k=2)
+    assert scores["MRR@3"].tolist() == [0.5, 0.0]  # trec_eval leaves a zero query out; we keep it as 0
+    assert scores["Recall@1"].tolist() == [0.0, 0.0]
+    assert scores["hP@3/L0"] == pytest.approx([1.0, 0.0])
+    assert scores["hP@3/L1"] == pytest.approx([2 / 3, 0.0])
+    assert scores["context-miss@2"].tolist() == [0.0, 1.0]
+    assert scores["off-topic@2"].tolist() == [0.0, 1.0]
+    assert scores["nDCG@3"][1] == 0.0
+    report = evaluate_rankings(ranked, [0, 3], DOC_LEVELS[[0, 3]], DOC_LEVELS, k=3, recall_at=(1,), context_k=2)
+    assert report.as_dict() == pytest.approx({name: values.mean() for name, values in scores.items()})
+
+
+def test_paired_difference_counts_wins_and_brackets_the_mean():
+    a = np.array([1.0, 1.0, 0.5, 0.0, 1.0, 1.0])
+    b = np.array([0.5, 1.0, 1.0, 0.0, 0.0, 1.0])
+    diff = paired_difference(a, b, n_resamples=500)
+    assert diff.mean == pytest.approx(1.0 / 6)  # (+0.5 - 0.5 + 1) / 6
+    assert (diff.wins, diff.losses) == (2, 1)
+    assert diff.low <= diff.mean <= diff.high
+    assert diff.low < 0 < diff.high  # one loss among six queries: not a sure win
+    sure = paired_difference(np.full(50, 1.0), np.full(50, 0.5))
+    assert (sure.low, sure.high) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference(a, b[:3])
 
 
 def test_judgements_listing_only_what_matters_keep_ndcg_exact():

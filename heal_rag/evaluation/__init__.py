@@ -9,15 +9,19 @@ from heal_rag.evaluation.classification import (
     knn_predict_level_ids,
 )
 from heal_rag.evaluation.retrieval import (
+    PairedDifference,
     RetrievalReport,
     evaluate_rankings,
     evaluate_retrieval,
     graded_gains,
+    paired_difference,
+    per_query_scores,
     top_k_indices,
 )
 
 __all__ = [
     "ClassificationReport",
+    "PairedDifference",
     "RetrievalReport",
     "centroid_predict_level_ids",
     "evaluate_rankings",
@@ -25,5 +29,7 @@ __all__ = [
     "graded_gains",
     "hierarchical_classification_report",
     "knn_predict_level_ids",
+    "paired_difference",
+    "per_query_scores",
     "top_k_indices",
 ]

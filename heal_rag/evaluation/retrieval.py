@@ -78,6 +78,56 @@ def relevance_judgements(
     return qrels
 
 
+def per_query_scores(
+    ranked: np.ndarray,
+    gold_doc: Sequence[int],
+    query_level_ids: np.ndarray,
+    doc_level_ids: np.ndarray,
+    k: int = 10,
+    recall_at: Sequence[int] = (1, 10),
+    context_k: int = 5,
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`evaluate_rankings` for each query: ``{metric_name: (Q,) array}``.
+
+    The per-query values are what a paired comparison of two systems needs (:func:`paired_difference`); their
+    means are the report. Names are those of :meth:`RetrievalReport.as_dict`.
+
+    Example:
+        ```python
+        ranked = np.array([[1, 0], [1, 0]])  # gold documents 0 and 1
+        level_ids = np.array([[0, 0], [0, 1]])
+        per_query_scores(ranked, [0, 1], level_ids, level_ids, k=2, recall_at=(1,), context_k=1)["MRR@2"]
+        # array([0.5, 1. ])
+        ```
+    """
+    ir_measures = _import_ir_measures()
+    gold = np.asarray(gold_doc)
+    ranked = np.asarray(ranked)
+    depth = max([k, context_k, *recall_at])
+    if ranked.ndim != 2 or ranked.shape[0] != len(gold):
+        raise ValueError(f"ranked must be (queries, depth) with one row per gold document, got {ranked.shape}.")
+    top = ranked[:, :depth]
+    gold_grade = query_level_ids.shape[1] + 1
+    qrels = relevance_judgements(top, gold, query_level_ids, doc_level_ids, k)
+    run = {str(q): {str(d): float(depth - rank) for rank, d in enumerate(row)} for q, row in enumerate(top)}
+    measures = {f"MRR@{k}": ir_measures.RR(rel=gold_grade) @ k, f"nDCG@{k}": ir_measures.nDCG @ k}
+    measures.update({f"Recall@{r}": ir_measures.R(rel=gold_grade) @ r for r in sorted({*recall_at, context_k})})
+    names = {measure: name for name, measure in measures.items()}
+    out = {name: np.zeros(len(gold)) for name in measures}  # trec_eval leaves out a query that scores 0
+    for metric in ir_measures.iter_calc(list(measures.values()), qrels, run):
+        out[names[metric.measure]][int(metric.query_id)] = metric.value
+
+    matches = doc_level_ids[top[:, :k]] == query_level_ids[:, None, :]  # (Q, k, L)
+    for level, values in enumerate(matches.mean(axis=1).T):
+        out[f"hP@{k}/L{level}"] = values
+    leaf_match = doc_level_ids[top[:, :context_k], -1] == query_level_ids[:, None, -1]
+    out[f"context-miss@{context_k}"] = 1.0 - out[f"Recall@{context_k}"]
+    out[f"off-topic@{context_k}"] = 1.0 - leaf_match.mean(axis=1)
+    if context_k not in recall_at:
+        del out[f"Recall@{context_k}"]
+    return out
+
+
 def evaluate_rankings(
     ranked: np.ndarray,
     gold_doc: Sequence[int],
@@ -94,6 +144,7 @@ def evaluate_rankings(
     nDCG uses every grade. Our own code adds the hierarchical parts: hierarchical precision@k per level, and the
     hallucination-risk proxies at ``context_k`` (the passages handed to a generator) in ``extra``:
     ``context-miss@c`` (the gold passage is not among them) and ``off-topic@c`` (share of them from another leaf).
+    Each value is the mean over queries of :func:`per_query_scores`.
 
     Example:
         ```python
@@ -102,35 +153,71 @@ def evaluate_rankings(
         evaluate_rankings(ranked, [0], level_ids[:1], level_ids, k=2, recall_at=(1,), context_k=1).mrr  # 0.5
         ```
     """
-    ir_measures = _import_ir_measures()
-    gold = np.asarray(gold_doc)
-    ranked = np.asarray(ranked)
-    depth = max([k, context_k, *recall_at])
-    if ranked.ndim != 2 or ranked.shape[0] != len(gold):
-        raise ValueError(f"ranked must be (queries, depth) with one row per gold document, got {ranked.shape}.")
-    top = ranked[:, :depth]
-    gold_grade = query_level_ids.shape[1] + 1
-    qrels = relevance_judgements(top, gold, query_level_ids, doc_level_ids, k)
-    run = {str(q): {str(d): float(depth - rank) for rank, d in enumerate(row)} for q, row in enumerate(top)}
-    rr, ndcg = ir_measures.RR(rel=gold_grade) @ k, ir_measures.nDCG @ k
-    recalls = {r: ir_measures.R(rel=gold_grade) @ r for r in sorted({*recall_at, context_k})}
-    scores = ir_measures.calc_aggregate([rr, ndcg, *recalls.values()], qrels, run)
-
-    matches = doc_level_ids[top[:, :k]] == query_level_ids[:, None, :]  # (Q, k, L)
-    hier_precision = matches.mean(axis=1).mean(axis=0).tolist()
-    leaf_match = doc_level_ids[top[:, :context_k], -1] == query_level_ids[:, None, -1]
-    extra = {
-        f"nDCG@{k}": float(scores[ndcg]),
-        f"context-miss@{context_k}": float(1.0 - scores[recalls[context_k]]),
-        f"off-topic@{context_k}": float(1.0 - leaf_match.mean()),
+    scores = {
+        name: float(values.mean())
+        for name, values in per_query_scores(
+            ranked, gold_doc, query_level_ids, doc_level_ids, k, recall_at, context_k
+        ).items()
     }
+    n_levels = query_level_ids.shape[1]
     return RetrievalReport(
-        mrr=float(scores[rr]),
-        recall={r: float(scores[recalls[r]]) for r in recall_at},
-        hier_precision=[float(v) for v in hier_precision],
+        mrr=scores[f"MRR@{k}"],
+        recall={r: scores[f"Recall@{r}"] for r in recall_at},
+        hier_precision=[scores[f"hP@{k}/L{level}"] for level in range(n_levels)],
         k=k,
-        n_queries=len(gold),
-        extra=extra,
+        n_queries=len(gold_doc),
+        extra={name: scores[name] for name in (f"nDCG@{k}", f"context-miss@{context_k}", f"off-topic@{context_k}")},
+    )
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean per-query difference of system A minus system B, with a bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    wins: int
+    losses: int
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain-JSON view."""
+        return {"mean": self.mean, "low": self.low, "high": self.high, "wins": self.wins, "losses": self.losses}
+
+
+def paired_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> PairedDifference:
+    """How far system A is ahead of system B on the same queries, and how sure we are.
+
+    The interval is a percentile bootstrap over queries (``scipy.stats.bootstrap``) of the mean of the per-query
+    differences, so it keeps the pairing; ``wins``/``losses`` count queries where A scores higher/lower.
+
+    Example:
+        ```python
+        paired_difference(np.array([1.0, 0.5, 1.0]), np.array([1.0, 1.0, 0.5])).mean  # 0.0
+        ```
+    """
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"Need two equal-length 1-D score arrays of at least 2 queries, got {a.shape} and {b.shape}.")
+    diff = a - b
+    if np.all(diff == diff[0]):
+        low = high = float(diff[0])
+    else:
+        interval = bootstrap(
+            (diff,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return PairedDifference(
+        mean=float(diff.mean()), low=low, high=high, wins=int((diff > 0).sum()), losses=int((diff < 0).sum())
     )
 
 
