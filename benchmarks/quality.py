@@ -22,8 +22,13 @@ Retrieval: each held-out document's query against the held-out documents; metric
 :mod:`heal_rag.evaluation`. Classification: each held-out document's path predicted by a 10-NN vote over the
 training documents in the method's embedding space.
 
-    python benchmarks/quality.py [--datasets arxiv 20newsgroups medquad] [--steps 100]
+    python benchmarks/quality.py [--datasets arxiv 20newsgroups medquad] [--steps 100] [--seeds 42 1 2]
     python benchmarks/quality.py --datasets arxiv --methods heal --heal level_weights=uniform --tag uniform
+
+After each table comes HEAL minus every other method: the mean per-query difference of nDCG@10, MRR@10, leaf
+hierarchical precision@10 and off-topic@5 with a 95 % paired bootstrap interval over the held-out queries. With
+several ``--seeds`` every trained method runs once per seed; tables show mean ±sd over seeds and the comparison
+uses each query's score averaged over seeds.
 
 Runs are cached under runs/quality (embeddings and rankings), so a table can be rebuilt without retraining.
 Prints one table per dataset and writes benchmarks/results/quality.json (or quality-<tag>.json).
@@ -40,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,8 @@ from heal_rag.evaluation import (  # noqa: E402
     evaluate_rankings,
     hierarchical_classification_report,
     knn_predict_level_ids,
+    paired_difference,
+    per_query_scores,
     top_k_indices,
 )
 from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
@@ -65,6 +72,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "quality"
 METHODS = ("untouched", "bm25", "mnrl", "supcon", "heal")
+TRAINED_METHODS = ("mnrl", "supcon", "heal")
+DEFAULT_SIZES = (2000, 600)
+# The columns of the HEAL − baseline comparison (per-query paired bootstrap); "leaf" is the deepest level.
+PAIRED_COLUMNS = ("nDCG@10", "MRR@10", "hP@10/leaf", "off-topic@5")
 RANK_DEPTH = 100
 # The recipe settings an ablation varies, and where the sweep started (the defaults before issue 3).
 RECIPE_KEYS = (
@@ -76,12 +87,17 @@ RECIPE_KEYS = (
     "pair_temperature",
     "hierarchy_views",
     "pair_level_discount",
+    "symmetric_pairs",
+    "pair_negatives",
     "consistency_weight",
     "consistency_margin",
     "samples_per_leaf",
     "leaves_per_parent",
     "learning_rate",
 )
+# Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
+# this value, so the runs cached before they existed stay valid.
+LATER_KEYS = {"symmetric_pairs": False, "pair_negatives": "all"}
 SWEEP_START = {
     "temperature": 0.1,
     "level_weights": "deeper",
@@ -91,6 +107,8 @@ SWEEP_START = {
     "pair_temperature": None,
     "hierarchy_views": "both",
     "pair_level_discount": 0.0,
+    "symmetric_pairs": False,
+    "pair_negatives": "all",
     "consistency_weight": 0.0,
     "consistency_margin": 0.0,
     "samples_per_leaf": 4,
@@ -129,6 +147,7 @@ class Split:
     test_queries: list[str]
     test_level_ids: np.ndarray
     train_level_ids: np.ndarray
+    sizes: tuple[int, int] = DEFAULT_SIZES  # the requested (train, test) sample sizes
 
 
 def _hash(value: str) -> int:
@@ -178,6 +197,7 @@ def load_split(name: str, train_docs: int, test_docs: int) -> Split | None:
         test_queries=[r["_query"] for r in test],
         test_level_ids=level_ids[len(train) :],
         train_level_ids=level_ids[: len(train)],
+        sizes=(train_docs, test_docs),
     )
 
 
@@ -285,8 +305,9 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
 
 def run_method(
     split: Split, method: str, budget: Budget, overrides: dict[str, Any], refresh: bool = False
-) -> dict[str, Any]:
-    """Train (if needed), embed, rank and score one method; cached by its settings."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Train (if needed), embed, rank and score one method; cached by its settings. Returns the result and the
+    ``(queries, RANK_DEPTH)`` rankings."""
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
@@ -296,11 +317,13 @@ def run_method(
         key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
     elif method == "bm25":
         key_payload = {"method": method}
+    if split.sizes != DEFAULT_SIZES:  # the default sample is left out of the key so older caches stay valid
+        key_payload["sizes"] = list(split.sizes)
     key = hashlib.sha1(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:10]
     cache_dir = CACHE / split.name / f"{method}-{key}"
     result_path = cache_dir / "result.json"
     if result_path.is_file() and not refresh:
-        return json.loads(result_path.read_text())
+        return json.loads(result_path.read_text()), np.load(cache_dir / "ranked.npy")
 
     started = time.perf_counter()
     train_seconds = 0.0
@@ -352,7 +375,7 @@ def run_method(
     for name, values in arrays.items():
         np.save(cache_dir / f"{name}.npy", values.astype(np.float32))
     write_json_atomic(result_path, result)
-    return result
+    return result, ranked
 
 
 TABLE_COLUMNS = (
@@ -381,9 +404,15 @@ def _value(result: dict[str, Any], column: str, section: str) -> float | None:
 
 
 def _cells(result: dict[str, Any]) -> list[str]:
-    """The table cells of one result, in TABLE_COLUMNS order ("–" where the method has no such metric)."""
-    values = (_value(result, column, section) for column, section in TABLE_COLUMNS)
-    return ["–" if value is None else f"{value:.4f}" for value in values]
+    """The table cells of one result, in TABLE_COLUMNS order ("–" where the method has no such metric); a result
+    averaged over seeds shows ``mean ±sd``."""
+    cells = []
+    for column, section in TABLE_COLUMNS:
+        value = _value(result, column, section)
+        spread = _value({section: result[f"{section}_sd"]}, column, section) if f"{section}_sd" in result else None
+        cell = "–" if value is None else f"{value:.4f}"
+        cells.append(cell if spread is None else f"{cell} ±{spread:.4f}")
+    return cells
 
 
 def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> str:
@@ -393,6 +422,57 @@ def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> 
     for method, result in results.items():
         lines.append(f"| {method} | " + " | ".join(_cells(result)) + f" | {result['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def paired_comparison(split: Split, rankings: dict[str, list[np.ndarray]]) -> dict[str, dict[str, dict[str, float]]]:
+    """HEAL minus each other method on the same held-out queries: ``{method: {column: difference}}``.
+
+    Each difference is the mean per-query difference with a 95 % paired bootstrap interval
+    (:func:`heal_rag.evaluation.retrieval.paired_difference`), so a gap can be told apart from noise. A method
+    trained with several seeds counts each query's score averaged over the seeds.
+    """
+    leaf = split.test_level_ids.shape[1] - 1
+    names = {column: column.replace("leaf", f"L{leaf}") for column in PAIRED_COLUMNS}
+
+    def scores(ranked_per_seed: list[np.ndarray]) -> dict[str, np.ndarray]:
+        per_seed = [
+            per_query_scores(
+                ranked, np.arange(len(split.test_texts)), split.test_level_ids, split.test_level_ids, k=10, context_k=5
+            )
+            for ranked in ranked_per_seed
+        ]
+        return {column: np.mean([values[name] for values in per_seed], axis=0) for column, name in names.items()}
+
+    heal = scores(rankings["heal"])
+    out = {}
+    for method, ranked in rankings.items():
+        if method != "heal":
+            other = scores(ranked)
+            out[method] = {c: paired_difference(heal[c], other[c]).as_dict() for c in PAIRED_COLUMNS}
+    return out
+
+
+def format_comparison(comparison: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table of :func:`paired_comparison`: mean difference and its 95 % interval per cell."""
+    lines = ["| HEAL − | " + " | ".join(PAIRED_COLUMNS) + " |", "|---" + "|---:" * len(PAIRED_COLUMNS) + "|"]
+    for method, cells in comparison.items():
+        row = (f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in cells.values())
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def average_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the runs of several seeds: metric means, their standard deviations and the runs."""
+    if len(results) == 1:
+        return results[0]
+    out = dict(results[0])
+    for section in ("retrieval", "classification"):
+        out[section] = {key: float(np.mean([r[section][key] for r in results])) for key in results[0][section]}
+        out[f"{section}_sd"] = {key: float(np.std([r[section][key] for r in results])) for key in results[0][section]}
+    out["seeds"] = [r["settings"]["budget"]["seed"] for r in results]
+    out["per_seed"] = [{"retrieval": r["retrieval"], "classification": r["classification"]} for r in results]
+    out["train_seconds"] = float(np.mean([r["train_seconds"] for r in results]))
+    return out
 
 
 def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
@@ -409,6 +489,9 @@ def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
             and key not in ("samples_per_leaf", "leaves_per_parent")
         ):
             recipe[key] = float(value)
+    for key, neutral in LATER_KEYS.items():
+        if recipe.get(key, neutral) == neutral:
+            recipe.pop(key, None)
     return dict(sorted(recipe.items()))
 
 
@@ -453,6 +536,13 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     defaults = HEALTrainingConfig()
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="of every trained method")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[defaults.seed],
+        help="train every method once per seed; tables show means",
+    )
     parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--refresh", action="store_true", help="ignore cached runs")
@@ -475,21 +565,40 @@ def main() -> None:
         learning_rate=args.learning_rate,
         warmup_ratio=defaults.warmup_ratio,
         max_seq_length=args.max_seq_length,
-        seed=defaults.seed,
+        seed=args.seeds[0],
     )
     overrides = _parse_overrides(args.heal)
-    report: dict[str, Any] = {"budget": budget.__dict__, "heal_overrides": overrides, "datasets": {}}
+    report: dict[str, Any] = {
+        "budget": budget.__dict__,
+        "seeds": args.seeds,
+        "heal_overrides": overrides,
+        "datasets": {},
+    }
     for name in args.datasets:
         split = load_split(name, args.train_docs, args.test_docs)
         if split is None:
             continue
         print(f"[{name}] train {len(split.train_texts)}, held out {len(split.test_texts)}", flush=True)
-        results = {}
+        results, rankings = {}, {}
         for method in args.methods:
-            results[method] = run_method(split, method, budget, overrides, refresh=args.refresh)
-            print(f"[{name}] {method}: {results[method]['total_seconds']:.0f} s", flush=True)
+            seeds = args.seeds if method in TRAINED_METHODS else args.seeds[:1]
+            runs = [
+                run_method(split, method, replace(budget, seed=seed), overrides, refresh=args.refresh)
+                for seed in seeds
+            ]
+            results[method] = average_over_seeds([result for result, _ in runs])
+            rankings[method] = [ranked for _, ranked in runs]
+            print(f"[{name}] {method}: {sum(r['total_seconds'] for r, _ in runs):.0f} s", flush=True)
         print(format_table(name, results, len(split.test_texts)), flush=True)
         report["datasets"][name] = {"n_train": len(split.train_texts), "n_test": len(split.test_texts), **results}
+        if "heal" in rankings and len(rankings) > 1:
+            comparison = paired_comparison(split, rankings)
+            print(
+                f"\nHEAL minus each method, mean per-query difference [95 % paired bootstrap interval]\n"
+                f"{format_comparison(comparison)}\n",
+                flush=True,
+            )
+            report["datasets"][name]["heal_minus"] = comparison
     out = RESULTS / (f"quality-{args.tag}.json" if args.tag else "quality.json")
     write_json_atomic(out, report)
     print(f"wrote {out}", file=sys.stderr)

@@ -43,6 +43,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pair-loss", choices=["ranking", "supcon"], default=None, help="query↔document level form")
     group.add_argument("--pair-temperature", type=float, default=None, help="τ of the query↔document level")
     group.add_argument("--hierarchy-views", choices=["both", "documents"], default=None)
+    group.add_argument(
+        "--pair-negatives",
+        choices=["all", "other_leaves"],
+        default=None,
+        help="other_leaves: a query's own-leaf documents are not its negatives (fewer off-topic hits, lower MRR)",
+    )
     group.add_argument("--consistency-weight", type=float, default=None)
     group.add_argument("--samples-per-leaf", type=int, default=None)
     group.add_argument("--leaves-per-parent", type=int, default=None)
@@ -61,6 +67,7 @@ _TRAINING_KEYS = (
     "pair_loss",
     "pair_temperature",
     "hierarchy_views",
+    "pair_negatives",
     "consistency_weight",
     "samples_per_leaf",
     "leaves_per_parent",

@@ -14,6 +14,7 @@ LevelSchedule = Literal["uniform", "deeper", "coarser"]
 LevelWeights = LevelSchedule | Sequence[float]
 PairLoss = Literal["supcon", "ranking"]
 HierarchyViews = Literal["both", "documents"]
+PairNegatives = Literal["all", "other_leaves"]
 
 _EPS = 1e-12
 
@@ -113,6 +114,12 @@ class HEALLoss(nn.Module):
             short of the leaf the weight ``γ^(d+1)`` (the same leaf ``γ``, a sibling leaf ``γ²``, ...). 0 is the
             plain ranking loss; a small ``γ`` keeps the own document first while no longer pushing same-topic
             documents away as hard as unrelated ones.
+        symmetric_pairs: Ranking form only: also let each document pick its query among the batch's queries and
+            average both directions (MultipleNegativesRankingLoss with
+            ``directions=("query_to_doc", "doc_to_query")``, ``partition_mode="per_direction"``).
+        pair_negatives: Ranking form only: ``"all"`` batch documents are a query's negatives, or only those of
+            ``"other_leaves"``: the other documents of the query's own leaf are left out of its softmax, so the
+            query↔document level never pushes apart what the leaf level pulls together.
         consistency_weight: Weight of the consistency hinge; 0 turns it off.
         consistency_margin: Margin of the consistency hinge, in cosine similarity.
 
@@ -163,6 +170,8 @@ class HEALLoss(nn.Module):
         pair_temperature: float | None = None,
         hierarchy_views: HierarchyViews | None = None,
         pair_level_discount: float = 0.0,
+        symmetric_pairs: bool = False,
+        pair_negatives: PairNegatives = "all",
     ) -> None:
         super().__init__()
         if temperature <= 0 or (pair_temperature is not None and pair_temperature <= 0):
@@ -171,8 +180,15 @@ class HEALLoss(nn.Module):
             raise ValueError(f"pair_loss must be 'ranking' or 'supcon', got {pair_loss!r}.")
         if hierarchy_views not in ("both", "documents", None):
             raise ValueError(f"hierarchy_views must be 'both' or 'documents', got {hierarchy_views!r}.")
+        if pair_negatives not in ("all", "other_leaves"):
+            raise ValueError(f"pair_negatives must be 'all' or 'other_leaves', got {pair_negatives!r}.")
         if not 0.0 <= pair_level_discount < 1.0:
             raise ValueError(f"pair_level_discount must be in [0, 1), got {pair_level_discount}.")
+        if pair_loss == "supcon" and (symmetric_pairs or pair_negatives != "all"):
+            raise ValueError(
+                "symmetric_pairs and pair_negatives shape the ranking form of the query↔document level; "
+                "use them with pair_loss='ranking'."
+            )
         if hierarchy_views is None:
             hierarchy_views = "both" if pair_loss == "supcon" else "documents"
         if pair_loss == "supcon" and hierarchy_views != "both":
@@ -195,6 +211,8 @@ class HEALLoss(nn.Module):
         self.pair_temperature = float(pair_temperature) if pair_temperature is not None else None
         self.hierarchy_views: HierarchyViews = hierarchy_views
         self.pair_level_discount = float(pair_level_discount)
+        self.symmetric_pairs = bool(symmetric_pairs)
+        self.pair_negatives: PairNegatives = pair_negatives
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         """Embed each text column in its own forward pass and compute the loss components."""
@@ -244,9 +262,20 @@ class HEALLoss(nn.Module):
         if pair_in_pool:
             components["query_document"] = per_level[-1]
         elif paired:
-            components["query_document"] = self.query_document_weight * _ranking_loss(
-                embeddings[0], embeddings[1], ids, self.pair_temperature or self.temperature, self.pair_level_discount
+            pair_temperature = self.pair_temperature or self.temperature
+            leaf = ids[:, n_hierarchy - 1]
+            excluded = (
+                (leaf[:, None] == leaf[None, :]) & (leaf[:, None] >= 0) if self.pair_negatives != "all" else None
             )
+            ranking = _ranking_loss(
+                embeddings[0], embeddings[1], ids, pair_temperature, self.pair_level_discount, excluded
+            )
+            if self.symmetric_pairs:
+                backward = _ranking_loss(
+                    embeddings[1], embeddings[0], ids, pair_temperature, self.pair_level_discount, excluded
+                )
+                ranking = (ranking + backward) / 2
+            components["query_document"] = self.query_document_weight * ranking
         if self.consistency_weight > 0:
             components["consistency"] = self.consistency_weight * _consistency_hinge(
                 cosine, same[:n_hierarchy], self.consistency_margin
@@ -266,6 +295,8 @@ class HEALLoss(nn.Module):
             "pair_temperature": self.pair_temperature,
             "hierarchy_views": self.hierarchy_views,
             "pair_level_discount": self.pair_level_discount,
+            "symmetric_pairs": self.symmetric_pairs,
+            "pair_negatives": self.pair_negatives,
         }
 
     @property
@@ -318,8 +349,18 @@ def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor, eye: Tensor
     return per_level + 0.0 * log_prob.sum()
 
 
-def _ranking_loss(queries: Tensor, documents: Tensor, ids: Tensor, temperature: float, discount: float) -> Tensor:
+def _ranking_loss(
+    queries: Tensor,
+    documents: Tensor,
+    ids: Tensor,
+    temperature: float,
+    discount: float,
+    excluded: Tensor | None = None,
+) -> Tensor:
     """Cross-entropy of each query's softmax over the batch documents against a target distribution.
+
+    ``excluded`` (``(B, B)`` boolean, optional) drops documents from query ``i``'s softmax (never its own document),
+    e.g. the other documents of its leaf, so they are neither negatives nor targets.
 
     ``ids`` are the rows' hierarchy ids followed by the document key. The target puts weight 1 on the query's own
     document (every row with its key) and, when ``discount > 0``, ``discount^(L - shared + 1)`` on a document that
@@ -327,9 +368,11 @@ def _ranking_loss(queries: Tensor, documents: Tensor, ids: Tensor, temperature: 
     MultipleNegativesRankingLoss at scale ``1/temperature``.
     """
     scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature
-    log_prob = scores - torch.logsumexp(scores, dim=1, keepdim=True)
     keys = ids[:, -1]
     own = keys[:, None] == keys[None, :]
+    if excluded is not None:
+        scores = scores.masked_fill(excluded & ~own, float("-inf"))
+    log_prob = scores - torch.logsumexp(scores, dim=1, keepdim=True)
     if discount <= 0:
         return -torch.logsumexp(log_prob.masked_fill(~own, float("-inf")), dim=1).mean()
     hierarchy = ids[:, :-1]
@@ -338,8 +381,10 @@ def _ranking_loss(queries: Tensor, documents: Tensor, ids: Tensor, temperature: 
     n_levels = hierarchy.shape[1]
     target = torch.where(shared > 0, discount ** (n_levels - shared + 1).to(scores.dtype), 0.0)
     target = torch.where(own, torch.ones_like(target), target)
+    if excluded is not None:
+        target = target.masked_fill(excluded & ~own, 0.0)
     target = target / target.sum(dim=1, keepdim=True)
-    return -(target * log_prob).sum(dim=1).mean()
+    return -(target * log_prob.masked_fill(target == 0, 0.0)).sum(dim=1).mean()
 
 
 def _same_label_masks(ids: Tensor, eye: Tensor) -> Tensor:

@@ -55,6 +55,8 @@ class HEALTrainingConfig:
         hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels (``None``:
             documents with the ranking form, both with the SupCon form).
         pair_level_discount: Share of the query↔document target given to same-topic documents (ranking form).
+        symmetric_pairs: Also rank queries for each document (ranking form).
+        pair_negatives: ``"all"`` or ``"other_leaves"``: which batch documents are a query's negatives.
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
     """
@@ -76,6 +78,8 @@ class HEALTrainingConfig:
     pair_temperature: float | None = None
     hierarchy_views: str | None = None
     pair_level_discount: float = 0.0
+    symmetric_pairs: bool = False
+    pair_negatives: str = "all"
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
 
@@ -291,6 +295,8 @@ def fine_tune(
         pair_temperature=config.pair_temperature,
         hierarchy_views=config.hierarchy_views,
         pair_level_discount=config.pair_level_discount,
+        symmetric_pairs=config.symmetric_pairs,
+        pair_negatives=config.pair_negatives,
     )
     output_dir = Path(output_dir)
     steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))

@@ -45,7 +45,14 @@ def test_cli_bad_level_weights(capsys):
     assert "--level-weights must be" in capsys.readouterr().err
 
 
-def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("loss_args", "expected"),
+    [
+        (["--pair-loss", "supcon", "--hierarchy-views", "both"], {"pair_loss": "supcon", "hierarchy_views": "both"}),
+        (["--pair-negatives", "other_leaves"], {"pair_loss": "ranking", "pair_negatives": "other_leaves"}),
+    ],
+)
+def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path, loss_args, expected):
     texts, paths, titles = corpus
     data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
     queries = tmp_path / "q.jsonl"
@@ -67,16 +74,13 @@ def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path):
             "8",
             "--samples-per-leaf",
             "2",
-            "--pair-loss",
-            "supcon",
-            "--hierarchy-views",
-            "both",
+            *loss_args,
         ]
     )
     assert code == 0
     metadata = json.loads((tmp_path / "m" / "heal_rag.json").read_text())
     assert metadata["training"]["training_rows"] == len(texts)
-    assert metadata["training"]["pair_loss"] == "supcon"
+    assert {key: metadata["training"][key] for key in expected} == expected
     assert metadata["base_model"] == str(tiny_model_dir)
 
 

@@ -24,36 +24,51 @@ def reference_heal_loss(
     pair_loss: str = "supcon",
     hierarchy_views: str = "both",
     pair_level_discount: float = 0.0,
+    symmetric_pairs: bool = False,
+    pair_negatives: str = "all",
 ) -> dict[str, float]:
     """Slow, obviously-correct loops over anchors, positives and levels (heal-method §3)."""
     if len(embeddings) == 2 and pair_loss == "ranking":
         keys = labels[:, -1].tolist()
         q, d = (F.normalize(e.double(), dim=-1) for e in embeddings)
         paths = labels[:, :-1].tolist()
-        ranking = 0.0
-        for i in range(len(keys)):
-            scores = [float(q[i] @ d[j]) / temperature for j in range(len(keys))]
-            log_norm = math.log(sum(math.exp(s) for s in scores))
-            if pair_level_discount == 0:
-                positive = sum(math.exp(s) for j, s in enumerate(scores) if keys[j] == keys[i])
-                ranking += -(math.log(positive) - log_norm)
-                continue
-            targets = []
-            for j in range(len(keys)):
-                shared = sum(1 for a, b in zip(paths[i], paths[j], strict=True) if a == b and a >= 0)
-                if keys[j] == keys[i]:
-                    targets.append(1.0)
-                else:
-                    targets.append(pair_level_discount ** (len(paths[i]) - shared + 1) if shared else 0.0)
-            total = sum(targets)
-            ranking += -sum(t / total * (s - log_norm) for t, s in zip(targets, scores, strict=True))
+
+        def ranking_term(anchors, candidates):
+            total_loss = 0.0
+            for i in range(len(keys)):
+                # other_leaves: the other documents of the anchor's leaf are left out of its softmax
+                kept = [
+                    j
+                    for j in range(len(keys))
+                    if pair_negatives == "all" or keys[j] == keys[i] or paths[j][-1] != paths[i][-1]
+                ]
+                scores = {j: float(anchors[i] @ candidates[j]) / temperature for j in kept}
+                log_norm = math.log(sum(math.exp(s) for s in scores.values()))
+                if pair_level_discount == 0:
+                    positive = sum(math.exp(s) for j, s in scores.items() if keys[j] == keys[i])
+                    total_loss += -(math.log(positive) - log_norm)
+                    continue
+                targets = {}
+                for j in kept:
+                    shared = sum(1 for a, b in zip(paths[i], paths[j], strict=True) if a == b and a >= 0)
+                    if keys[j] == keys[i]:
+                        targets[j] = 1.0
+                    else:
+                        targets[j] = pair_level_discount ** (len(paths[i]) - shared + 1) if shared else 0.0
+                norm = sum(targets.values())
+                total_loss += -sum(t / norm * (scores[j] - log_norm) for j, t in targets.items())
+            return total_loss / len(keys)
+
+        ranking = ranking_term(q, d)
+        if symmetric_pairs:
+            ranking = (ranking + ranking_term(d, q)) / 2
         pool = embeddings if hierarchy_views == "both" else [embeddings[1]]
         pool = [torch.cat(pool)] if len(pool) == 2 else pool
         pool_labels = labels[:, :-1]
         if hierarchy_views == "both":
             pool_labels = torch.cat([pool_labels, pool_labels])
         out = reference_heal_loss(pool, pool_labels, temperature, level_weights)
-        out["query_document"] = query_document_weight * ranking / len(keys)
+        out["query_document"] = query_document_weight * ranking
         return out
     paired = len(embeddings) == 2
     if labels.is_floating_point():
@@ -164,15 +179,17 @@ def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     batch=st.integers(2, 10),
     qd_weight=st.sampled_from([0.5, 2.0]),
     views=st.sampled_from(["both", "documents"]),
     discount=st.sampled_from([0.0, 0.1, 0.5]),
+    symmetric=st.booleans(),
+    negatives=st.sampled_from(["all", "other_leaves"]),
 )
-def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views, discount):
+def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views, discount, symmetric, negatives):
     rng = np.random.default_rng(seed)
     doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
     labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
@@ -185,6 +202,8 @@ def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views,
         pair_loss="ranking",
         hierarchy_views=views,
         pair_level_discount=discount,
+        symmetric_pairs=symmetric,
+        pair_negatives=negatives,
     )
     assert_matches_reference(
         loss,
@@ -196,20 +215,32 @@ def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views,
         pair_loss="ranking",
         hierarchy_views=views,
         pair_level_discount=discount,
+        symmetric_pairs=symmetric,
+        pair_negatives=negatives,
     )
 
 
-def test_ranking_pair_loss_equals_multiple_negatives_ranking_loss():
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_ranking_pair_loss_equals_multiple_negatives_ranking_loss(symmetric):
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     torch.manual_seed(0)
     queries, documents = torch.randn(6, 8), torch.randn(6, 8)
     labels = torch.tensor([[0, 0, i] for i in range(6)])  # one row per document
     heal = HEALLoss(
-        IdentityModel(), temperature=0.05, level_weights=[0.0, 0.0], query_document_weight=1.0, pair_loss="ranking"
+        IdentityModel(),
+        temperature=0.05,
+        level_weights=[0.0, 0.0],
+        query_document_weight=1.0,
+        pair_loss="ranking",
+        symmetric_pairs=symmetric,
     )
     ours = heal.compute_loss_from_embeddings([queries, documents], labels)["query_document"]
-    mnrl = MultipleNegativesRankingLoss(IdentityModel(), scale=20.0)
+    # The symmetric form as sentence-transformers spells it now (MultipleNegativesSymmetricRankingLoss is deprecated).
+    directions = (
+        {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"} if symmetric else {}
+    )
+    mnrl = MultipleNegativesRankingLoss(IdentityModel(), scale=20.0, **directions)
     theirs = mnrl.compute_loss_from_embeddings([queries, documents], labels)
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
 
@@ -339,3 +370,7 @@ def test_bad_inputs_raise_clear_errors():
         HEALLoss(IdentityModel(), pair_loss="supcon", hierarchy_views="documents")
     with pytest.raises(ValueError, match="pair_level_discount"):
         HEALLoss(IdentityModel(), pair_level_discount=1.0)
+    with pytest.raises(ValueError, match="pair_negatives must be 'all' or 'other_leaves'"):
+        HEALLoss(IdentityModel(), pair_negatives="same_leaf")
+    with pytest.raises(ValueError, match="with pair_loss='ranking'"):
+        HEALLoss(IdentityModel(), pair_loss="supcon", pair_negatives="other_leaves")
