@@ -306,8 +306,10 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
 def run_method(
     split: Split, method: str, budget: Budget, overrides: dict[str, Any], refresh: bool = False
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Train (if needed), embed, rank and score one method; cached by its settings. Returns the result and the
-    ``(queries, RANK_DEPTH)`` rankings."""
+    """Train (if needed), embed, rank and score one method; cached by its settings.
+
+    Returns the result and the ``(queries, RANK_DEPTH)`` rankings.
+    """
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
@@ -404,8 +406,10 @@ def _value(result: dict[str, Any], column: str, section: str) -> float | None:
 
 
 def _cells(result: dict[str, Any]) -> list[str]:
-    """The table cells of one result, in TABLE_COLUMNS order ("–" where the method has no such metric); a result
-    averaged over seeds shows ``mean ±sd``."""
+    """The table cells of one result, in TABLE_COLUMNS order ("–" where the method has no such metric).
+
+    A result averaged over seeds shows ``mean ±sd``.
+    """
     cells = []
     for column, section in TABLE_COLUMNS:
         value = _value(result, column, section)
@@ -422,6 +426,41 @@ def format_table(name: str, results: dict[str, dict[str, Any]], n_test: int) -> 
     for method, result in results.items():
         lines.append(f"| {method} | " + " | ".join(_cells(result)) + f" | {result['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+# The evaluation issue's targets for HEAL: (column, section, direction, methods it must beat).
+TARGETS = (
+    ("nDCG@10", "retrieval", "higher", ("untouched", "bm25", "mnrl")),
+    ("MRR@10", "retrieval", "higher", ("untouched", "bm25", "mnrl")),
+    ("hP@10/leaf", "retrieval", "higher", ("untouched", "bm25", "mnrl")),
+    ("off-topic@5", "retrieval", "lower", ("untouched", "bm25", "mnrl")),
+    ("acc/leaf", "classification", "higher", ("untouched",)),
+    ("hF1", "classification", "higher", ("untouched",)),
+)
+
+
+def target_check(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of HEAL against each baseline present: ``{column, versus, heal, other, gap, met}``.
+
+    ``gap`` is HEAL minus the baseline, signed so that a positive gap is good for HEAL.
+    """
+    rows = []
+    for column, section, direction, rivals in TARGETS:
+        heal = _value(results["heal"], column, section) if "heal" in results else None
+        for rival in rivals:
+            other = _value(results[rival], column, section) if rival in results else None
+            if heal is None or other is None:
+                continue
+            gap = heal - other if direction == "higher" else other - heal
+            rows.append({"column": column, "versus": rival, "heal": heal, "other": other, "gap": gap, "met": gap > 0})
+    return rows
+
+
+def format_target_check(rows: list[dict[str, Any]]) -> str:
+    """One line: how many targets HEAL meets, and the missed ones with their gaps."""
+    missed = [f"{r['column']} vs {r['versus']} ({r['gap']:+.4f})" for r in rows if not r["met"]]
+    met = sum(r["met"] for r in rows)
+    return f"targets met: {met}/{len(rows)}" + (f"; missed: {', '.join(missed)}" if missed else "")
 
 
 def paired_comparison(split: Split, rankings: dict[str, list[np.ndarray]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -480,8 +519,6 @@ def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
     recipe = {k: v for k, v in HEALTrainingConfig().as_dict().items() if k in RECIPE_KEYS}
     recipe["learning_rate"] = budget.learning_rate
     recipe.update({k: v for k, v in settings.items() if k in RECIPE_KEYS})
-    if recipe.get("hierarchy_views") is None:
-        recipe["hierarchy_views"] = "both" if recipe["pair_loss"] == "supcon" else "documents"
     for key, value in recipe.items():  # "2" on the command line and 2.0 in the defaults are the same recipe
         if (
             isinstance(value, int)
@@ -495,12 +532,16 @@ def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
     return dict(sorted(recipe.items()))
 
 
-def ablation_table(name: str) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table of every cached HEAL run on dataset ``name`` (one row per settings), and the rows."""
+def ablation_table(name: str, seed: int) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table of the cached HEAL runs on dataset ``name`` trained with ``seed`` (one row per settings).
+
+    Returns the table and its rows.
+    """
     rows = []
     for path in sorted((CACHE / name).glob("heal-*/result.json")):
         result = json.loads(path.read_text())
-        rows.append(result)
+        if result["settings"]["budget"]["seed"] == seed:
+            rows.append(result)
     rows.sort(key=lambda r: r.get("heal_config", {}).get("query_document_weight", 0))
     header = "| HEAL settings (changes from the sweep start) | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |"
     lines = [header, "|---" + "|---:" * len(TABLE_COLUMNS) + "|"]
@@ -553,7 +594,7 @@ def main() -> None:
     if args.ablation_table:
         payload = {}
         for name in args.datasets:
-            table, rows = ablation_table(name)
+            table, rows = ablation_table(name, args.seeds[0])
             print(f"{name}\n{table}\n")
             payload[name] = rows
         write_json_atomic(RESULTS / "quality-ablations.json", payload)
@@ -591,6 +632,10 @@ def main() -> None:
             print(f"[{name}] {method}: {sum(r['total_seconds'] for r, _ in runs):.0f} s", flush=True)
         print(format_table(name, results, len(split.test_texts)), flush=True)
         report["datasets"][name] = {"n_train": len(split.train_texts), "n_test": len(split.test_texts), **results}
+        if "heal" in results:
+            targets = target_check(results)
+            print(format_target_check(targets), flush=True)
+            report["datasets"][name]["heal_targets"] = targets
         if "heal" in rankings and len(rankings) > 1:
             comparison = paired_comparison(split, rankings)
             print(
