@@ -42,7 +42,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--query-document-weight", type=float, default=None)
     group.add_argument("--pair-loss", choices=["ranking", "supcon"], default=None, help="query↔document level form")
     group.add_argument("--pair-temperature", type=float, default=None, help="τ of the query↔document level")
-    group.add_argument("--hierarchy-views", choices=["both", "documents"], default=None)
+    group.add_argument(
+        "--hierarchy-views",
+        choices=["both", "documents"],
+        default=None,
+        help="who joins the hierarchy levels: both (default) or documents (keeps MRR for title-like queries)",
+    )
     group.add_argument(
         "--pair-negatives",
         choices=["all", "other_leaves"],

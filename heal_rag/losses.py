@@ -92,8 +92,9 @@ class HEALLoss(nn.Module):
     - ``pair_loss="supcon"``: an extra finest SupCon level over the joint pool of queries and documents, whose label
       is the source document.
 
-    ``hierarchy_views`` chooses who takes part in the hierarchy levels: ``"both"`` (queries and documents in one
-    pool of ``2B``, so queries are pulled towards their topic too) or ``"documents"``.
+    ``hierarchy_views`` chooses who takes part in the hierarchy levels: ``"both"`` (default: queries and documents
+    in one pool of ``2B``, so a query is pulled towards its topic's documents and the other queries of that topic
+    too) or ``"documents"``.
 
     An optional hierarchy-consistency hinge (after HiMulCon) asks that, for every anchor, positives sharing a deeper
     prefix are on average at least ``consistency_margin`` more similar (cosine) than those sharing only a shallower
@@ -107,8 +108,8 @@ class HEALLoss(nn.Module):
         query_document_weight: Weight of the query↔document level (two-column input only).
         pair_loss: Form of the query↔document level: ``"ranking"`` or ``"supcon"`` (see above).
         pair_temperature: τ of the query↔document level (``None``: ``temperature``).
-        hierarchy_views: ``"both"`` or ``"documents"``: which column takes part in the hierarchy levels
-            (``None``: ``"documents"`` with the ranking form, ``"both"`` with the SupCon form, which needs it).
+        hierarchy_views: ``"both"`` or ``"documents"``: which columns take part in the hierarchy levels (the SupCon
+            form needs ``"both"``).
         pair_level_discount: ``γ`` in ``[0, 1)``, ranking form only: besides its own document, a query's target
             distribution over the batch's documents gives a document that shares its path down to ``d`` levels
             short of the leaf the weight ``γ^(d+1)`` (the same leaf ``γ``, a sibling leaf ``γ²``, ...). 0 is the
@@ -168,7 +169,7 @@ class HEALLoss(nn.Module):
         consistency_margin: float = 0.0,
         pair_loss: PairLoss = "ranking",
         pair_temperature: float | None = None,
-        hierarchy_views: HierarchyViews | None = None,
+        hierarchy_views: HierarchyViews = "both",
         pair_level_discount: float = 0.0,
         symmetric_pairs: bool = False,
         pair_negatives: PairNegatives = "all",
@@ -178,7 +179,7 @@ class HEALLoss(nn.Module):
             raise ValueError(f"temperatures must be > 0, got {temperature} and {pair_temperature}.")
         if pair_loss not in ("ranking", "supcon"):
             raise ValueError(f"pair_loss must be 'ranking' or 'supcon', got {pair_loss!r}.")
-        if hierarchy_views not in ("both", "documents", None):
+        if hierarchy_views not in ("both", "documents"):
             raise ValueError(f"hierarchy_views must be 'both' or 'documents', got {hierarchy_views!r}.")
         if pair_negatives not in ("all", "other_leaves"):
             raise ValueError(f"pair_negatives must be 'all' or 'other_leaves', got {pair_negatives!r}.")
@@ -189,8 +190,6 @@ class HEALLoss(nn.Module):
                 "symmetric_pairs and pair_negatives shape the ranking form of the query↔document level; "
                 "use them with pair_loss='ranking'."
             )
-        if hierarchy_views is None:
-            hierarchy_views = "both" if pair_loss == "supcon" else "documents"
         if pair_loss == "supcon" and hierarchy_views != "both":
             raise ValueError(
                 "pair_loss='supcon' pairs queries with documents inside the joint pool, so it needs "

@@ -52,8 +52,7 @@ class HEALTrainingConfig:
         consistency_margin: Margin of the hinge.
         pair_loss: Form of the query↔document level, ``"ranking"`` or ``"supcon"`` (see :class:`heal_rag.HEALLoss`).
         pair_temperature: τ of the query↔document level (``None``: ``temperature``).
-        hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels (``None``:
-            documents with the ranking form, both with the SupCon form).
+        hierarchy_views: ``"both"`` (queries and documents) or ``"documents"`` in the hierarchy levels.
         pair_level_discount: Share of the query↔document target given to same-topic documents (ranking form).
         symmetric_pairs: Also rank queries for each document (ranking form).
         pair_negatives: ``"all"`` or ``"other_leaves"``: which batch documents are a query's negatives.
@@ -76,7 +75,7 @@ class HEALTrainingConfig:
     consistency_margin: float = 0.0
     pair_loss: str = "ranking"
     pair_temperature: float | None = None
-    hierarchy_views: str | None = None
+    hierarchy_views: str = "both"
     pair_level_discount: float = 0.0
     symmetric_pairs: bool = False
     pair_negatives: str = "all"
