@@ -89,6 +89,7 @@ RECIPE_KEYS = (
     "pair_level_discount",
     "symmetric_pairs",
     "pair_negatives",
+    "query_hierarchy_weight",
     "consistency_weight",
     "consistency_margin",
     "samples_per_leaf",
@@ -97,7 +98,7 @@ RECIPE_KEYS = (
 )
 # Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
 # this value, so the runs cached before they existed stay valid.
-LATER_KEYS = {"symmetric_pairs": False, "pair_negatives": "all"}
+LATER_KEYS = {"symmetric_pairs": False, "pair_negatives": "all", "query_hierarchy_weight": 1.0}
 SWEEP_START = {
     "temperature": 0.1,
     "level_weights": "deeper",
@@ -109,6 +110,7 @@ SWEEP_START = {
     "pair_level_discount": 0.0,
     "symmetric_pairs": False,
     "pair_negatives": "all",
+    "query_hierarchy_weight": 1.0,
     "consistency_weight": 0.0,
     "consistency_margin": 0.0,
     "samples_per_leaf": 4,
@@ -632,7 +634,7 @@ def main() -> None:
             print(f"[{name}] {method}: {sum(r['total_seconds'] for r, _ in runs):.0f} s", flush=True)
         print(format_table(name, results, len(split.test_texts)), flush=True)
         report["datasets"][name] = {"n_train": len(split.train_texts), "n_test": len(split.test_texts), **results}
-        if "heal" in results:
+        if "heal" in results and len(results) > 1:
             targets = target_check(results)
             print(format_target_check(targets), flush=True)
             report["datasets"][name]["heal_targets"] = targets

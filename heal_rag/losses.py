@@ -121,6 +121,9 @@ class HEALLoss(nn.Module):
         pair_negatives: Ranking form only: ``"all"`` batch documents are a query's negatives, or only those of
             ``"other_leaves"``: the other documents of the query's own leaf are left out of its softmax, so the
             query↔document level never pushes apart what the leaf level pulls together.
+        query_hierarchy_weight: Ranking form with ``hierarchy_views="both"``: weight in ``[0, 1]`` of the queries as
+            anchors and positives of the hierarchy levels (they stay in every softmax denominator); 1 treats them
+            like documents.
         consistency_weight: Weight of the consistency hinge; 0 turns it off.
         consistency_margin: Margin of the consistency hinge, in cosine similarity.
 
@@ -173,6 +176,7 @@ class HEALLoss(nn.Module):
         pair_level_discount: float = 0.0,
         symmetric_pairs: bool = False,
         pair_negatives: PairNegatives = "all",
+        query_hierarchy_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if temperature <= 0 or (pair_temperature is not None and pair_temperature <= 0):
@@ -185,10 +189,17 @@ class HEALLoss(nn.Module):
             raise ValueError(f"pair_negatives must be 'all' or 'other_leaves', got {pair_negatives!r}.")
         if not 0.0 <= pair_level_discount < 1.0:
             raise ValueError(f"pair_level_discount must be in [0, 1), got {pair_level_discount}.")
-        if pair_loss == "supcon" and (symmetric_pairs or pair_negatives != "all"):
+        if pair_loss == "supcon" and (symmetric_pairs or pair_negatives != "all" or query_hierarchy_weight != 1.0):
             raise ValueError(
-                "symmetric_pairs and pair_negatives shape the ranking form of the query↔document level; "
-                "use them with pair_loss='ranking'."
+                "symmetric_pairs, pair_negatives and query_hierarchy_weight go with the ranking form of the "
+                "query↔document level; use them with pair_loss='ranking'."
+            )
+        if not 0.0 <= query_hierarchy_weight <= 1.0 or (
+            hierarchy_views == "documents" and query_hierarchy_weight != 1
+        ):
+            raise ValueError(
+                f"query_hierarchy_weight must be in [0, 1] with hierarchy_views='both', got {query_hierarchy_weight} "
+                f"with {hierarchy_views!r}."
             )
         if pair_loss == "supcon" and hierarchy_views != "both":
             raise ValueError(
@@ -212,6 +223,7 @@ class HEALLoss(nn.Module):
         self.pair_level_discount = float(pair_level_discount)
         self.symmetric_pairs = bool(symmetric_pairs)
         self.pair_negatives: PairNegatives = pair_negatives
+        self.query_hierarchy_weight = float(query_hierarchy_weight)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         """Embed each text column in its own forward pass and compute the loss components."""
@@ -246,7 +258,7 @@ class HEALLoss(nn.Module):
         if paired and self.hierarchy_views == "both":
             pool = torch.cat(embeddings, dim=0)
             pool_ids = torch.cat([ids, ids], dim=0)[:, :pool_levels]
-            pool_weights = torch.cat([weights, weights], dim=0)[:, :pool_levels]
+            pool_weights = torch.cat([weights * self.query_hierarchy_weight, weights], dim=0)[:, :pool_levels]
         else:
             pool = embeddings[-1]
             pool_ids, pool_weights = ids[:, :pool_levels], weights[:, :pool_levels]
@@ -296,6 +308,7 @@ class HEALLoss(nn.Module):
             "pair_level_discount": self.pair_level_discount,
             "symmetric_pairs": self.symmetric_pairs,
             "pair_negatives": self.pair_negatives,
+            "query_hierarchy_weight": self.query_hierarchy_weight,
         }
 
     @property

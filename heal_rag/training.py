@@ -56,6 +56,7 @@ class HEALTrainingConfig:
         pair_level_discount: Share of the query↔document target given to same-topic documents (ranking form).
         symmetric_pairs: Also rank queries for each document (ranking form).
         pair_negatives: ``"all"`` or ``"other_leaves"``: which batch documents are a query's negatives.
+        query_hierarchy_weight: Weight of the queries in the hierarchy levels (``hierarchy_views="both"``).
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
     """
@@ -79,6 +80,7 @@ class HEALTrainingConfig:
     pair_level_discount: float = 0.0
     symmetric_pairs: bool = False
     pair_negatives: str = "all"
+    query_hierarchy_weight: float = 1.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
 
@@ -296,6 +298,7 @@ def fine_tune(
         pair_level_discount=config.pair_level_discount,
         symmetric_pairs=config.symmetric_pairs,
         pair_negatives=config.pair_negatives,
+        query_hierarchy_weight=config.query_hierarchy_weight,
     )
     output_dir = Path(output_dir)
     steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))

@@ -26,6 +26,7 @@ def reference_heal_loss(
     pair_level_discount: float = 0.0,
     symmetric_pairs: bool = False,
     pair_negatives: str = "all",
+    query_hierarchy_weight: float = 1.0,
 ) -> dict[str, float]:
     """Slow, obviously-correct loops over anchors, positives and levels (heal-method §3)."""
     if len(embeddings) == 2 and pair_loss == "ranking":
@@ -66,7 +67,15 @@ def reference_heal_loss(
         pool = [torch.cat(pool)] if len(pool) == 2 else pool
         pool_labels = labels[:, :-1]
         if hierarchy_views == "both":
-            pool_labels = torch.cat([pool_labels, pool_labels])
+            # queries take part with weight query_hierarchy_weight: float rows of ids then weights
+            query_weights = torch.full(pool_labels.shape, query_hierarchy_weight, dtype=torch.float64)
+            pool_labels = torch.cat(
+                [
+                    torch.cat([pool_labels, pool_labels]).double(),
+                    torch.cat([query_weights, torch.ones_like(query_weights)]),
+                ],
+                dim=1,
+            )
         out = reference_heal_loss(pool, pool_labels, temperature, level_weights)
         out["query_document"] = query_document_weight * ranking
         return out
@@ -188,8 +197,12 @@ def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
     discount=st.sampled_from([0.0, 0.1, 0.5]),
     symmetric=st.booleans(),
     negatives=st.sampled_from(["all", "other_leaves"]),
+    query_weight=st.sampled_from([0.0, 0.5, 1.0]),
 )
-def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views, discount, symmetric, negatives):
+def test_ranking_pair_loss_matches_loop_reference(
+    seed, batch, qd_weight, views, discount, symmetric, negatives, query_weight
+):
+    query_weight = query_weight if views == "both" else 1.0
     rng = np.random.default_rng(seed)
     doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
     labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
@@ -204,6 +217,7 @@ def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views,
         pair_level_discount=discount,
         symmetric_pairs=symmetric,
         pair_negatives=negatives,
+        query_hierarchy_weight=query_weight,
     )
     assert_matches_reference(
         loss,
@@ -217,6 +231,7 @@ def test_ranking_pair_loss_matches_loop_reference(seed, batch, qd_weight, views,
         pair_level_discount=discount,
         symmetric_pairs=symmetric,
         pair_negatives=negatives,
+        query_hierarchy_weight=query_weight,
     )
 
 
@@ -374,3 +389,7 @@ def test_bad_inputs_raise_clear_errors():
         HEALLoss(IdentityModel(), pair_negatives="same_leaf")
     with pytest.raises(ValueError, match="with pair_loss='ranking'"):
         HEALLoss(IdentityModel(), pair_loss="supcon", pair_negatives="other_leaves")
+    with pytest.raises(ValueError, match="query_hierarchy_weight must be in"):
+        HEALLoss(IdentityModel(), hierarchy_views="documents", query_hierarchy_weight=0.5)
+    with pytest.raises(ValueError, match="query_hierarchy_weight must be in"):
+        HEALLoss(IdentityModel(), query_hierarchy_weight=1.5)
