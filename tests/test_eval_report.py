@@ -54,8 +54,18 @@ def test_cli_eval_writes_a_complete_ab_report(corpus_file, tiny_model_dir, tiny_
     assert list(metrics["models"]) == ["untouched", "tiny-heal", "bm25"]
     assert metrics["models"]["bm25"]["classification"] is None
     assert set(metrics["models"]["tiny-heal"]["classification"]) == {"acc/L0", "acc/L1", "hP", "hR", "hF1"}
+    paired = metrics["minus_reference"]
+    assert set(paired) == {"tiny-heal", "bm25"}
+    heal_mrr = paired["tiny-heal"]["MRR@10"]
+    expected = (
+        metrics["models"]["tiny-heal"]["retrieval"]["MRR@10"] - metrics["models"]["untouched"]["retrieval"]["MRR@10"]
+    )
+    assert heal_mrr["mean"] == pytest.approx(expected)
+    assert heal_mrr["low"] <= heal_mrr["mean"] <= heal_mrr["high"]
     markdown = (out / "report.md").read_text()
     assert "| tiny-heal − untouched |" in markdown.replace(" | bm25 − untouched", "")
+    mrr_row = next(line for line in markdown.splitlines() if line.startswith("| MRR@10 |"))
+    assert f"{heal_mrr['mean']:+.4f} [{heal_mrr['low']:+.4f}, {heal_mrr['high']:+.4f}]" in mrr_row
     assert "![per-level metrics](levels.png)" in markdown
     assert "<img src='map.png'" in (out / "report.html").read_text()
     assert "report:" in capsys.readouterr().out

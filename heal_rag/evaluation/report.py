@@ -1,7 +1,8 @@
 """The A/B evaluation behind ``heal-rag eval``: score models on a labelled corpus and write a report.
 
-For each model: queries against the corpus (retrieval metrics of :func:`heal_rag.evaluation.evaluate_rankings`)
-and a leave-one-out 10-NN path prediction for every document (:mod:`heal_rag.evaluation.classification`). The
+For each model: queries against the corpus (retrieval metrics of :func:`heal_rag.evaluation.per_query_scores`,
+and each model's difference to the first with a paired bootstrap interval) and a leave-one-out 10-NN path
+prediction for every document (:mod:`heal_rag.evaluation.classification`). The
 report directory holds ``report.md``, ``report.html``, ``metrics.json`` and two plots: ``levels.png`` (per-level
 metrics, one bar per model) and ``map.png`` (a 2-D map of the document embeddings per model, coloured by the
 top-level label).
@@ -25,7 +26,12 @@ from heal_rag.evaluation.classification import (
     hierarchical_classification_report,
     knn_predict_level_ids,
 )
-from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_rankings, top_k_indices
+from heal_rag.evaluation.retrieval import (
+    RetrievalReport,
+    paired_difference,
+    per_query_scores,
+    top_k_indices,
+)
 from heal_rag.queries import Query
 
 
@@ -38,12 +44,14 @@ class ModelEvaluation:
         retrieval: Retrieval metrics.
         classification: Path prediction metrics (``None`` for a lexical baseline).
         document_embeddings: The normalised document vectors (``None`` for a lexical baseline), for the map.
+        retrieval_per_query: Each retrieval metric per query (for paired comparisons between models).
     """
 
     name: str
     retrieval: RetrievalReport
     classification: ClassificationReport | None
     document_embeddings: np.ndarray | None
+    retrieval_per_query: dict[str, np.ndarray] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Metrics as plain JSON."""
@@ -119,12 +127,17 @@ def evaluate_embedding_model(
     documents = np.asarray(model.encode_document(task.corpus.texts, **kwargs))
     queries = np.asarray(model.encode_query(task.query_texts, **kwargs))
     ranked = top_k_indices(queries, documents, max(k, context_k))
-    retrieval = evaluate_rankings(
-        ranked, task.gold, task.level_ids[task.gold], task.level_ids, k=k, recall_at=(1, k), context_k=context_k
-    )
+    per_query = _score_rankings(ranked, task, k, context_k)
+    retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=(1, k), context_k=context_k)
     predicted = knn_predict_level_ids(documents, documents, task.level_ids, k=knn_k, exclude_self=True)
     classification = hierarchical_classification_report(predicted, task.level_ids)
-    return ModelEvaluation(name, retrieval, classification, documents)
+    return ModelEvaluation(name, retrieval, classification, documents, per_query)
+
+
+def _score_rankings(ranked: np.ndarray, task: EvaluationTask, k: int, context_k: int) -> dict[str, np.ndarray]:
+    return per_query_scores(
+        ranked, task.gold, task.level_ids[task.gold], task.level_ids, k=k, recall_at=(1, k), context_k=context_k
+    )
 
 
 def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> np.ndarray:
@@ -148,16 +161,10 @@ def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> n
 
 def evaluate_bm25(task: EvaluationTask, *, k: int = 10, context_k: int = 5) -> ModelEvaluation:
     """The lexical baseline: :func:`bm25_rankings` over the corpus."""
-    retrieval = evaluate_rankings(
-        bm25_rankings(task.corpus.texts, task.query_texts, max(k, context_k)),
-        task.gold,
-        task.level_ids[task.gold],
-        task.level_ids,
-        k=k,
-        recall_at=(1, k),
-        context_k=context_k,
-    )
-    return ModelEvaluation("bm25", retrieval, None, None)
+    ranked = bm25_rankings(task.corpus.texts, task.query_texts, max(k, context_k))
+    per_query = _score_rankings(ranked, task, k, context_k)
+    retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=(1, k), context_k=context_k)
+    return ModelEvaluation("bm25", retrieval, None, None, per_query)
 
 
 def write_report(
@@ -199,13 +206,38 @@ def write_report(
         write_text_atomic(staging / "report.html", _html(title, summary, tables, has_map=bool(mapped)))
         write_json_atomic(
             staging / "metrics.json",
-            {"summary": summary, "models": {e.name: e.as_dict() for e in evaluations}},
+            {
+                "summary": summary,
+                "models": {e.name: e.as_dict() for e in evaluations},
+                "minus_reference": paired_differences(evaluations),
+            },
         )
     return Path(out_dir)
 
 
+def paired_differences(evaluations: Sequence[ModelEvaluation]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each model minus the first (the reference), per retrieval metric, with a 95 % paired bootstrap interval.
+
+    Returns:
+        ``{model: {metric: {"mean", "low", "high", "wins", "losses"}}}`` (see
+        :func:`heal_rag.evaluation.paired_difference`); models without per-query scores are left out.
+    """
+    reference = evaluations[0].retrieval_per_query if evaluations else None
+    if reference is None:
+        return {}
+    return {
+        e.name: {m: paired_difference(e.retrieval_per_query[m], reference[m]).as_dict() for m in reference}
+        for e in evaluations[1:]
+        if e.retrieval_per_query is not None
+    }
+
+
 def _tables(evaluations: Sequence[ModelEvaluation]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(caption, header, rows) for the retrieval and classification tables; the first model is the reference."""
+    """(caption, header, rows) for the retrieval and classification tables; the first model is the reference.
+
+    Retrieval differences carry their 95 % paired bootstrap interval over the queries.
+    """
+    paired = paired_differences(evaluations)
     out = []
     for caption, getter in (
         ("Retrieval", lambda e: e.retrieval.as_dict()),
@@ -224,8 +256,14 @@ def _tables(evaluations: Sequence[ModelEvaluation]) -> list[tuple[str, list[str]
             values = [rows_by_model[n].get(metric) for n in names]
             cells = [metric] + ["–" if v is None else f"{v:.4f}" for v in values]
             reference = values[0]
-            for value in values[1:]:
-                cells.append("–" if value is None or reference is None else f"{value - reference:+.4f}")
+            for name, value in zip(names[1:], values[1:], strict=True):
+                interval = paired.get(name, {}).get(metric)
+                if value is None or reference is None:
+                    cells.append("–")
+                elif interval is None:
+                    cells.append(f"{value - reference:+.4f}")
+                else:
+                    cells.append(f"{interval['mean']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]")
             rows.append(cells)
         out.append((caption, header, rows))
     return out
@@ -235,7 +273,9 @@ def _markdown(title: str, summary: str, tables: list[tuple[str, list[str], list[
     lines = [f"# {title}", "", summary, ""]
     lines += [
         "Lower is better for context-miss and off-topic (the hallucination-risk proxies: the gold passage missing "
-        "from, and passages of another leaf in, what a generator would see); higher is better for the rest.",
+        "from, and passages of another leaf in, what a generator would see); higher is better for the rest. "
+        "A retrieval difference to the reference shows its 95 % paired bootstrap interval over the queries: "
+        "when the interval contains 0, the two models are not told apart on this query set.",
         "",
     ]
     for caption, header, rows in tables:

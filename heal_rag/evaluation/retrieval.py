@@ -25,6 +25,22 @@ class RetrievalReport:
     n_queries: int
     extra: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_per_query(
+        cls, scores: dict[str, np.ndarray], k: int, recall_at: Sequence[int], context_k: int
+    ) -> RetrievalReport:
+        """The report of :func:`per_query_scores`' output: every metric's mean over queries."""
+        means = {name: float(values.mean()) for name, values in scores.items()}
+        n_levels = sum(1 for name in scores if name.startswith(f"hP@{k}/L"))
+        return cls(
+            mrr=means[f"MRR@{k}"],
+            recall={r: means[f"Recall@{r}"] for r in recall_at},
+            hier_precision=[means[f"hP@{k}/L{level}"] for level in range(n_levels)],
+            k=k,
+            n_queries=len(scores[f"MRR@{k}"]),
+            extra={name: means[name] for name in (f"nDCG@{k}", f"context-miss@{context_k}", f"off-topic@{context_k}")},
+        )
+
     def as_dict(self) -> dict[str, float]:
         """Flat ``{metric_name: value}`` view, e.g. for JSON or a table row."""
         out = {f"MRR@{self.k}": self.mrr}
@@ -153,21 +169,8 @@ def evaluate_rankings(
         evaluate_rankings(ranked, [0], level_ids[:1], level_ids, k=2, recall_at=(1,), context_k=1).mrr  # 0.5
         ```
     """
-    scores = {
-        name: float(values.mean())
-        for name, values in per_query_scores(
-            ranked, gold_doc, query_level_ids, doc_level_ids, k, recall_at, context_k
-        ).items()
-    }
-    n_levels = query_level_ids.shape[1]
-    return RetrievalReport(
-        mrr=scores[f"MRR@{k}"],
-        recall={r: scores[f"Recall@{r}"] for r in recall_at},
-        hier_precision=[scores[f"hP@{k}/L{level}"] for level in range(n_levels)],
-        k=k,
-        n_queries=len(gold_doc),
-        extra={name: scores[name] for name in (f"nDCG@{k}", f"context-miss@{context_k}", f"off-topic@{context_k}")},
-    )
+    scores = per_query_scores(ranked, gold_doc, query_level_ids, doc_level_ids, k, recall_at, context_k)
+    return RetrievalReport.from_per_query(scores, k=k, recall_at=recall_at, context_k=context_k)
 
 
 @dataclass(frozen=True)
