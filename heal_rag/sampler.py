@@ -33,7 +33,8 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         leaf_level: Column of the label rows holding the leaf id (default ``-1``: the last hierarchy column).
         n_levels: Number of hierarchy id columns in a row, when rows also hold a document key or weights
             (default: every column is a hierarchy level).
-        samples_per_leaf: Texts drawn from each leaf in a row (at least 2, so the leaf level has positives).
+        samples_per_leaf: Texts drawn from each leaf in a row (at least 2, so the leaf level has positives; 2, the
+            default, gave the best hierarchy metrics in ``benchmarks/quality.py``).
         leaves_per_parent: Sibling leaves taken under one parent before moving on.
 
     Example:
@@ -44,7 +45,7 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
 
         args = SentenceTransformerTrainingArguments(
             output_dir="out",
-            batch_sampler=partial(HierarchicalBatchSampler, samples_per_leaf=4, leaves_per_parent=4),
+            batch_sampler=partial(HierarchicalBatchSampler, samples_per_leaf=2, leaves_per_parent=4),
         )
         ```
     """
@@ -60,7 +61,7 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         *,
         leaf_level: int = -1,
         n_levels: int | None = None,
-        samples_per_leaf: int = 4,
+        samples_per_leaf: int = 2,
         leaves_per_parent: int = 4,
     ) -> None:
         super().__init__(

@@ -78,3 +78,12 @@ def test_invalid_arguments():
         HierarchicalBatchSampler.from_label_rows(rows, batch_size=32, n_levels=5)
     with pytest.raises(ValueError, match="label column"):
         HierarchicalBatchSampler({"text": ["a"]}, batch_size=4, valid_label_columns=["label"])
+
+
+def test_sampler_default_matches_the_recommended_recipe():
+    from heal_rag.training import HEALTrainingConfig
+
+    rows, _ = label_rows()
+    sampler = HierarchicalBatchSampler.from_label_rows(rows, batch_size=32, n_levels=2)
+    assert sampler.samples_per_leaf == HEALTrainingConfig().samples_per_leaf
+    assert sampler.leaves_per_parent == HEALTrainingConfig().leaves_per_parent
