@@ -65,6 +65,7 @@ from heal_rag.evaluation import (  # noqa: E402
     top_k_indices,
 )
 from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
+from heal_rag.evaluation.retrieval import format_paired  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
 from heal_rag.training import HEALTrainingConfig  # noqa: E402
 
@@ -472,17 +473,25 @@ def paired_comparison(split: Split, rankings: dict[str, list[np.ndarray]]) -> di
     (:func:`heal_rag.evaluation.retrieval.paired_difference`), so a gap can be told apart from noise. A method
     trained with several seeds counts each query's score averaged over the seeds.
     """
-    leaf = split.test_level_ids.shape[1] - 1
-    names = {column: column.replace("leaf", f"L{leaf}") for column in PAIRED_COLUMNS}
 
     def scores(ranked_per_seed: list[np.ndarray]) -> dict[str, np.ndarray]:
         per_seed = [
-            per_query_scores(
-                ranked, np.arange(len(split.test_texts)), split.test_level_ids, split.test_level_ids, k=10, context_k=5
-            )
+            {
+                "retrieval": per_query_scores(
+                    ranked,
+                    np.arange(len(split.test_texts)),
+                    split.test_level_ids,
+                    split.test_level_ids,
+                    k=10,
+                    context_k=5,
+                )
+            }
             for ranked in ranked_per_seed
         ]
-        return {column: np.mean([values[name] for values in per_seed], axis=0) for column, name in names.items()}
+        return {
+            column: np.mean([_value(values, column, "retrieval") for values in per_seed], axis=0)
+            for column in PAIRED_COLUMNS
+        }
 
     heal = scores(rankings["heal"])
     out = {}
@@ -497,7 +506,7 @@ def format_comparison(comparison: dict[str, dict[str, dict[str, float]]]) -> str
     """Markdown table of :func:`paired_comparison`: mean difference and its 95 % interval per cell."""
     lines = ["| HEAL − | " + " | ".join(PAIRED_COLUMNS) + " |", "|---" + "|---:" * len(PAIRED_COLUMNS) + "|"]
     for method, cells in comparison.items():
-        row = (f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in cells.values())
+        row = (format_paired(difference) for difference in cells.values())
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 

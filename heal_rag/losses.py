@@ -274,10 +274,10 @@ class HEALLoss(nn.Module):
             components["query_document"] = per_level[-1]
         elif paired:
             pair_temperature = self.pair_temperature or self.temperature
-            leaf = ids[:, n_hierarchy - 1]
-            excluded = (
-                (leaf[:, None] == leaf[None, :]) & (leaf[:, None] >= 0) if self.pair_negatives != "all" else None
-            )
+            excluded = None
+            if self.pair_negatives == "other_leaves":  # rows of the same leaf (_ranking_loss keeps the own document)
+                nothing = torch.zeros(len(ids), len(ids), dtype=torch.bool, device=ids.device)
+                excluded = _same_label_masks(ids[:, n_hierarchy - 1 : n_hierarchy], nothing)[0]
             ranking = _ranking_loss(
                 embeddings[0], embeddings[1], ids, pair_temperature, self.pair_level_discount, excluded
             )

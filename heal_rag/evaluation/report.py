@@ -28,6 +28,7 @@ from heal_rag.evaluation.classification import (
 )
 from heal_rag.evaluation.retrieval import (
     RetrievalReport,
+    format_paired,
     paired_difference,
     per_query_scores,
     top_k_indices,
@@ -126,18 +127,20 @@ def evaluate_embedding_model(
     kwargs = {"batch_size": batch_size, "normalize_embeddings": True, "show_progress_bar": show_progress_bar}
     documents = np.asarray(model.encode_document(task.corpus.texts, **kwargs))
     queries = np.asarray(model.encode_query(task.query_texts, **kwargs))
-    ranked = top_k_indices(queries, documents, max(k, context_k))
-    per_query = _score_rankings(ranked, task, k, context_k)
-    retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=(1, k), context_k=context_k)
+    retrieval, per_query = _score_rankings(top_k_indices(queries, documents, max(k, context_k)), task, k, context_k)
     predicted = knn_predict_level_ids(documents, documents, task.level_ids, k=knn_k, exclude_self=True)
     classification = hierarchical_classification_report(predicted, task.level_ids)
     return ModelEvaluation(name, retrieval, classification, documents, per_query)
 
 
-def _score_rankings(ranked: np.ndarray, task: EvaluationTask, k: int, context_k: int) -> dict[str, np.ndarray]:
-    return per_query_scores(
+def _score_rankings(
+    ranked: np.ndarray, task: EvaluationTask, k: int, context_k: int
+) -> tuple[RetrievalReport, dict[str, np.ndarray]]:
+    """The retrieval report of ``ranked`` and the per-query scores behind it."""
+    per_query = per_query_scores(
         ranked, task.gold, task.level_ids[task.gold], task.level_ids, k=k, recall_at=(1, k), context_k=context_k
     )
+    return RetrievalReport.from_per_query(per_query, k=k, recall_at=(1, k), context_k=context_k), per_query
 
 
 def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> np.ndarray:
@@ -162,8 +165,7 @@ def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> n
 def evaluate_bm25(task: EvaluationTask, *, k: int = 10, context_k: int = 5) -> ModelEvaluation:
     """The lexical baseline: :func:`bm25_rankings` over the corpus."""
     ranked = bm25_rankings(task.corpus.texts, task.query_texts, max(k, context_k))
-    per_query = _score_rankings(ranked, task, k, context_k)
-    retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=(1, k), context_k=context_k)
+    retrieval, per_query = _score_rankings(ranked, task, k, context_k)
     return ModelEvaluation("bm25", retrieval, None, None, per_query)
 
 
@@ -263,7 +265,7 @@ def _tables(evaluations: Sequence[ModelEvaluation]) -> list[tuple[str, list[str]
                 elif interval is None:
                     cells.append(f"{value - reference:+.4f}")
                 else:
-                    cells.append(f"{interval['mean']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]")
+                    cells.append(format_paired(interval))
             rows.append(cells)
         out.append((caption, header, rows))
     return out

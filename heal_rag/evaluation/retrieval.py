@@ -188,6 +188,12 @@ class PairedDifference:
         return {"mean": self.mean, "low": self.low, "high": self.high, "wins": self.wins, "losses": self.losses}
 
 
+def format_paired(difference: PairedDifference | dict[str, float]) -> str:
+    """``+0.0123 [-0.0010, +0.0250]``: a :class:`PairedDifference` (or its ``as_dict``) for a table cell."""
+    values = difference.as_dict() if isinstance(difference, PairedDifference) else difference
+    return f"{values['mean']:+.4f} [{values['low']:+.4f}, {values['high']:+.4f}]"
+
+
 def paired_difference(
     scores_a: np.ndarray, scores_b: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
 ) -> PairedDifference:
