@@ -169,23 +169,26 @@ def test_documents_only_loss_matches_loop_reference(seed, batch, temperature, sc
     )
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), batch=st.integers(2, 10), qd_weight=st.sampled_from([0.0, 0.5, 2.0]))
-def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
+def paired_batch(seed: int, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Label rows (3 nested levels + document key) and (query, document) embeddings for a random batch."""
     rng = np.random.default_rng(seed)
     doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
     labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
     embeddings = [torch.as_tensor(rng.normal(size=(batch, 8)), dtype=torch.float32) for _ in range(2)]
-    loss = HEALLoss(
-        IdentityModel(),
-        temperature=0.1,
-        level_weights=[1.0, 0.5, 2.0],
-        query_document_weight=qd_weight,
-        pair_loss="supcon",
-    )
-    assert_matches_reference(
-        loss, embeddings, labels, temperature=0.1, level_weights=[1.0, 0.5, 2.0], query_document_weight=qd_weight
-    )
+    return labels, embeddings
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(2, 10), qd_weight=st.sampled_from([0.0, 0.5, 2.0]))
+def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
+    labels, embeddings = paired_batch(seed, batch)
+    options = {
+        "temperature": 0.1,
+        "level_weights": [1.0, 0.5, 2.0],
+        "query_document_weight": qd_weight,
+        "pair_loss": "supcon",
+    }
+    assert_matches_reference(HEALLoss(IdentityModel(), **options), embeddings, labels, **options)
 
 
 @settings(max_examples=40, deadline=None)
@@ -202,37 +205,19 @@ def test_query_document_loss_matches_loop_reference(seed, batch, qd_weight):
 def test_ranking_pair_loss_matches_loop_reference(
     seed, batch, qd_weight, views, discount, symmetric, negatives, query_weight
 ):
-    query_weight = query_weight if views == "both" else 1.0
-    rng = np.random.default_rng(seed)
-    doc_keys = rng.integers(0, max(1, batch // 2 + 1), size=(batch, 1))  # some documents repeat in the batch
-    labels = torch.as_tensor(np.concatenate([nested_ids(rng, batch), doc_keys], axis=1))
-    embeddings = [torch.as_tensor(rng.normal(size=(batch, 8)), dtype=torch.float32) for _ in range(2)]
-    loss = HEALLoss(
-        IdentityModel(),
-        temperature=0.1,
-        level_weights=[1.0, 0.5, 2.0],
-        query_document_weight=qd_weight,
-        pair_loss="ranking",
-        hierarchy_views=views,
-        pair_level_discount=discount,
-        symmetric_pairs=symmetric,
-        pair_negatives=negatives,
-        query_hierarchy_weight=query_weight,
-    )
-    assert_matches_reference(
-        loss,
-        embeddings,
-        labels,
-        temperature=0.1,
-        level_weights=[1.0, 0.5, 2.0],
-        query_document_weight=qd_weight,
-        pair_loss="ranking",
-        hierarchy_views=views,
-        pair_level_discount=discount,
-        symmetric_pairs=symmetric,
-        pair_negatives=negatives,
-        query_hierarchy_weight=query_weight,
-    )
+    labels, embeddings = paired_batch(seed, batch)
+    options = {
+        "temperature": 0.1,
+        "level_weights": [1.0, 0.5, 2.0],
+        "query_document_weight": qd_weight,
+        "pair_loss": "ranking",
+        "hierarchy_views": views,
+        "pair_level_discount": discount,
+        "symmetric_pairs": symmetric,
+        "pair_negatives": negatives,
+        "query_hierarchy_weight": query_weight if views == "both" else 1.0,
+    }
+    assert_matches_reference(HEALLoss(IdentityModel(), **options), embeddings, labels, **options)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
