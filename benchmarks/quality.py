@@ -96,10 +96,16 @@ RECIPE_KEYS = (
     "samples_per_leaf",
     "leaves_per_parent",
     "learning_rate",
+    "base_weight_share",
 )
 # Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
 # this value, so the runs cached before they existed stay valid.
-LATER_KEYS = {"symmetric_pairs": False, "pair_negatives": "all", "query_hierarchy_weight": 1.0}
+LATER_KEYS = {
+    "symmetric_pairs": False,
+    "pair_negatives": "all",
+    "query_hierarchy_weight": 1.0,
+    "base_weight_share": 0.0,
+}
 SWEEP_START = {
     "temperature": 0.1,
     "level_weights": "deeper",
@@ -117,6 +123,7 @@ SWEEP_START = {
     "samples_per_leaf": 4,
     "leaves_per_parent": 4,
     "learning_rate": 1e-4,
+    "base_weight_share": 0.0,
 }
 
 

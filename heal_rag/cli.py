@@ -57,6 +57,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--consistency-weight", type=float, default=None)
     group.add_argument("--samples-per-leaf", type=int, default=None)
     group.add_argument("--leaves-per-parent", type=int, default=None)
+    group.add_argument(
+        "--base-weight-share",
+        type=float,
+        default=None,
+        help="blend this share of the base model's weights back after training (0: off)",
+    )
 
 
 _TRAINING_KEYS = (
@@ -76,6 +82,7 @@ _TRAINING_KEYS = (
     "consistency_weight",
     "samples_per_leaf",
     "leaves_per_parent",
+    "base_weight_share",
 )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
@@ -103,3 +105,47 @@ def set_max_seq_length(model: SentenceTransformer, max_seq_length: int | None) -
         model.max_seq_length = max_seq_length
     except AttributeError:
         logger.info("This model has no settable max_seq_length; max_seq_length=%s ignored.", max_seq_length)
+
+
+def blend_with_base_weights(
+    model: torch.nn.Module, base_state: Mapping[str, torch.Tensor], base_weight_share: float
+) -> None:
+    """Move ``model``'s weights back towards a base model's, in place (weight-space ensembling, "WiSE-FT").
+
+    Every floating-point tensor becomes ``(1 - share) * tuned + share * base``; integer buffers (e.g. position ids)
+    are kept. Averaging a fine-tuned model with the model it started from keeps much of what fine-tuning taught
+    while recovering what the base model already did well (Wortsman et al., "Robust fine-tuning of zero-shot
+    models", CVPR 2022); both must share one architecture.
+
+    Args:
+        model: The tuned model, e.g. a ``SentenceTransformer`` (changed in place).
+        base_state: The base model's ``state_dict()``, e.g. copied before training.
+        base_weight_share: Share of the base weights, in ``[0, 1]`` (0: no change, 1: the base model again).
+
+    Example:
+        ```python
+        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ...  # train model
+        blend_with_base_weights(model, base_state, 0.4)
+        ```
+    """
+    if not 0.0 <= base_weight_share <= 1.0:
+        raise ValueError(f"base_weight_share must lie in [0, 1], got {base_weight_share}.")
+    import torch
+
+    tuned_state = model.state_dict()
+    missing = sorted(set(tuned_state) - set(base_state))
+    if missing:
+        raise ValueError(
+            f"The base weights lack {len(missing)} of the tuned model's tensors (e.g. {missing[0]!r}); "
+            "blend only a model with the one it was fine-tuned from."
+        )
+    with torch.no_grad():
+        for name, tuned in tuned_state.items():
+            base = base_state[name]
+            if tuned.shape != base.shape:
+                raise ValueError(
+                    f"Tensor {name!r} is {tuple(tuned.shape)} in the tuned model, {tuple(base.shape)} in the base."
+                )
+            if tuned.is_floating_point():
+                tuned.lerp_(base.to(device=tuned.device, dtype=tuned.dtype), base_weight_share)

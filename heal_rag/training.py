@@ -59,6 +59,8 @@ class HEALTrainingConfig:
         query_hierarchy_weight: Weight of the queries in the hierarchy levels (``hierarchy_views="both"``).
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
+        base_weight_share: After training, blend this share of the base model's weights back into the tuned
+            weights (weight-space ensembling, see :func:`heal_rag.models.blend_with_base_weights`; 0: off).
     """
 
     epochs: float = 2.0
@@ -83,6 +85,7 @@ class HEALTrainingConfig:
     query_hierarchy_weight: float = 1.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
+    base_weight_share: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -256,6 +259,10 @@ def fine_tune(
         if unknown:
             raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
         config = HEALTrainingConfig(**{**config.__dict__, **config_overrides})
+    if not 0.0 <= config.base_weight_share < 1.0:
+        raise ValueError(
+            f"base_weight_share must lie in [0, 1) (0: keep the tuned weights), got {config.base_weight_share}."
+        )
     labels = LabelPaths.coerce(labels)
     if len(documents) < 2:
         raise ValueError("fine_tune needs at least 2 documents.")
@@ -272,7 +279,7 @@ def fine_tune(
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     from heal_rag.losses import HEALLoss
-    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+    from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length
     from heal_rag.sampler import HierarchicalBatchSampler
 
     if isinstance(base_model, SentenceTransformer):
@@ -283,6 +290,11 @@ def fine_tune(
         base_model_name = str(base_model or "all-MiniLM-L6-v2")
     set_max_seq_length(model, config.max_seq_length)
     model.model_card_data.generate_widget_examples = False
+    base_state = (
+        {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        if config.base_weight_share > 0
+        else None
+    )
 
     loss = HEALLoss(
         model,
@@ -333,6 +345,8 @@ def fine_tune(
             model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
         )
         train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if base_state is not None:
+        blend_with_base_weights(model, base_state, config.base_weight_share)
 
     settings = {
         **config.as_dict(),

@@ -119,3 +119,49 @@ def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tiny_model_dir, tmp_path
     assert results["n_train"] + results["n_test"] == len(texts)
     assert set(results["before"]) == set(results["after"])
     assert (out / "model" / "heal_rag.json").is_file()
+
+
+def test_blend_with_base_weights_interpolates_floats_and_keeps_integer_buffers(tiny_model):
+    import torch
+
+    from heal_rag.models import blend_with_base_weights
+
+    base = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
+    with torch.no_grad():
+        for tensor in tiny_model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(1.0)
+    blend_with_base_weights(tiny_model, base, 0.0)
+    state = tiny_model.state_dict()
+    assert all(torch.equal(state[n], base[n] + 1.0) for n in base if base[n].is_floating_point())
+    blend_with_base_weights(tiny_model, base, 0.75)
+    for name, tensor in tiny_model.state_dict().items():
+        expected = base[name] + 0.25 if tensor.is_floating_point() else base[name]
+        torch.testing.assert_close(tensor, expected)
+
+
+def test_blend_with_base_weights_keeps_integer_buffers():
+    import torch
+
+    from heal_rag.models import blend_with_base_weights
+
+    module = torch.nn.Linear(2, 2)
+    module.register_buffer("steps", torch.tensor([4, 8]))
+    base = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+    base["steps"] = torch.tensor([0, 0])
+    blend_with_base_weights(module, base, 0.5)
+    assert module.steps.tolist() == [4, 8]
+    torch.testing.assert_close(module.weight, base["weight"])  # floats equal in both: unchanged
+
+
+def test_blend_with_base_weights_errors(tiny_model):
+    from heal_rag.models import blend_with_base_weights
+
+    base = dict(tiny_model.state_dict())
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        blend_with_base_weights(tiny_model, base, 1.2)
+    name = next(iter(base))
+    with pytest.raises(ValueError, match="lack 1 of the tuned model's tensors"):
+        blend_with_base_weights(tiny_model, {k: v for k, v in base.items() if k != name}, 0.5)
+    with pytest.raises(ValueError, match="in the tuned model"):
+        blend_with_base_weights(tiny_model, {**base, name: base[name].flatten()[:1]}, 0.5)

@@ -192,3 +192,39 @@ def test_write_json_atomic_leaves_no_temp_files_and_normal_mode(tmp_path):
         write_json_atomic(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"a": 2}, "a failed write must not touch the existing file"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_base_weight_share_blends_the_tuned_weights_with_the_base(corpus, tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    texts, paths, _ = corpus
+    base = SentenceTransformer(str(tiny_model_dir), device="cpu").state_dict()
+    tuned = fine_tune(
+        texts, paths, output_dir=tmp_path / "tuned", base_model=tiny_model_dir, show_progress_bar=False, **FAST
+    )
+    blended = fine_tune(
+        texts,
+        paths,
+        output_dir=tmp_path / "blended",
+        base_model=tiny_model_dir,
+        show_progress_bar=False,
+        base_weight_share=0.25,
+        **FAST,
+    )
+    assert blended.metadata["training"]["base_weight_share"] == 0.25
+    tuned_state = tuned.model.state_dict()
+    saved_state = SentenceTransformer(str(tmp_path / "blended"), device="cpu").state_dict()
+    moved = 0
+    for name, value in saved_state.items():
+        expected = 0.75 * tuned_state[name] + 0.25 * base[name] if value.is_floating_point() else base[name]
+        np.testing.assert_allclose(value.numpy(), expected.numpy(), atol=1e-6, err_msg=name)
+        moved += int(not np.allclose(value.numpy(), tuned_state[name].numpy()))
+    assert moved > 0, "blending should have changed the tuned weights"
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, 1.5])
+def test_base_weight_share_out_of_range_is_rejected(corpus, tmp_path, share):
+    texts, paths, _ = corpus
+    with pytest.raises(ValueError, match=r"base_weight_share must lie in \[0, 1\)"):
+        fine_tune(texts, paths, output_dir=tmp_path / "m", base_weight_share=share)
+    assert not (tmp_path / "m").exists()
