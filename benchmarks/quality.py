@@ -269,7 +269,7 @@ def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[s
         ids=split.train_ids,
         queries=[Query(q, i) for q, i in zip(split.train_queries, split.train_ids, strict=True)],
         output_dir=output_dir / "model",
-        **{**_budget_settings(budget), **overrides},
+        **{**_budget_settings(budget, learning_rate=False), **overrides},
     )
     return result.model, result.metadata["training"]
 
@@ -291,11 +291,12 @@ def train_supcon(split: Split, budget: Budget, output_dir: Path) -> Any:
     return result.model
 
 
-def _budget_settings(budget: Budget) -> dict[str, Any]:
+def _budget_settings(budget: Budget, learning_rate: bool = True) -> dict[str, Any]:
+    """``fine_tune`` settings of the shared budget; HEAL leaves out the learning rate (its recipe has its own)."""
     return {
         "max_steps": budget.steps,
         "batch_size": budget.batch_size,
-        "learning_rate": budget.learning_rate,
+        **({"learning_rate": budget.learning_rate} if learning_rate else {}),
         "warmup_ratio": budget.warmup_ratio,
         "max_seq_length": budget.max_seq_length,
         "seed": budget.seed,
@@ -311,6 +312,26 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
         "documents": model.encode_document(split.test_texts, **kwargs),
         "train_documents": model.encode_document(split.train_texts, **kwargs),
     }
+
+
+def score(
+    split: Split, ranked: np.ndarray, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Retrieval metrics of ``ranked`` and, given embeddings (see :func:`embed`), 10-NN path prediction metrics."""
+    retrieval = evaluate_rankings(
+        ranked,
+        np.arange(len(split.test_texts)),
+        split.test_level_ids,
+        split.test_level_ids,
+        k=10,
+        recall_at=(1, 10),
+        context_k=5,
+    ).as_dict()
+    classification: dict[str, float] = {}
+    if arrays:
+        predicted = knn_predict_level_ids(arrays["documents"], arrays["train_documents"], split.train_level_ids, k=10)
+        classification = hierarchical_classification_report(predicted, split.test_level_ids).as_dict()
+    return retrieval, classification
 
 
 def run_method(
@@ -360,19 +381,7 @@ def run_method(
                 train_seconds = time.perf_counter() - started
             arrays = embed(model, split)
         ranked = top_k_indices(arrays["queries"], arrays["documents"], RANK_DEPTH)
-    retrieval = evaluate_rankings(
-        ranked,
-        np.arange(len(split.test_texts)),
-        split.test_level_ids,
-        split.test_level_ids,
-        k=10,
-        recall_at=(1, 10),
-        context_k=5,
-    ).as_dict()
-    classification: dict[str, float] = {}
-    if arrays:
-        predicted = knn_predict_level_ids(arrays["documents"], arrays["train_documents"], split.train_level_ids, k=10)
-        classification = hierarchical_classification_report(predicted, split.test_level_ids).as_dict()
+    retrieval, classification = score(split, ranked, arrays)
     result = {
         "method": method,
         "settings": key_payload,
@@ -533,9 +542,8 @@ def average_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
-    """The effective HEAL recipe: ``fine_tune`` defaults, then the budget's learning rate, then ``settings``."""
+    """The effective HEAL recipe: ``fine_tune`` defaults (learning rate included), then ``settings``."""
     recipe = {k: v for k, v in HEALTrainingConfig().as_dict().items() if k in RECIPE_KEYS}
-    recipe["learning_rate"] = budget.learning_rate
     recipe.update({k: v for k, v in settings.items() if k in RECIPE_KEYS})
     for key, value in recipe.items():  # "2" on the command line and 2.0 in the defaults are the same recipe
         if (
@@ -571,7 +579,7 @@ def ablation_table(name: str, seed: int) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, _, raw = pair.partition("=")
@@ -594,7 +602,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     defaults = HEALTrainingConfig()
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="of every trained method")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-4,
+        help="of MNRL and flat SupCon (HEAL: its recipe's, --heal learning_rate=...)",
+    )
     parser.add_argument(
         "--seeds",
         nargs="+",
@@ -626,7 +639,7 @@ def main() -> None:
         max_seq_length=args.max_seq_length,
         seed=args.seeds[0],
     )
-    overrides = _parse_overrides(args.heal)
+    overrides = parse_overrides(args.heal)
     report: dict[str, Any] = {
         "budget": budget.__dict__,
         "seeds": args.seeds,

@@ -66,7 +66,7 @@ class HEALTrainingConfig:
     epochs: float = 2.0
     max_steps: int | None = None
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     warmup_ratio: float = 0.1
     seed: int = 42
     max_seq_length: int | None = 256
@@ -85,7 +85,7 @@ class HEALTrainingConfig:
     query_hierarchy_weight: float = 1.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
-    base_weight_share: float = 0.0
+    base_weight_share: float = 0.4
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""

@@ -50,6 +50,7 @@ def test_cli_bad_level_weights(capsys):
     [
         (["--pair-loss", "supcon", "--hierarchy-views", "both"], {"pair_loss": "supcon", "hierarchy_views": "both"}),
         (["--pair-negatives", "other_leaves"], {"pair_loss": "ranking", "pair_negatives": "other_leaves"}),
+        (["--base-weight-share", "0"], {"base_weight_share": 0.0, "learning_rate": 2e-4}),
     ],
 )
 def test_cli_train_with_tiny_model(corpus, tiny_model_dir, tmp_path, loss_args, expected):

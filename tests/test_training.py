@@ -200,7 +200,13 @@ def test_base_weight_share_blends_the_tuned_weights_with_the_base(corpus, tiny_m
     texts, paths, _ = corpus
     base = SentenceTransformer(str(tiny_model_dir), device="cpu").state_dict()
     tuned = fine_tune(
-        texts, paths, output_dir=tmp_path / "tuned", base_model=tiny_model_dir, show_progress_bar=False, **FAST
+        texts,
+        paths,
+        output_dir=tmp_path / "tuned",
+        base_model=tiny_model_dir,
+        show_progress_bar=False,
+        base_weight_share=0.0,
+        **FAST,
     )
     blended = fine_tune(
         texts,
