@@ -9,7 +9,8 @@ Datasets (read from ../shared/data; a missing one is skipped):
 
 Each dataset is cut to a deterministic sample by hashed id (``--train-docs`` training documents, ``--test-docs``
 held-out ones). Every method sees the same base model, training documents and queries, step budget, batch size,
-learning rate, warm-up, token limit and seed:
+warm-up, token limit and seed; MNRL and flat SupCon train at ``--learning-rate`` (1e-4, MNRL's better choice),
+HEAL at its recipe's (``fine_tune``'s default, or ``--heal learning_rate=...``):
 
 - ``untouched``: the base model.
 - ``bm25``: bm25s (Lucene BM25, English stop words) over the held-out documents.
