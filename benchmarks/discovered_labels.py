@@ -5,7 +5,10 @@ Same split and recipe as `make demo` (bundled arXiv mini corpus, 70/30 hashed sp
 model is scored on the held-out part against the TRUE hierarchy: title → abstract MRR@10, Recall@1/10,
 hierarchical precision@10 per true level, graded nDCG@10, context-miss@5 and off-topic@5.
 
-    python benchmarks/discovered_labels.py [--depths 2 3]
+    python benchmarks/discovered_labels.py [--depths 2 3] [--shares 0.4 0.6]
+
+``--shares`` scores each trained model blended with the base at several ``base_weight_share`` values from one
+training run (default: only ``fine_tune``'s default share).
 
 Prints a table and writes benchmarks/results/discovered_labels.json (about 3 minutes per trained model on 2 CPU
 cores).
@@ -26,8 +29,8 @@ from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.data import demo_corpus_path, hashed_split, read_corpus  # noqa: E402
 from heal_rag.demo import DEMO_MAX_SEQ_LENGTH, evaluate_model  # noqa: E402
 from heal_rag.hierarchy.discover import discover_labels  # noqa: E402
-from heal_rag.models import load_sentence_transformer, set_max_seq_length  # noqa: E402
-from heal_rag.training import fine_tune  # noqa: E402
+from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length  # noqa: E402
+from heal_rag.training import HEALTrainingConfig, fine_tune  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "discovered_labels.json"
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "discovered_labels"
@@ -36,6 +39,10 @@ RUNS = Path(__file__).resolve().parents[1] / "runs" / "discovered_labels"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 3], help="HNMFk max_depth values to try")
+    default_share = HEALTrainingConfig().base_weight_share
+    parser.add_argument(
+        "--shares", nargs="+", type=float, default=[default_share], help="base_weight_share values to score"
+    )
     args = parser.parse_args()
     corpus = read_corpus(demo_corpus_path())
     train_idx, test_idx = hashed_split(corpus.ids, test_fraction=0.3)
@@ -68,9 +75,15 @@ def main() -> None:
             output_dir=RUNS / name.split(", ")[1].replace(" ", "-"),
             max_seq_length=DEMO_MAX_SEQ_LENGTH,
             show_progress_bar=False,
+            base_weight_share=0.0,  # blended below, once per share
         )
         report[f"{name} seconds"] = time.perf_counter() - started
-        results[name] = evaluate_model(result.model, test, test_level_ids).as_dict()
+        tuned_state = {key: tensor.detach().clone() for key, tensor in result.model.state_dict().items()}
+        for share in args.shares:
+            result.model.load_state_dict(tuned_state)
+            blend_with_base_weights(result.model, base.state_dict(), share)
+            column = name if args.shares == [default_share] else f"{name}, share {share:g}"
+            results[column] = evaluate_model(result.model, test, test_level_ids).as_dict()
 
     report["results"] = results
     columns = list(results)
