@@ -53,6 +53,7 @@ def main() -> None:
     base = load_sentence_transformer(None)
     set_max_seq_length(base, DEMO_MAX_SEQ_LENGTH)
     results = {"untouched": evaluate_model(base, test, test_level_ids).as_dict()}
+    base_state = base.state_dict()
 
     runs: list[tuple[str, object, list[str] | None]] = [("HEAL, true labels", train.labels, None)]
     for depth in args.depths:
@@ -81,7 +82,7 @@ def main() -> None:
         tuned_state = {key: tensor.detach().clone() for key, tensor in result.model.state_dict().items()}
         for share in args.shares:
             result.model.load_state_dict(tuned_state)
-            blend_with_base_weights(result.model, base.state_dict(), share)
+            blend_with_base_weights(result.model, base_state, share)
             column = name if args.shares == [default_share] else f"{name}, share {share:g}"
             results[column] = evaluate_model(result.model, test, test_level_ids).as_dict()
 

@@ -58,7 +58,8 @@ import numpy as np  # noqa: E402
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.data import hashed_split  # noqa: E402
 from heal_rag.evaluation import (  # noqa: E402
-    evaluate_rankings,
+    RetrievalReport,
+    format_paired,
     hierarchical_classification_report,
     knn_predict_level_ids,
     paired_difference,
@@ -66,7 +67,6 @@ from heal_rag.evaluation import (  # noqa: E402
     top_k_indices,
 )
 from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
-from heal_rag.evaluation.retrieval import format_paired  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
 from heal_rag.training import HEALTrainingConfig  # noqa: E402
 
@@ -315,11 +315,9 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
     }
 
 
-def score(
-    split: Split, ranked: np.ndarray, arrays: dict[str, np.ndarray]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Retrieval metrics of ``ranked`` and, given embeddings (see :func:`embed`), 10-NN path prediction metrics."""
-    retrieval = evaluate_rankings(
+def retrieval_per_query(split: Split, ranked: np.ndarray) -> dict[str, np.ndarray]:
+    """Every retrieval metric per held-out query (each query's own document is its gold; k 10, context 5)."""
+    return per_query_scores(
         ranked,
         np.arange(len(split.test_texts)),
         split.test_level_ids,
@@ -327,7 +325,15 @@ def score(
         k=10,
         recall_at=(1, 10),
         context_k=5,
-    ).as_dict()
+    )
+
+
+def score(
+    split: Split, ranked: np.ndarray, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Retrieval metrics of ``ranked`` and, given embeddings (see :func:`embed`), 10-NN path prediction metrics."""
+    per_query = retrieval_per_query(split, ranked)
+    retrieval = RetrievalReport.from_per_query(per_query, k=10, recall_at=(1, 10), context_k=5).as_dict()
     classification: dict[str, float] = {}
     if arrays:
         predicted = knn_predict_level_ids(arrays["documents"], arrays["train_documents"], split.train_level_ids, k=10)
@@ -346,7 +352,7 @@ def run_method(
 
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
     if method == "heal":
-        key_payload["overrides"] = heal_recipe(overrides, budget)
+        key_payload["overrides"] = heal_recipe(overrides)
     if method == "untouched":
         key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
     elif method == "bm25":
@@ -388,7 +394,7 @@ def run_method(
         "settings": key_payload,
         "retrieval": retrieval,
         "classification": classification,
-        "heal_config": heal_recipe(heal_config, budget) if method == "heal" else {},
+        "heal_config": heal_recipe(heal_config) if method == "heal" else {},
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
@@ -492,19 +498,7 @@ def paired_comparison(split: Split, rankings: dict[str, list[np.ndarray]]) -> di
     """
 
     def scores(ranked_per_seed: list[np.ndarray]) -> dict[str, np.ndarray]:
-        per_seed = [
-            {
-                "retrieval": per_query_scores(
-                    ranked,
-                    np.arange(len(split.test_texts)),
-                    split.test_level_ids,
-                    split.test_level_ids,
-                    k=10,
-                    context_k=5,
-                )
-            }
-            for ranked in ranked_per_seed
-        ]
+        per_seed = [{"retrieval": retrieval_per_query(split, ranked)} for ranked in ranked_per_seed]
         return {
             column: np.mean([_value(values, column, "retrieval") for values in per_seed], axis=0)
             for column in PAIRED_COLUMNS
@@ -542,7 +536,7 @@ def average_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def heal_recipe(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
+def heal_recipe(settings: dict[str, Any]) -> dict[str, Any]:
     """The effective HEAL recipe: ``fine_tune`` defaults (learning rate included), then ``settings``."""
     recipe = {k: v for k, v in HEALTrainingConfig().as_dict().items() if k in RECIPE_KEYS}
     recipe.update({k: v for k, v in settings.items() if k in RECIPE_KEYS})

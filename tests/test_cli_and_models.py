@@ -122,7 +122,7 @@ def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tiny_model_dir, tmp_path
     assert (out / "model" / "heal_rag.json").is_file()
 
 
-def test_blend_with_base_weights_interpolates_floats_and_keeps_integer_buffers(tiny_model):
+def test_blend_with_base_weights_interpolates_float_tensors(tiny_model):
     import torch
 
     from heal_rag.models import blend_with_base_weights
