@@ -25,6 +25,10 @@ training documents in the method's embedding space.
 
     python benchmarks/quality.py [--datasets arxiv 20newsgroups medquad] [--steps 100] [--seeds 42 1 2]
     python benchmarks/quality.py --datasets arxiv --methods heal --heal level_weights=uniform --tag uniform
+    python benchmarks/quality.py --heal-labels hnmfk-2 --tag hnmfk   # HEAL on labels HNMFk discovers
+
+``--heal-labels hnmfk-N`` trains HEAL on the label paths HNMFk (depth N, fitted on the training texts alone)
+discovers instead of the dataset's own; every score is still taken against the true hierarchy.
 
 After each table comes HEAL minus every other method: the mean per-query difference of nDCG@10, MRR@10, leaf
 hierarchical precision@10 and off-topic@5 with a 95 % paired bootstrap interval over the held-out queries. With
@@ -159,6 +163,7 @@ class Split:
     test_level_ids: np.ndarray
     train_level_ids: np.ndarray
     sizes: tuple[int, int] = DEFAULT_SIZES  # the requested (train, test) sample sizes
+    heal_labels: str = "true"  # "true", or "hnmfk-N": HEAL trains on labels HNMFk discovers at depth N
 
 
 def _hash(value: str) -> int:
@@ -259,6 +264,23 @@ def train_mnrl(split: Split, budget: Budget, output_dir: Path) -> Any:
     return model
 
 
+def discovered_training_labels(split: Split) -> LabelPaths:
+    """The training labels HEAL uses: the true ones, or HNMFk's from the training texts (``split.heal_labels``)."""
+    if split.heal_labels == "true":
+        return split.train_labels
+    from heal_rag.hierarchy.discover import discover_labels
+
+    _, labels = discover_labels(split.train_texts, max_depth=_hnmfk_depth(split.heal_labels), show_progress=False)
+    return labels
+
+
+def _hnmfk_depth(heal_labels: str) -> int:
+    match = re.fullmatch(r"hnmfk-(\d+)", heal_labels)
+    if match is None or int(match.group(1)) < 1:
+        raise SystemExit(f"--heal-labels {heal_labels!r}: use 'true' or 'hnmfk-N' with a depth N >= 1.")
+    return int(match.group(1))
+
+
 def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[str, Any]) -> Any:
     """``heal_rag.fine_tune`` with its defaults and ``overrides``, on (query, document) pairs."""
     from heal_rag.queries import Query
@@ -266,7 +288,7 @@ def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[s
 
     result = fine_tune(
         split.train_texts,
-        split.train_labels,
+        discovered_training_labels(split),
         ids=split.train_ids,
         queries=[Query(q, i) for q, i in zip(split.train_queries, split.train_ids, strict=True)],
         output_dir=output_dir / "model",
@@ -353,6 +375,8 @@ def run_method(
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
     if method == "heal":
         key_payload["overrides"] = heal_recipe(overrides)
+        if split.heal_labels != "true":  # left out for the true labels so older caches stay valid
+            key_payload["heal_labels"] = split.heal_labels
     if method == "untouched":
         key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
     elif method == "bm25":
@@ -611,6 +635,11 @@ def main() -> None:
         help="train every method once per seed; tables show means",
     )
     parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
+    parser.add_argument(
+        "--heal-labels",
+        default="true",
+        help="labels HEAL trains on: 'true' (the dataset's) or 'hnmfk-N' (discovered by HNMFk at depth N)",
+    )
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--refresh", action="store_true", help="ignore cached runs")
     parser.add_argument(
@@ -635,16 +664,20 @@ def main() -> None:
         seed=args.seeds[0],
     )
     overrides = parse_overrides(args.heal)
+    if args.heal_labels != "true":
+        _hnmfk_depth(args.heal_labels)  # a bad value fails here, not after the baselines have run
     report: dict[str, Any] = {
         "budget": budget.__dict__,
         "seeds": args.seeds,
         "heal_overrides": overrides,
+        "heal_labels": args.heal_labels,
         "datasets": {},
     }
     for name in args.datasets:
         split = load_split(name, args.train_docs, args.test_docs)
         if split is None:
             continue
+        split.heal_labels = args.heal_labels
         print(f"[{name}] train {len(split.train_texts)}, held out {len(split.test_texts)}", flush=True)
         results, rankings = {}, {}
         for method in args.methods:
