@@ -102,6 +102,8 @@ RECIPE_KEYS = (
     "leaves_per_parent",
     "learning_rate",
     "base_weight_share",
+    "blend_validation_fraction",
+    "blend_candidate_shares",
 )
 # Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
 # this value, so the runs cached before they existed stay valid.
@@ -110,6 +112,8 @@ LATER_KEYS = {
     "pair_negatives": "all",
     "query_hierarchy_weight": 1.0,
     "base_weight_share": 0.0,
+    "blend_validation_fraction": 0.1,
+    "blend_candidate_shares": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6],
 }
 SWEEP_START = {
     "temperature": 0.1,
@@ -419,6 +423,7 @@ def run_method(
         "retrieval": retrieval,
         "classification": classification,
         "heal_config": heal_recipe(heal_config) if method == "heal" else {},
+        "blend_selection": heal_config.get("blend_selection"),  # base_weight_share="auto": what it chose
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }

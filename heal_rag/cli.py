@@ -59,9 +59,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--leaves-per-parent", type=int, default=None)
     group.add_argument(
         "--base-weight-share",
-        type=float,
+        type=_share_or_auto,
         default=None,
-        help="blend this share of the base model's weights back after training (0: off)",
+        help="blend this share of the base model's weights back after training (0: off), or 'auto': choose it on "
+        "held-out documents and their queries",
     )
 
 
@@ -84,6 +85,15 @@ _TRAINING_KEYS = (
     "leaves_per_parent",
     "base_weight_share",
 )
+
+
+def _share_or_auto(value: str) -> float | str:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'auto', got {value!r}") from None
 
 
 def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from heal_rag.artifacts import (
     model_fingerprint,
     write_json_atomic,
 )
+from heal_rag.blending import DEFAULT_CANDIDATE_SHARES, BlendValidation, check_candidate_shares, hold_out_pairs
 from heal_rag.labels import LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
@@ -60,7 +61,11 @@ class HEALTrainingConfig:
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
         base_weight_share: After training, blend this share of the base model's weights back into the tuned
-            weights (weight-space ensembling, see :func:`heal_rag.models.blend_with_base_weights`; 0: off).
+            weights (weight-space ensembling, see :func:`heal_rag.models.blend_with_base_weights`; 0: off), or
+            ``"auto"``: hold ``blend_validation_fraction`` of the documents and their queries out of training and
+            keep the candidate share that retrieves them best (see :mod:`heal_rag.blending`).
+        blend_validation_fraction: Share of the documents held out when ``base_weight_share="auto"`` (at most 256).
+        blend_candidate_shares: The shares ``base_weight_share="auto"`` tries.
     """
 
     epochs: float = 2.0
@@ -85,25 +90,45 @@ class HEALTrainingConfig:
     query_hierarchy_weight: float = 1.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
-    base_weight_share: float = 0.4
+    base_weight_share: float | str = 0.4
+    blend_validation_fraction: float = 0.1
+    blend_candidate_shares: tuple[float, ...] = DEFAULT_CANDIDATE_SHARES
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
         out = dict(self.__dict__)
         out["level_weights"] = self.level_weights if isinstance(self.level_weights, str) else list(self.level_weights)
+        out["blend_candidate_shares"] = list(self.blend_candidate_shares)
         return out
 
 
 @dataclass(frozen=True)
 class TrainingRows:
-    """The rows handed to the trainer: columns in model-input order, plus what the sampler needs to know."""
+    """The rows handed to the trainer: columns in model-input order, plus what the sampler needs to know.
+
+    Attributes:
+        columns: ``query`` (when paired), ``document`` and ``label`` columns.
+        n_levels: Hierarchy levels in the labels.
+        paired: Whether the rows are (query, document) pairs.
+        document_indices: For each row, the index of its document in the input documents.
+    """
 
     columns: dict[str, list[Any]]
     n_levels: int
     paired: bool
+    document_indices: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.columns["label"])
+
+    def subset(self, rows: Sequence[int]) -> TrainingRows:
+        """The given rows, in that order."""
+        return TrainingRows(
+            columns={name: [values[i] for i in rows] for name, values in self.columns.items()},
+            n_levels=self.n_levels,
+            paired=self.paired,
+            document_indices=[self.document_indices[i] for i in rows],
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,7 @@ def build_training_rows(
             columns={"document": list(documents), "label": labels.to_label_rows()},
             n_levels=labels.depth,
             paired=False,
+            document_indices=list(range(n_docs)),
         )
 
     missing = [i for i in range(n_docs) if i not in queries_per_doc]
@@ -194,6 +220,7 @@ def build_training_rows(
         columns={"query": row_queries, "document": [documents[d] for d in row_docs], "label": label_rows},
         n_levels=labels.depth,
         paired=True,
+        document_indices=row_docs,
     )
 
 
@@ -259,10 +286,7 @@ def fine_tune(
         if unknown:
             raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
         config = HEALTrainingConfig(**{**config.__dict__, **config_overrides})
-    if not 0.0 <= config.base_weight_share < 1.0:
-        raise ValueError(
-            f"base_weight_share must lie in [0, 1) (0: keep the tuned weights), got {config.base_weight_share}."
-        )
+    choose_share = _check_base_weight_share(config)
     labels = LabelPaths.coerce(labels)
     if len(documents) < 2:
         raise ValueError("fine_tune needs at least 2 documents.")
@@ -272,12 +296,28 @@ def fine_tune(
     rows = build_training_rows(
         documents, labels, ids=ids, titles=titles, queries=queries, query_generator=query_generator
     )
+    validation: BlendValidation | None = None
+    if choose_share:
+        if not rows.paired:
+            raise ValueError(
+                "base_weight_share='auto' chooses the blend on held-out (query, document) pairs, but there are no "
+                "queries: give queries, keep a query generator, or set a fixed base_weight_share."
+            )
+        kept_rows, validation = hold_out_pairs(
+            rows.document_indices,
+            rows.columns["query"],
+            documents,
+            config.blend_validation_fraction,
+            config.seed,
+        )
+        rows = rows.subset(kept_rows)
 
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+    from heal_rag.blending import select_base_weight_share
     from heal_rag.losses import HEALLoss
     from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length
     from heal_rag.sampler import HierarchicalBatchSampler
@@ -292,7 +332,7 @@ def fine_tune(
     model.model_card_data.generate_widget_examples = False
     base_state = (
         {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        if config.base_weight_share > 0
+        if choose_share or config.base_weight_share > 0
         else None
     )
 
@@ -345,15 +385,20 @@ def fine_tune(
             model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
         )
         train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    if base_state is not None:
-        blend_with_base_weights(model, base_state, config.base_weight_share)
-
     settings = {
         **config.as_dict(),
         "training_rows": len(rows),
         "paired_queries": rows.paired,
         "global_steps": int(train_output.global_step),
     }
+    if validation is not None and base_state is not None:
+        selection = select_base_weight_share(
+            model, base_state, validation, config.blend_candidate_shares, show_progress_bar=show_progress_bar
+        )
+        settings["blend_selection"] = selection.as_dict()
+    elif base_state is not None:
+        blend_with_base_weights(model, base_state, float(config.base_weight_share))
+
     metadata = save_heal_model(
         model,
         output_dir,
@@ -372,6 +417,21 @@ def fine_tune(
         train_runtime_s=float(train_output.metrics.get("train_runtime", float("nan"))),
         global_steps=int(train_output.global_step),
     )
+
+
+def _check_base_weight_share(config: HEALTrainingConfig) -> bool:
+    """Validate the blend settings before any training; ``True`` when the share is to be chosen (``"auto"``)."""
+    share = config.base_weight_share
+    if share == "auto":
+        check_candidate_shares(config.blend_candidate_shares)
+        if not 0.0 < config.blend_validation_fraction < 1.0:
+            raise ValueError(f"blend_validation_fraction must lie in (0, 1), got {config.blend_validation_fraction}.")
+        return True
+    if isinstance(share, str) or not 0.0 <= share < 1.0:
+        raise ValueError(
+            f"base_weight_share must lie in [0, 1) (0: keep the tuned weights) or be 'auto', got {share!r}."
+        )
+    return False
 
 
 def save_heal_model(

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_corpus_jsonl
+
+from heal_rag import blending
+from heal_rag.blending import BlendValidation, check_candidate_shares, hold_out_pairs, select_base_weight_share
+from heal_rag.cli import main
+from heal_rag.labels import LabelPaths
+from heal_rag.models import blend_with_base_weights
+from heal_rag.training import build_training_rows, fine_tune
+
+FAST = {"max_steps": 3, "batch_size": 8, "samples_per_leaf": 2, "learning_rate": 1e-2, "max_seq_length": 32}
+
+
+def _rows(n_docs: int, queries_per_doc: int = 2) -> tuple[list[int], list[str], list[str]]:
+    row_documents = [d for d in range(n_docs) for _ in range(queries_per_doc)]
+    row_queries = [f"query {q} of doc {d}" for d in range(n_docs) for q in range(queries_per_doc)]
+    return row_documents, row_queries, [f"document {d}" for d in range(n_docs)]
+
+
+def test_hold_out_pairs_keeps_held_out_documents_and_their_queries_out_of_training():
+    row_documents, row_queries, documents = _rows(40)
+    kept, validation = hold_out_pairs(row_documents, row_queries, documents, fraction=0.1, seed=3)
+    held = set(validation.held_out_documents)
+    assert len(held) == 4
+    assert all(row_documents[row] not in held for row in kept)
+    assert len(kept) + len(validation.queries) == len(row_documents), "every row is either trained or validated"
+    assert len(validation.queries) == 8, "all queries of a held-out document are validation queries"
+    for query, gold in zip(validation.queries, validation.gold, strict=True):
+        assert query.endswith(validation.corpus[gold].replace("document", "doc")), "gold is the query's document"
+    assert validation.corpus[:4] == [documents[d] for d in validation.held_out_documents]
+    distractors = validation.corpus[4:]
+    assert len(distractors) == 12 and len(set(distractors)) == 12
+    assert not held & {documents.index(text) for text in distractors}, "distractors are training documents"
+    again = hold_out_pairs(row_documents, row_queries, documents, fraction=0.1, seed=3)
+    other_seed = hold_out_pairs(row_documents, row_queries, documents, fraction=0.1, seed=4)
+    assert again == (kept, validation)
+    assert other_seed[1].held_out_documents != validation.held_out_documents
+
+
+def test_hold_out_pairs_caps_the_held_out_documents(monkeypatch):
+    monkeypatch.setattr(blending, "MAX_HELD_OUT_DOCUMENTS", 5)
+    row_documents, row_queries, documents = _rows(100, queries_per_doc=1)
+    kept, validation = hold_out_pairs(row_documents, row_queries, documents, fraction=0.5, seed=0)
+    assert len(validation.held_out_documents) == 5 and len(kept) == 95
+    assert len(validation.corpus) == 5 * blending.DISTRACTOR_FACTOR
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "fraction", "message"),
+    [(40, 0.0, r"must lie in \(0, 1\)"), (40, 1.0, r"must lie in \(0, 1\)"), (4, 0.1, "leaves none on one side")],
+)
+def test_hold_out_pairs_rejects_a_split_with_an_empty_side(n_docs, fraction, message):
+    row_documents, row_queries, documents = _rows(n_docs)
+    with pytest.raises(ValueError, match=message):
+        hold_out_pairs(row_documents, row_queries, documents, fraction=fraction, seed=0)
+
+
+def test_check_candidate_shares():
+    assert check_candidate_shares([0.4, 0, 0.4, 0.2]) == (0.0, 0.2, 0.4)
+    with pytest.raises(ValueError, match="empty"):
+        check_candidate_shares([])
+    with pytest.raises(ValueError, match=r"\[1.0\]"):
+        check_candidate_shares([0.2, 1.0])
+
+
+def _mrr_at_10(model, validation: BlendValidation) -> float:
+    queries = model.encode_query(validation.queries, normalize_embeddings=True)
+    corpus = model.encode_document(validation.corpus, normalize_embeddings=True)
+    order = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :10]
+    ranks = [np.flatnonzero(row == gold) for row, gold in zip(order, validation.gold, strict=True)]
+    return float(np.mean([1.0 / (r[0] + 1) if len(r) else 0.0 for r in ranks]))
+
+
+def test_select_base_weight_share_scores_every_blend_and_keeps_the_best(corpus, tiny_model):
+    texts, _, titles = corpus
+    base_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+    generator = torch.Generator().manual_seed(1234)  # not 0: the tiny model was drawn with seed 0
+    with torch.no_grad():  # a "fine-tune" far from the base: the blends rank differently
+        for tensor in tiny_model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * tensor.std().clamp(min=0.05) * 3)
+    tuned_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+    validation = BlendValidation(queries=titles, gold=list(range(len(texts))), corpus=texts)
+    shares = (0.0, 0.3, 0.6, 0.9)
+
+    selection = select_base_weight_share(tiny_model, base_state, validation, shares)
+    left_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+
+    expected = {}
+    for share in shares:
+        tiny_model.load_state_dict(tuned_state)
+        blend_with_base_weights(tiny_model, base_state, share)
+        expected[share] = _mrr_at_10(tiny_model, validation)
+    assert selection.validation_mrr == pytest.approx(expected, abs=1e-6)
+    assert len(set(np.round(list(expected.values()), 6))) > 1, "the blends should rank differently"
+    best = max(shares, key=lambda share: (expected[share], -share))
+    assert selection.share == best
+    assert selection.n_queries == len(titles) and selection.n_documents == len(texts)
+    assert json.loads(json.dumps(selection.as_dict()))["share"] == best
+    # The model is left blended at the chosen share.
+    tiny_model.load_state_dict(tuned_state)
+    blend_with_base_weights(tiny_model, base_state, best)
+    for name, tensor in tiny_model.state_dict().items():
+        torch.testing.assert_close(left_state[name], tensor)
+
+
+def test_select_base_weight_share_needs_queries(tiny_model):
+    state = tiny_model.state_dict()
+    with pytest.raises(ValueError, match="no queries"):
+        select_base_weight_share(tiny_model, state, BlendValidation(queries=[], gold=[], corpus=["a"]))
+
+
+def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    result = fine_tune(
+        texts,
+        paths,
+        titles=titles,
+        output_dir=tmp_path / "m",
+        base_model=tiny_model_dir,
+        show_progress_bar=False,
+        base_weight_share="auto",
+        blend_validation_fraction=0.25,
+        blend_candidate_shares=(0.0, 0.5),
+        **FAST,
+    )
+    training = result.metadata["training"]
+    selection = training["blend_selection"]
+    n_rows = len(build_training_rows(texts, LabelPaths(paths), titles=titles))
+    assert training["base_weight_share"] == "auto"
+    assert selection["share"] in (0.0, 0.5) and set(selection["validation_mrr@10"]) == {"0", "0.5"}
+    assert selection["validation_queries"] == round(0.25 * len(texts))
+    assert training["training_rows"] == n_rows - selection["validation_queries"]
+    assert selection["validation_documents"] == min(len(texts), blending.DISTRACTOR_FACTOR * round(0.25 * len(texts)))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"base_weight_share": "sometimes"}, "or be 'auto'"),
+        ({"base_weight_share": "auto", "blend_validation_fraction": 1.5}, r"must lie in \(0, 1\)"),
+        ({"base_weight_share": "auto", "blend_candidate_shares": (0.2, 1.0)}, r"\[0, 1\)"),
+        ({"base_weight_share": "auto", "query_generator": None}, "there are no queries"),
+    ],
+)
+def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, settings, message):
+    texts, paths, _ = corpus
+    with pytest.raises(ValueError, match=message):
+        fine_tune(texts, paths, output_dir=tmp_path / "m", **settings)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_train_accepts_auto_share(corpus, tiny_model_dir, tmp_path, capsys):
+    texts, paths, titles = corpus
+    data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
+    common = ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--base-model", str(tiny_model_dir)]
+    fast = ["--max-steps", "2", "--batch-size", "8", "--samples-per-leaf", "2"]
+    assert main([*common, *fast, "--base-weight-share", "AUTO"]) == 0
+    training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
+    assert training["base_weight_share"] == "auto" and "blend_selection" in training
+    with pytest.raises(SystemExit):
+        main([*common, "--base-weight-share", "half"])
+    assert "expected a number in [0, 1) or 'auto'" in capsys.readouterr().err
