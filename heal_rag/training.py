@@ -20,7 +20,13 @@ from heal_rag.artifacts import (
     model_fingerprint,
     write_json_atomic,
 )
-from heal_rag.blending import DEFAULT_CANDIDATE_SHARES, BlendValidation, check_candidate_shares, hold_out_pairs
+from heal_rag.blending import (
+    DEFAULT_CANDIDATE_SHARES,
+    BlendValidation,
+    check_candidate_shares,
+    hold_out_pairs,
+    select_base_weight_share,
+)
 from heal_rag.labels import LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
@@ -317,7 +323,6 @@ def fine_tune(
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    from heal_rag.blending import select_base_weight_share
     from heal_rag.losses import HEALLoss
     from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length
     from heal_rag.sampler import HierarchicalBatchSampler
