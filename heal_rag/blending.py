@@ -175,6 +175,7 @@ def select_base_weight_share(
         ```
     """
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.util import cos_sim
 
     candidates = check_candidate_shares(shares)
     if not validation.queries:
@@ -197,7 +198,7 @@ def select_base_weight_share(
         batch_size=batch_size,
         name="blend",
         write_csv=False,
-        score_functions={"cosine": _cosine},
+        score_functions={"cosine": cos_sim},
         main_score_function="cosine",
     )
     tuned_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -217,9 +218,3 @@ def select_base_weight_share(
         n_queries=len(validation.queries),
         n_documents=len(validation.corpus),
     )
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from sentence_transformers.util import cos_sim
-
-    return cos_sim(a, b)

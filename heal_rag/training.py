@@ -428,9 +428,7 @@ def _check_base_weight_share(config: HEALTrainingConfig) -> bool:
     """Validate the blend settings before any training; ``True`` when the share is to be chosen (``"auto"``)."""
     share = config.base_weight_share
     if share == "auto":
-        check_candidate_shares(config.blend_candidate_shares)
-        if not 0.0 < config.blend_validation_fraction < 1.0:
-            raise ValueError(f"blend_validation_fraction must lie in (0, 1), got {config.blend_validation_fraction}.")
+        check_candidate_shares(config.blend_candidate_shares)  # blend_validation_fraction: hold_out_pairs checks it
         return True
     if isinstance(share, str) or not 0.0 <= share < 1.0:
         raise ValueError(
