@@ -29,7 +29,12 @@ from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.data import demo_corpus_path, hashed_split, read_corpus  # noqa: E402
 from heal_rag.demo import DEMO_MAX_SEQ_LENGTH, evaluate_model  # noqa: E402
 from heal_rag.hierarchy.discover import discover_labels  # noqa: E402
-from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length  # noqa: E402
+from heal_rag.models import (  # noqa: E402
+    blend_with_base_weights,
+    copy_weights,
+    load_sentence_transformer,
+    set_max_seq_length,
+)
 from heal_rag.training import HEALTrainingConfig, fine_tune  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "discovered_labels.json"
@@ -79,7 +84,7 @@ def main() -> None:
             base_weight_share=0.0,  # blended below, once per share
         )
         report[f"{name} seconds"] = time.perf_counter() - started
-        tuned_state = {key: tensor.detach().clone() for key, tensor in result.model.state_dict().items()}
+        tuned_state = copy_weights(result.model)
         for share in args.shares:
             result.model.load_state_dict(tuned_state)
             blend_with_base_weights(result.model, base_state, share)

@@ -26,7 +26,7 @@ from quality import DATASETS, RESULTS, Budget, _cells, embed, load_split, parse_
 
 from heal_rag.artifacts import write_json_atomic
 from heal_rag.evaluation import top_k_indices
-from heal_rag.models import blend_with_base_weights, load_sentence_transformer
+from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer
 
 
 def blend_sweep(
@@ -39,7 +39,7 @@ def blend_sweep(
         else:
             model = quality.train_mnrl(split, budget, Path(scratch))
     base_state = load_sentence_transformer(None).state_dict()
-    tuned_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    tuned_state = copy_weights(model)
     results = {}
     for share in sorted(shares):
         model.load_state_dict(tuned_state)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from heal_rag.models import blend_with_base_weights
+from heal_rag.models import blend_with_base_weights, copy_weights
 
 if TYPE_CHECKING:
     import torch
@@ -168,7 +168,7 @@ def select_base_weight_share(
 
     Example:
         ```python
-        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base_state = copy_weights(model)
         ...  # train model
         validation = BlendValidation(queries=["what is a qubit"], gold=[0], corpus=["Qubits are ...", "Primes ..."])
         select_base_weight_share(model, base_state, validation, shares=(0.0, 0.4)).share
@@ -201,7 +201,7 @@ def select_base_weight_share(
         score_functions={"cosine": cos_sim},
         main_score_function="cosine",
     )
-    tuned_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    tuned_state = copy_weights(model)
     validation_mrr: dict[float, float] = {}
     for share in tqdm(candidates, desc="Choosing base_weight_share", disable=not show_progress_bar):
         model.load_state_dict(tuned_state)

@@ -107,6 +107,19 @@ def set_max_seq_length(model: SentenceTransformer, max_seq_length: int | None) -
         logger.info("This model has no settable max_seq_length; max_seq_length=%s ignored.", max_seq_length)
 
 
+def copy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s ``state_dict()``: the weights as they are now, kept while the model changes.
+
+    Example:
+        ```python
+        base_state = copy_weights(model)
+        ...  # train model
+        blend_with_base_weights(model, base_state, 0.4)
+        ```
+    """
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
 def blend_with_base_weights(
     model: torch.nn.Module, base_state: Mapping[str, torch.Tensor], base_weight_share: float
 ) -> None:
@@ -124,7 +137,7 @@ def blend_with_base_weights(
 
     Example:
         ```python
-        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base_state = copy_weights(model)
         ...  # train model
         blend_with_base_weights(model, base_state, 0.4)
         ```

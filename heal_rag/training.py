@@ -324,7 +324,7 @@ def fine_tune(
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     from heal_rag.losses import HEALLoss
-    from heal_rag.models import blend_with_base_weights, load_sentence_transformer, set_max_seq_length
+    from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer, set_max_seq_length
     from heal_rag.sampler import HierarchicalBatchSampler
 
     if isinstance(base_model, SentenceTransformer):
@@ -335,11 +335,7 @@ def fine_tune(
         base_model_name = str(base_model or "all-MiniLM-L6-v2")
     set_max_seq_length(model, config.max_seq_length)
     model.model_card_data.generate_widget_examples = False
-    base_state = (
-        {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        if choose_share or config.base_weight_share > 0
-        else None
-    )
+    base_state = copy_weights(model) if choose_share or config.base_weight_share > 0 else None
 
     loss = HEALLoss(
         model,

@@ -11,7 +11,7 @@ from heal_rag import blending
 from heal_rag.blending import BlendValidation, check_candidate_shares, hold_out_pairs, select_base_weight_share
 from heal_rag.cli import main
 from heal_rag.labels import LabelPaths
-from heal_rag.models import blend_with_base_weights
+from heal_rag.models import blend_with_base_weights, copy_weights
 from heal_rag.training import build_training_rows, fine_tune
 
 FAST = {"max_steps": 3, "batch_size": 8, "samples_per_leaf": 2, "learning_rate": 1e-2, "max_seq_length": 32}
@@ -79,18 +79,18 @@ def _mrr_at_10(model, validation: BlendValidation) -> float:
 
 def test_select_base_weight_share_scores_every_blend_and_keeps_the_best(corpus, tiny_model):
     texts, _, titles = corpus
-    base_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+    base_state = copy_weights(tiny_model)
     generator = torch.Generator().manual_seed(1234)  # not 0: the tiny model was drawn with seed 0
     with torch.no_grad():  # a "fine-tune" far from the base: the blends rank differently
         for tensor in tiny_model.state_dict().values():
             if tensor.is_floating_point():
                 tensor.add_(torch.randn(tensor.shape, generator=generator) * tensor.std().clamp(min=0.05) * 3)
-    tuned_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+    tuned_state = copy_weights(tiny_model)
     validation = BlendValidation(queries=titles, gold=list(range(len(texts))), corpus=texts)
     shares = (0.0, 0.3, 0.6, 0.9)
 
     selection = select_base_weight_share(tiny_model, base_state, validation, shares)
-    left_state = {name: tensor.detach().clone() for name, tensor in tiny_model.state_dict().items()}
+    left_state = copy_weights(tiny_model)
 
     expected = {}
     for share in shares:
