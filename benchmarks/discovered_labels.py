@@ -8,7 +8,8 @@ hierarchical precision@10 per true level, graded nDCG@10, context-miss@5 and off
     python benchmarks/discovered_labels.py [--depths 2 3] [--shares 0.4 0.6]
 
 ``--shares`` scores each trained model blended with the base at several ``base_weight_share`` values from one
-training run (default: only ``fine_tune``'s default share).
+training run (default: only the fixed share ``heal_rag.blending.FIXED_SHARE``, which the CLI and the demo use
+with discovered labels).
 
 Prints a table and writes benchmarks/results/discovered_labels.json (about 3 minutes per trained model on 2 CPU
 cores).
@@ -26,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
+from heal_rag.blending import FIXED_SHARE  # noqa: E402
 from heal_rag.data import demo_corpus_path, hashed_split, read_corpus  # noqa: E402
 from heal_rag.demo import DEMO_MAX_SEQ_LENGTH, evaluate_model  # noqa: E402
 from heal_rag.hierarchy.discover import discover_labels  # noqa: E402
@@ -35,7 +37,7 @@ from heal_rag.models import (  # noqa: E402
     load_sentence_transformer,
     set_max_seq_length,
 )
-from heal_rag.training import HEALTrainingConfig, fine_tune  # noqa: E402
+from heal_rag.training import fine_tune  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "discovered_labels.json"
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "discovered_labels"
@@ -44,9 +46,8 @@ RUNS = Path(__file__).resolve().parents[1] / "runs" / "discovered_labels"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 3], help="HNMFk max_depth values to try")
-    default_share = HEALTrainingConfig().base_weight_share
     parser.add_argument(
-        "--shares", nargs="+", type=float, default=[default_share], help="base_weight_share values to score"
+        "--shares", nargs="+", type=float, default=[FIXED_SHARE], help="base_weight_share values to score"
     )
     args = parser.parse_args()
     corpus = read_corpus(demo_corpus_path())
@@ -88,7 +89,7 @@ def main() -> None:
         for share in args.shares:
             result.model.load_state_dict(tuned_state)
             blend_with_base_weights(result.model, base_state, share)
-            column = name if args.shares == [default_share] else f"{name}, share {share:g}"
+            column = name if args.shares == [FIXED_SHARE] else f"{name}, share {share:g}"
             results[column] = evaluate_model(result.model, test, test_level_ids).as_dict()
 
     report["results"] = results

@@ -28,7 +28,9 @@ training documents in the method's embedding space.
     python benchmarks/quality.py --heal-labels hnmfk-2 --tag hnmfk   # HEAL on labels HNMFk discovers
 
 ``--heal-labels hnmfk-N`` trains HEAL on the label paths HNMFk (depth N, fitted on the training texts alone)
-discovers instead of the dataset's own; every score is still taken against the true hierarchy.
+discovers instead of the dataset's own; every score is still taken against the true hierarchy. As the CLI and the
+demo do with discovered labels, HEAL then blends at the fixed ``base_weight_share`` (0.4) unless ``--heal`` sets
+one.
 
 After each table comes HEAL minus every other method: the mean per-query difference of nDCG@10, MRR@10, leaf
 hierarchical precision@10 and off-topic@5 with a 95 % paired bootstrap interval over the held-out queries. With
@@ -60,6 +62,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
+from heal_rag.blending import FIXED_SHARE  # noqa: E402
 from heal_rag.data import hashed_split  # noqa: E402
 from heal_rag.evaluation import (  # noqa: E402
     RetrievalReport,
@@ -104,6 +107,8 @@ RECIPE_KEYS = (
     "base_weight_share",
     "blend_validation_fraction",
     "blend_candidate_shares",
+    "blend_min_validation_queries",
+    "blend_fallback_share",
 )
 # Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
 # this value, so the runs cached before they existed stay valid.
@@ -114,6 +119,8 @@ LATER_KEYS = {
     "base_weight_share": 0.0,
     "blend_validation_fraction": 0.1,
     "blend_candidate_shares": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6],
+    "blend_min_validation_queries": 50,
+    "blend_fallback_share": 0.4,
 }
 SWEEP_START = {
     "temperature": 0.1,
@@ -376,6 +383,8 @@ def run_method(
     """
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
+    if method == "heal" and split.heal_labels != "true":  # as the CLI and the demo do with discovered labels
+        overrides = {"base_weight_share": FIXED_SHARE, **overrides}
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
     if method == "heal":
         key_payload["overrides"] = heal_recipe(overrides)

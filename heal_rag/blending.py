@@ -6,6 +6,11 @@ their queries, trains on the rest, then tries each candidate share (see
 documents best for their queries (MRR@10, scored by sentence-transformers' ``InformationRetrievalEvaluator``).
 The held-out documents are searched among training documents as distractors, as in a RAG index built from the
 corpus the model was tuned on.
+
+``"auto"`` is the default. When it cannot choose (no queries at all, or fewer than
+``blend_min_validation_queries`` held-out queries, where the choice would be noise), ``fine_tune`` trains on every
+row and keeps ``blend_fallback_share`` (:data:`FIXED_SHARE`, the best single share measured across datasets), and
+says why in ``heal_rag.json`` (``training.blend_selection.fallback``).
 """
 
 from __future__ import annotations
@@ -26,14 +31,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The share ``base_weight_share="auto"`` keeps when it cannot choose; also the advice for discovered labels, whose
+#: fine level held-out MRR cannot see (see benchmarks/README.md).
+FIXED_SHARE = 0.4
 #: The shares ``base_weight_share="auto"`` tries.
 DEFAULT_CANDIDATE_SHARES: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 #: At most this many documents are held out (with all their queries), whatever the fraction.
 MAX_HELD_OUT_DOCUMENTS = 256
 #: The validation corpus holds the held-out documents and training documents up to this many times their number.
 DISTRACTOR_FACTOR = 4
-#: Below this many validation queries the choice is noisy: a warning says so.
+#: Below this many validation queries the choice is noisy: ``fine_tune`` keeps :data:`FIXED_SHARE` instead (its
+#: ``blend_min_validation_queries``), and :func:`select_base_weight_share` warns.
 FEW_VALIDATION_QUERIES = 50
+
+
+class HoldOutTooSmallError(ValueError):
+    """Holding out the requested share of documents would leave no document on one side."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +121,15 @@ def hold_out_pairs(
         training documents.
 
     Raises:
-        ValueError: When ``fraction`` is outside ``(0, 1)`` or leaves no document on either side.
+        ValueError: When ``fraction`` is outside ``(0, 1)``.
+        HoldOutTooSmallError: When the split leaves no document on one side.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"blend_validation_fraction must lie in (0, 1), got {fraction}.")
     with_rows = np.unique(np.asarray(row_documents, dtype=np.int64))
     n_held_out = min(MAX_HELD_OUT_DOCUMENTS, int(round(fraction * len(with_rows))))
     if n_held_out < 1 or n_held_out >= len(with_rows):
-        raise ValueError(
+        raise HoldOutTooSmallError(
             f"base_weight_share='auto' holds out {fraction:g} of {len(with_rows)} documents with queries, which "
             "leaves none on one side: use more documents, a larger blend_validation_fraction, or a fixed "
             "base_weight_share."

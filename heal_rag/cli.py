@@ -61,8 +61,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--base-weight-share",
         type=_share_or_auto,
         default=None,
-        help="blend this share of the base model's weights back after training (0: off), or 'auto': choose it on "
-        "held-out documents and their queries",
+        help="blend this share of the base model's weights back after training (0: off), or 'auto' (default): choose "
+        "it on held-out documents and their queries (0.4 when there are too few of them, and for discovered labels)",
     )
 
 
@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from heal_rag.blending import FIXED_SHARE
     from heal_rag.data import read_corpus, read_queries
     from heal_rag.training import DEFAULT_QUERY_GENERATOR, fine_tune
 
@@ -230,6 +231,9 @@ def _train(args: argparse.Namespace) -> int:
         hnmfk, labels = discover_labels(corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0)
         label_names = hnmfk.node_names()
         print(hnmfk.format_tree(max_children=8), flush=True)
+    overrides = _training_overrides(args)
+    if label_names is not None:  # 'auto' chooses by MRR, blind to discovered leaves: keep the measured fixed share
+        overrides.setdefault("base_weight_share", FIXED_SHARE)
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
     result = fine_tune(
         corpus.texts,
@@ -241,7 +245,7 @@ def _train(args: argparse.Namespace) -> int:
         query_generator=None if args.no_pseudo_queries else DEFAULT_QUERY_GENERATOR,
         output_dir=args.out,
         base_model=args.base_model,
-        **_training_overrides(args),
+        **overrides,
     )
     print(f"saved to {result.output_dir} ({result.global_steps} steps, mean loss {result.train_loss:.4f})")
     return 0

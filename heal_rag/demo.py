@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from heal_rag.artifacts import write_json_atomic
+from heal_rag.blending import FIXED_SHARE
 from heal_rag.data import Corpus, demo_corpus_path, hashed_split, read_corpus
 from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval
 from heal_rag.labels import LabelPaths
@@ -80,6 +81,8 @@ def run_demo(
     label_names = None
     if corpus.labels is None:
         corpus, label_names = _with_discovered_labels(corpus, train_idx, test_idx)
+        # 'auto' chooses by MRR, which cannot see discovered leaves: keep the measured fixed share there.
+        training_overrides.setdefault("base_weight_share", FIXED_SHARE)
     level_ids = corpus.labels.level_ids()
     train, test = corpus.subset(train_idx), corpus.subset(test_idx)
     test_level_ids = level_ids[test_idx]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -22,7 +23,10 @@ from heal_rag.artifacts import (
 )
 from heal_rag.blending import (
     DEFAULT_CANDIDATE_SHARES,
+    FEW_VALIDATION_QUERIES,
+    FIXED_SHARE,
     BlendValidation,
+    HoldOutTooSmallError,
     check_candidate_shares,
     hold_out_pairs,
     select_base_weight_share,
@@ -34,6 +38,8 @@ from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+
+logger = logging.getLogger(__name__)
 
 #: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
 DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
@@ -68,10 +74,14 @@ class HEALTrainingConfig:
         leaves_per_parent: Sibling leaves per parent in a batch.
         base_weight_share: After training, blend this share of the base model's weights back into the tuned
             weights (weight-space ensembling, see :func:`heal_rag.models.blend_with_base_weights`; 0: off), or
-            ``"auto"``: hold ``blend_validation_fraction`` of the documents and their queries out of training and
-            keep the candidate share that retrieves them best (see :mod:`heal_rag.blending`).
+            ``"auto"`` (default): hold ``blend_validation_fraction`` of the documents and their queries out of
+            training and keep the candidate share that retrieves them best (see :mod:`heal_rag.blending`). Without
+            queries, or with fewer than ``blend_min_validation_queries`` held out, ``"auto"`` trains on everything
+            and keeps ``blend_fallback_share``.
         blend_validation_fraction: Share of the documents held out when ``base_weight_share="auto"`` (at most 256).
         blend_candidate_shares: The shares ``base_weight_share="auto"`` tries.
+        blend_min_validation_queries: Fewest held-out queries ``"auto"`` chooses on.
+        blend_fallback_share: The share ``"auto"`` keeps when it cannot choose.
     """
 
     epochs: float = 2.0
@@ -96,9 +106,11 @@ class HEALTrainingConfig:
     query_hierarchy_weight: float = 1.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
-    base_weight_share: float | str = 0.4
+    base_weight_share: float | str = "auto"
     blend_validation_fraction: float = 0.1
     blend_candidate_shares: tuple[float, ...] = DEFAULT_CANDIDATE_SHARES
+    blend_min_validation_queries: int = FEW_VALIDATION_QUERIES
+    blend_fallback_share: float = FIXED_SHARE
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -303,20 +315,9 @@ def fine_tune(
         documents, labels, ids=ids, titles=titles, queries=queries, query_generator=query_generator
     )
     validation: BlendValidation | None = None
+    fallback_reason = ""
     if choose_share:
-        if not rows.paired:
-            raise ValueError(
-                "base_weight_share='auto' chooses the blend on held-out (query, document) pairs, but there are no "
-                "queries: give queries, keep a query generator, or set a fixed base_weight_share."
-            )
-        kept_rows, validation = hold_out_pairs(
-            rows.document_indices,
-            rows.columns["query"],
-            documents,
-            config.blend_validation_fraction,
-            config.seed,
-        )
-        rows = rows.subset(kept_rows)
+        rows, validation, fallback_reason = _hold_out_for_share_choice(rows, documents, config)
 
     import torch
     from datasets import Dataset
@@ -335,7 +336,8 @@ def fine_tune(
         base_model_name = str(base_model or "all-MiniLM-L6-v2")
     set_max_seq_length(model, config.max_seq_length)
     model.model_card_data.generate_widget_examples = False
-    base_state = copy_weights(model) if choose_share or config.base_weight_share > 0 else None
+    fixed_share = config.blend_fallback_share if choose_share else float(config.base_weight_share)
+    base_state = copy_weights(model) if validation is not None or fixed_share > 0 else None
 
     loss = HEALLoss(
         model,
@@ -397,8 +399,11 @@ def fine_tune(
             model, base_state, validation, config.blend_candidate_shares, show_progress_bar=show_progress_bar
         )
         settings["blend_selection"] = selection.as_dict()
-    elif base_state is not None:
-        blend_with_base_weights(model, base_state, float(config.base_weight_share))
+    else:
+        if base_state is not None:
+            blend_with_base_weights(model, base_state, fixed_share)
+        if choose_share:
+            settings["blend_selection"] = {"share": fixed_share, "fallback": fallback_reason}
 
     metadata = save_heal_model(
         model,
@@ -420,11 +425,50 @@ def fine_tune(
     )
 
 
+def _hold_out_for_share_choice(
+    rows: TrainingRows, documents: Sequence[str], config: HEALTrainingConfig
+) -> tuple[TrainingRows, BlendValidation | None, str]:
+    """For ``base_weight_share="auto"``: the rows to train on, the held-out pairs, or why there are none.
+
+    Falls back (no validation pairs, every row trained on, the reason returned) when there are no queries or fewer
+    than ``config.blend_min_validation_queries`` would be held out; a bad ``blend_validation_fraction`` still raises.
+    """
+    if not rows.paired:
+        reason = "no queries (none given and query_generator=None)"
+    else:
+        try:
+            kept_rows, validation = hold_out_pairs(
+                rows.document_indices, rows.columns["query"], documents, config.blend_validation_fraction, config.seed
+            )
+        except HoldOutTooSmallError as exc:
+            reason = str(exc)
+        else:
+            if len(validation.queries) >= config.blend_min_validation_queries:
+                return rows.subset(kept_rows), validation, ""
+            reason = (
+                f"only {len(validation.queries)} held-out queries (blend_min_validation_queries="
+                f"{config.blend_min_validation_queries})"
+            )
+    logger.info(
+        "base_weight_share='auto' keeps %g without choosing: %s. Give more documents with queries or set "
+        "base_weight_share to a number to silence this.",
+        config.blend_fallback_share,
+        reason,
+    )
+    return rows, None, reason
+
+
 def _check_base_weight_share(config: HEALTrainingConfig) -> bool:
     """Validate the blend settings before any training; ``True`` when the share is to be chosen (``"auto"``)."""
     share = config.base_weight_share
     if share == "auto":
         check_candidate_shares(config.blend_candidate_shares)  # blend_validation_fraction: hold_out_pairs checks it
+        if not 0.0 <= config.blend_fallback_share < 1.0:
+            raise ValueError(f"blend_fallback_share must lie in [0, 1), got {config.blend_fallback_share!r}.")
+        if config.blend_min_validation_queries < 1:
+            raise ValueError(
+                f"blend_min_validation_queries must be at least 1, got {config.blend_min_validation_queries!r}."
+            )
         return True
     if isinstance(share, str) or not 0.0 <= share < 1.0:
         raise ValueError(

@@ -128,6 +128,7 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
         base_weight_share="auto",
         blend_validation_fraction=0.25,
         blend_candidate_shares=(0.0, 0.5),
+        blend_min_validation_queries=1,  # the tiny corpus holds out 6 queries
         **FAST,
     )
     training = result.metadata["training"]
@@ -146,7 +147,8 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
         ({"base_weight_share": "sometimes"}, "or be 'auto'"),
         ({"base_weight_share": "auto", "blend_validation_fraction": 1.5}, r"must lie in \(0, 1\)"),
         ({"base_weight_share": "auto", "blend_candidate_shares": (0.2, 1.0)}, r"\[0, 1\)"),
-        ({"base_weight_share": "auto", "query_generator": None}, "there are no queries"),
+        ({"blend_fallback_share": 1.0}, r"blend_fallback_share must lie in \[0, 1\)"),
+        ({"blend_min_validation_queries": 0}, "at least 1"),
     ],
 )
 def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, settings, message):
@@ -154,6 +156,62 @@ def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, 
     with pytest.raises(ValueError, match=message):
         fine_tune(texts, paths, output_dir=tmp_path / "m", **settings)
     assert not (tmp_path / "m").exists()
+
+
+def _weights_equal(a, b) -> bool:
+    return all(torch.equal(tensor, b[name]) for name, tensor in a.items())
+
+
+def test_auto_is_the_default_and_falls_back_to_the_fixed_share_on_too_few_queries(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    common = {"titles": titles, "base_model": tiny_model_dir, "show_progress_bar": False, **FAST}
+    by_default = fine_tune(texts, paths, output_dir=tmp_path / "default", **common)
+    fixed = fine_tune(texts, paths, output_dir=tmp_path / "fixed", base_weight_share=blending.FIXED_SHARE, **common)
+
+    training = by_default.metadata["training"]
+    assert training["base_weight_share"] == "auto"
+    n_held_out = round(0.1 * len(texts))
+    assert training["blend_selection"] == {
+        "share": blending.FIXED_SHARE,
+        "fallback": f"only {n_held_out} held-out queries (blend_min_validation_queries=50)",
+    }
+    assert training["training_rows"] == len(texts), "nothing is held out when the share is not chosen"
+    assert "blend_selection" not in fixed.metadata["training"]
+    assert _weights_equal(copy_weights(by_default.model), copy_weights(fixed.model)), "same model as the fixed share"
+
+
+def test_auto_without_queries_trains_on_documents_and_keeps_the_fallback_share(corpus, tiny_model_dir, tmp_path):
+    texts, paths, _ = corpus
+    result = fine_tune(
+        texts,
+        paths,
+        output_dir=tmp_path / "m",
+        base_model=tiny_model_dir,
+        query_generator=None,
+        show_progress_bar=False,
+        blend_fallback_share=0.25,
+        **FAST,
+    )
+    training = result.metadata["training"]
+    assert training["paired_queries"] is False and training["training_rows"] == len(texts)
+    reason = "no queries (none given and query_generator=None)"
+    assert training["blend_selection"] == {"share": 0.25, "fallback": reason}
+
+
+def test_auto_falls_back_when_the_hold_out_leaves_a_side_empty(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    result = fine_tune(
+        texts,
+        paths,
+        titles=titles,
+        output_dir=tmp_path / "m",
+        base_model=tiny_model_dir,
+        show_progress_bar=False,
+        blend_validation_fraction=0.01,  # rounds to no document
+        blend_min_validation_queries=1,
+        **FAST,
+    )
+    assert "leaves none on one side" in result.metadata["training"]["blend_selection"]["fallback"]
 
 
 def test_cli_train_accepts_auto_share(corpus, tiny_model_dir, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import make_corpus
 from test_hierarchy import planted_corpus
 
@@ -57,7 +58,8 @@ def test_cluster_writes_labels_and_tree(tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
 
 
-def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize(("share_option", "share"), [([], 0.4), (["--base-weight-share", "0.1"], 0.1)])
+def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, capsys, share_option, share):
     texts, _, titles = make_corpus(per_leaf=12)  # 72 documents, 6 planted leaves
     data = write_unlabelled(tmp_path / "c.jsonl", texts, titles)
     code = main(
@@ -75,6 +77,7 @@ def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, cap
             "8",
             "--samples-per-leaf",
             "2",
+            *share_option,
         ]
     )
     assert code == 0
@@ -83,6 +86,8 @@ def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, cap
     level0 = metadata["label_tree"]["levels"][0]
     assert all(path[0].isdigit() for path in level0["paths"])  # node ids
     assert all(" · " in name for name in level0["display_names"])  # readable names from the top terms
+    # Discovered labels: the fixed share rather than 'auto', unless one is given.
+    assert metadata["training"]["base_weight_share"] == share
 
 
 def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp_path, capsys):
@@ -110,3 +115,5 @@ def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp
     assert "discovering a hierarchy with HNMFk" in printed and "| hP@10/L0 |" in printed
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["n_train"] + results["n_test"] == len(texts)
+    training = json.loads((tmp_path / "demo" / "model" / "heal_rag.json").read_text())["training"]
+    assert training["base_weight_share"] == 0.4
