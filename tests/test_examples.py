@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,4 +86,8 @@ def test_chatbot_one_shot_extractive(corpus_file, tmp_path):
 def test_fine_tune_demo_example(tmp_path):
     out = run_example("fine_tune_demo.py", "--max-steps", "1", "--out", str(tmp_path / "m"))
     assert "query: superconducting qubits" in out
-    assert (tmp_path / "m" / "heal_rag.json").is_file()
+    training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
+    # The default base_weight_share="auto" has enough held-out titles here to choose, not fall back.
+    selection = training["blend_selection"]
+    assert "fallback" not in selection and selection["validation_queries"] >= 50
+    assert selection["share"] in training["blend_candidate_shares"]
