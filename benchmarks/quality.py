@@ -594,12 +594,16 @@ def heal_recipe(settings: dict[str, Any]) -> dict[str, Any]:
 def ablation_table(name: str, seed: int) -> tuple[str, list[dict[str, Any]]]:
     """Markdown table of the cached HEAL runs on dataset ``name`` trained with ``seed`` (one row per settings).
 
+    Only runs on the dataset's own labels and the default sample count (``--heal-labels`` and ``--train-docs`` runs
+    would repeat a row's settings with other data).
+
     Returns the table and its rows.
     """
     rows = []
     for path in sorted((CACHE / name).glob("heal-*/result.json")):
         result = json.loads(path.read_text())
-        if result["settings"]["budget"]["seed"] == seed:
+        settings = result["settings"]
+        if settings["budget"]["seed"] == seed and "heal_labels" not in settings and "sizes" not in settings:
             rows.append(result)
     rows.sort(key=lambda r: r.get("heal_config", {}).get("query_document_weight", 0))
     header = "| HEAL settings (changes from the sweep start) | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |"
