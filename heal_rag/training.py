@@ -450,8 +450,8 @@ def _hold_out_for_share_choice(
                 f"{config.blend_min_validation_queries})"
             )
     logger.info(
-        "base_weight_share='auto' keeps %g without choosing: %s. Give more documents with queries or set "
-        "base_weight_share to a number to silence this.",
+        "base_weight_share='auto' keeps %g without choosing: %s. Give more documents with queries to let it "
+        "choose, or set base_weight_share to a number.",
         config.blend_fallback_share,
         reason,
     )
