@@ -116,20 +116,30 @@ def test_select_base_weight_share_needs_queries(tiny_model):
         select_base_weight_share(tiny_model, state, BlendValidation(queries=[], gold=[], corpus=["a"]))
 
 
-def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tiny_model_dir, tmp_path):
+def _tune(corpus, model_dir, output_dir, **settings):
+    """A few fast steps of ``fine_tune`` on the tiny corpus (titles as queries) and the tiny model."""
     texts, paths, titles = corpus
-    result = fine_tune(
+    return fine_tune(
         texts,
         paths,
         titles=titles,
-        output_dir=tmp_path / "m",
-        base_model=tiny_model_dir,
+        output_dir=output_dir,
+        base_model=model_dir,
         show_progress_bar=False,
+        **{**FAST, **settings},
+    )
+
+
+def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    result = _tune(
+        corpus,
+        tiny_model_dir,
+        tmp_path / "m",
         base_weight_share="auto",
         blend_validation_fraction=0.25,
         blend_candidate_shares=(0.0, 0.5),
         blend_min_validation_queries=1,  # the tiny corpus holds out 6 queries
-        **FAST,
     )
     training = result.metadata["training"]
     selection = training["blend_selection"]
@@ -163,10 +173,9 @@ def _weights_equal(a, b) -> bool:
 
 
 def test_auto_is_the_default_and_falls_back_to_the_fixed_share_on_too_few_queries(corpus, tiny_model_dir, tmp_path):
-    texts, paths, titles = corpus
-    common = {"titles": titles, "base_model": tiny_model_dir, "show_progress_bar": False, **FAST}
-    by_default = fine_tune(texts, paths, output_dir=tmp_path / "default", **common)
-    fixed = fine_tune(texts, paths, output_dir=tmp_path / "fixed", base_weight_share=blending.FIXED_SHARE, **common)
+    texts = corpus[0]
+    by_default = _tune(corpus, tiny_model_dir, tmp_path / "default")
+    fixed = _tune(corpus, tiny_model_dir, tmp_path / "fixed", base_weight_share=blending.FIXED_SHARE)
 
     training = by_default.metadata["training"]
     assert training["base_weight_share"] == "auto"
@@ -181,17 +190,8 @@ def test_auto_is_the_default_and_falls_back_to_the_fixed_share_on_too_few_querie
 
 
 def test_auto_without_queries_trains_on_documents_and_keeps_the_fallback_share(corpus, tiny_model_dir, tmp_path):
-    texts, paths, _ = corpus
-    result = fine_tune(
-        texts,
-        paths,
-        output_dir=tmp_path / "m",
-        base_model=tiny_model_dir,
-        query_generator=None,
-        show_progress_bar=False,
-        blend_fallback_share=0.25,
-        **FAST,
-    )
+    texts = corpus[0]
+    result = _tune(corpus, tiny_model_dir, tmp_path / "m", query_generator=None, blend_fallback_share=0.25)
     training = result.metadata["training"]
     assert training["paired_queries"] is False and training["training_rows"] == len(texts)
     reason = "no queries (none given and query_generator=None)"
@@ -199,17 +199,12 @@ def test_auto_without_queries_trains_on_documents_and_keeps_the_fallback_share(c
 
 
 def test_auto_falls_back_when_the_hold_out_leaves_a_side_empty(corpus, tiny_model_dir, tmp_path):
-    texts, paths, titles = corpus
-    result = fine_tune(
-        texts,
-        paths,
-        titles=titles,
-        output_dir=tmp_path / "m",
-        base_model=tiny_model_dir,
-        show_progress_bar=False,
+    result = _tune(
+        corpus,
+        tiny_model_dir,
+        tmp_path / "m",
         blend_validation_fraction=0.01,  # rounds to no document
         blend_min_validation_queries=1,
-        **FAST,
     )
     assert "leaves none on one side" in result.metadata["training"]["blend_selection"]["fallback"]
 
