@@ -248,6 +248,7 @@ def _train(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(f"saved to {result.output_dir} ({result.global_steps} steps, mean loss {result.train_loss:.4f})")
+    print(result.describe_blend())
     return 0
 
 

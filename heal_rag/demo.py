@@ -119,6 +119,7 @@ def run_demo(
     print()
     print(format_table(before, after, title=f"Held-out title → abstract retrieval ({len(test)} queries)"))
     print(f"\nfine-tune: {result.global_steps} steps in {train_seconds:.0f} s; model saved to {result.output_dir}")
+    print(result.describe_blend())
     results_path = output_dir / "results.json"
     write_json_atomic(
         results_path,

@@ -169,6 +169,24 @@ class FineTuneResult:
     train_runtime_s: float
     global_steps: int
 
+    def describe_blend(self) -> str:
+        """One line on the base-weight share the model was saved with, and how it was set.
+
+        Example:
+            ``"base_weight_share 0.6, chosen on 151 held-out queries (MRR@10 0.9540)"``
+        """
+        training = self.metadata.get("training", {})
+        selection = training.get("blend_selection")
+        if selection is None:
+            return f"base_weight_share {training.get('base_weight_share', 0):g} (fixed)"
+        if "fallback" in selection:
+            return f"base_weight_share {selection['share']:g}, not chosen: {selection['fallback']}"
+        mrr = selection["validation_mrr@10"][f"{selection['share']:g}"]
+        return (
+            f"base_weight_share {selection['share']:g}, chosen on {selection['validation_queries']} held-out "
+            f"queries (MRR@10 {mrr:.4f})"
+        )
+
 
 def build_training_rows(
     documents: Sequence[str],

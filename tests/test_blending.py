@@ -149,6 +149,11 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
     assert selection["validation_queries"] == round(0.25 * len(texts))
     assert training["training_rows"] == n_rows - selection["validation_queries"]
     assert selection["validation_documents"] == min(len(texts), blending.DISTRACTOR_FACTOR * round(0.25 * len(texts)))
+    mrr = selection["validation_mrr@10"][f"{selection['share']:g}"]
+    assert result.describe_blend() == (
+        f"base_weight_share {selection['share']:g}, chosen on {selection['validation_queries']} held-out queries "
+        f"(MRR@10 {mrr:.4f})"
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,6 +191,9 @@ def test_auto_is_the_default_and_falls_back_to_the_fixed_share_on_too_few_querie
     }
     assert training["training_rows"] == len(texts), "nothing is held out when the share is not chosen"
     assert "blend_selection" not in fixed.metadata["training"]
+    fallback = training["blend_selection"]["fallback"]
+    assert by_default.describe_blend() == f"base_weight_share 0.4, not chosen: {fallback}"
+    assert fixed.describe_blend() == "base_weight_share 0.4 (fixed)"
     assert _weights_equal(copy_weights(by_default.model), copy_weights(fixed.model)), "same model as the fixed share"
 
 
@@ -215,6 +223,7 @@ def test_cli_train_accepts_auto_share(corpus, tiny_model_dir, tmp_path, capsys):
     common = ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--base-model", str(tiny_model_dir)]
     fast = ["--max-steps", "2", "--batch-size", "8", "--samples-per-leaf", "2"]
     assert main([*common, *fast, "--base-weight-share", "AUTO"]) == 0
+    assert "base_weight_share 0.4, not chosen: only" in capsys.readouterr().out
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["base_weight_share"] == "auto" and "blend_selection" in training
     with pytest.raises(SystemExit):
