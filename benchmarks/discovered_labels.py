@@ -9,7 +9,8 @@ hierarchical precision@10 per true level, graded nDCG@10, context-miss@5 and off
 
 ``--shares`` scores each trained model blended with the base at several ``base_weight_share`` values from one
 training run (default: only the fixed share ``heal_rag.blending.FIXED_SHARE``, which the CLI and the demo use
-with discovered labels).
+with discovered labels; they also raise the query↔document weight to 6, which this script leaves at ``fine_tune``'s
+default so that both label sources get one recipe).
 
 Prints a table and writes benchmarks/results/discovered_labels.json (about 3 minutes per trained model on 2 CPU
 cores).

@@ -29,8 +29,8 @@ training documents in the method's embedding space.
 
 ``--heal-labels hnmfk-N`` trains HEAL on the label paths HNMFk (depth N, fitted on the training texts alone)
 discovers instead of the dataset's own; every score is still taken against the true hierarchy. As the CLI and the
-demo do with discovered labels, HEAL then blends at the fixed ``base_weight_share`` (0.4) unless ``--heal`` sets
-one.
+demo do with discovered labels, HEAL then trains with ``heal_rag.training.DISCOVERED_LABELS_SETTINGS`` (fixed
+share 0.4, query↔document weight 6) where ``--heal`` does not set them.
 
 After each table comes HEAL minus every other method: the mean per-query difference of nDCG@10, MRR@10, leaf
 hierarchical precision@10 and off-topic@5 with a 95 % paired bootstrap interval over the held-out queries. With
@@ -62,7 +62,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
-from heal_rag.blending import FIXED_SHARE  # noqa: E402
 from heal_rag.data import hashed_split  # noqa: E402
 from heal_rag.evaluation import (  # noqa: E402
     RetrievalReport,
@@ -75,7 +74,7 @@ from heal_rag.evaluation import (  # noqa: E402
 )
 from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
-from heal_rag.training import HEALTrainingConfig  # noqa: E402
+from heal_rag.training import DISCOVERED_LABELS_SETTINGS, HEALTrainingConfig  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -384,7 +383,7 @@ def run_method(
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
     if method == "heal" and split.heal_labels != "true":  # as the CLI and the demo do with discovered labels
-        overrides = {"base_weight_share": FIXED_SHARE, **overrides}
+        overrides = {**DISCOVERED_LABELS_SETTINGS, **overrides}
     key_payload = {"method": method, "budget": budget.__dict__, "overrides": {}}
     if method == "heal":
         key_payload["overrides"] = heal_recipe(overrides)

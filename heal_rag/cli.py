@@ -218,9 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from heal_rag.blending import FIXED_SHARE
     from heal_rag.data import read_corpus, read_queries
-    from heal_rag.training import DEFAULT_QUERY_GENERATOR, fine_tune
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR, DISCOVERED_LABELS_SETTINGS, fine_tune
 
     corpus = read_corpus(args.data, require_labels=False)
     labels, label_names = corpus.labels, None
@@ -232,8 +231,8 @@ def _train(args: argparse.Namespace) -> int:
         label_names = hnmfk.node_names()
         print(hnmfk.format_tree(max_children=8), flush=True)
     overrides = _training_overrides(args)
-    if label_names is not None:  # 'auto' chooses by MRR, blind to discovered leaves: keep the measured fixed share
-        overrides.setdefault("base_weight_share", FIXED_SHARE)
+    if label_names is not None:  # discovered labels: their own measured settings, unless given
+        overrides = {**DISCOVERED_LABELS_SETTINGS, **overrides}
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
     result = fine_tune(
         corpus.texts,

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from heal_rag.artifacts import write_json_atomic
-from heal_rag.blending import FIXED_SHARE
 from heal_rag.data import Corpus, demo_corpus_path, hashed_split, read_corpus
 from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval
 from heal_rag.labels import LabelPaths
@@ -74,15 +73,14 @@ def run_demo(
         **training_overrides: :class:`heal_rag.HEALTrainingConfig` fields.
     """
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
-    from heal_rag.training import fine_tune
+    from heal_rag.training import DISCOVERED_LABELS_SETTINGS, fine_tune
 
     corpus = read_corpus(data or demo_corpus_path(), require_labels=False)
     train_idx, test_idx = hashed_split(corpus.ids, test_fraction=test_fraction)
     label_names = None
     if corpus.labels is None:
         corpus, label_names = _with_discovered_labels(corpus, train_idx, test_idx)
-        # 'auto' chooses by MRR, which cannot see discovered leaves: keep the measured fixed share there.
-        training_overrides.setdefault("base_weight_share", FIXED_SHARE)
+        training_overrides = {**DISCOVERED_LABELS_SETTINGS, **training_overrides}
     level_ids = corpus.labels.level_ids()
     train, test = corpus.subset(train_idx), corpus.subset(test_idx)
     test_level_ids = level_ids[test_idx]

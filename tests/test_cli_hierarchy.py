@@ -86,8 +86,9 @@ def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, cap
     level0 = metadata["label_tree"]["levels"][0]
     assert all(path[0].isdigit() for path in level0["paths"])  # node ids
     assert all(" · " in name for name in level0["display_names"])  # readable names from the top terms
-    # Discovered labels: the fixed share rather than 'auto', unless one is given.
+    # Discovered labels: their own settings (fixed share, heavier pair level) unless given.
     assert metadata["training"]["base_weight_share"] == share
+    assert metadata["training"]["query_document_weight"] == 6.0
 
 
 def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp_path, capsys):
@@ -116,4 +117,4 @@ def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["n_train"] + results["n_test"] == len(texts)
     training = json.loads((tmp_path / "demo" / "model" / "heal_rag.json").read_text())["training"]
-    assert training["base_weight_share"] == 0.4
+    assert training["base_weight_share"] == 0.4 and training["query_document_weight"] == 6.0
