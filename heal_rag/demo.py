@@ -65,7 +65,8 @@ def run_demo(
 
     Args:
         data: JSONL corpus with titles (default: the bundled arXiv demo corpus). Without labels, a 2-level
-            hierarchy is discovered with HNMFk on the training part and held-out texts are projected onto it.
+            hierarchy is discovered with HNMFk on the training part and held-out texts are projected onto it, and
+            training uses :data:`heal_rag.training.DISCOVERED_LABELS_SETTINGS` where ``training_overrides`` is silent.
         output_dir: Where the tuned model (``<output_dir>/model``) and ``results.json`` go.
         base_model: Base model (default: the embedded all-MiniLM-L6-v2).
         test_fraction: Share of documents held out, chosen by hashed id.

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +46,9 @@ logger = logging.getLogger(__name__)
 #: see discovered leaves) and a heavier query↔document level, so that the queries, not the discovered facets, lead.
 #: On MedQuAD this turned leaf precision and off-topic@5 from below the untouched model to above it (two seeds; see
 #: the README's hierarchy section). ``heal-rag train``/``demo`` apply them to unlabelled corpora unless set.
-DISCOVERED_LABELS_SETTINGS: Mapping[str, Any] = {"base_weight_share": FIXED_SHARE, "query_document_weight": 6.0}
+DISCOVERED_LABELS_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {"base_weight_share": FIXED_SHARE, "query_document_weight": 6.0}
+)
 
 #: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
 DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
