@@ -30,7 +30,7 @@ training documents in the method's embedding space.
 ``--heal-labels hnmfk-N`` trains HEAL on the label paths HNMFk (depth N, fitted on the training texts alone)
 discovers instead of the dataset's own; every score is still taken against the true hierarchy. As the CLI and the
 demo do with discovered labels, HEAL then trains with ``heal_rag.training.DISCOVERED_LABELS_SETTINGS`` (fixed
-share 0.4, query↔document weight 6) where ``--heal`` does not set them.
+share 0.4, query↔document weight 6, hierarchy τ 0.2) where ``--heal`` does not set them.
 
 After each table comes HEAL minus every other method: the mean per-query difference of nDCG@10, MRR@10, leaf
 hierarchical precision@10 and off-topic@5 with a 95 % paired bootstrap interval over the held-out queries. With

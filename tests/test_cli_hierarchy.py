@@ -58,8 +58,11 @@ def test_cluster_writes_labels_and_tree(tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("share_option", "share"), [([], 0.4), (["--base-weight-share", "0.1"], 0.1)])
-def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, capsys, share_option, share):
+@pytest.mark.parametrize(
+    ("options", "share", "temperature"),
+    [([], 0.4, 0.2), (["--base-weight-share", "0.1", "--temperature", "0.3"], 0.1, 0.3)],
+)
+def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, capsys, options, share, temperature):
     texts, _, titles = make_corpus(per_leaf=12)  # 72 documents, 6 planted leaves
     data = write_unlabelled(tmp_path / "c.jsonl", texts, titles)
     code = main(
@@ -77,7 +80,7 @@ def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, cap
             "8",
             "--samples-per-leaf",
             "2",
-            *share_option,
+            *options,
         ]
     )
     assert code == 0
@@ -86,9 +89,10 @@ def test_train_clusters_an_unlabelled_corpus_first(tiny_model_dir, tmp_path, cap
     level0 = metadata["label_tree"]["levels"][0]
     assert all(path[0].isdigit() for path in level0["paths"])  # node ids
     assert all(" · " in name for name in level0["display_names"])  # readable names from the top terms
-    # Discovered labels: their own settings (fixed share, heavier pair level) unless given.
+    # Discovered labels: their own settings (fixed share, heavier pair level, softer hierarchy τ) unless given.
     assert metadata["training"]["base_weight_share"] == share
     assert metadata["training"]["query_document_weight"] == 6.0
+    assert metadata["training"]["temperature"] == temperature and metadata["training"]["pair_temperature"] == 0.1
 
 
 def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp_path, capsys):
@@ -118,3 +122,4 @@ def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp
     assert results["n_train"] + results["n_test"] == len(texts)
     training = json.loads((tmp_path / "demo" / "model" / "heal_rag.json").read_text())["training"]
     assert training["base_weight_share"] == 0.4 and training["query_document_weight"] == 6.0
+    assert training["temperature"] == 0.2 and training["pair_temperature"] == 0.1
