@@ -4,8 +4,9 @@ Same split as `make demo` (bundled arXiv mini corpus, 70/30 hashed split, 128 to
 training texts only, once per ``--depths`` value (default 2 and 3). Each label source trains with the settings
 ``heal-rag train`` gives it: the true labels with ``fine_tune``'s defaults (``base_weight_share="auto"``),
 discovered labels with ``heal_rag.training.DISCOVERED_LABELS_SETTINGS`` (fixed share 0.4, query↔document
-weight 6, hierarchy τ 0.2). Every model is scored on the held-out part against the TRUE hierarchy: title → abstract MRR@10,
-Recall@1/10, hierarchical precision@10 per true level, graded nDCG@10, context-miss@5 and off-topic@5.
+weight 6, hierarchy τ 0.2). Every model is scored on the held-out part against the TRUE hierarchy: title →
+abstract MRR@10, Recall@1/10, hierarchical precision@10 per true level, graded nDCG@10, context-miss@5 and
+off-topic@5.
 
     python benchmarks/discovered_labels.py [--depths 2 3]
     python benchmarks/discovered_labels.py --shares 0.4 0.6
