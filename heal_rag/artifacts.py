@@ -2,7 +2,7 @@
 
 ``heal_rag.json`` records the label tree, per-level label centroids in the tuned space, the training settings and a
 content fingerprint of the model files, so adapters can predict label paths and vector stores can detect a stale
-model. Every file here is written atomically (temporary path, then rename).
+model. Every file here is written atomically (temporary path, then rename; see :mod:`heal_rag.outputs`).
 """
 
 from __future__ import annotations
@@ -10,17 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from heal_rag.labels import LabelPaths
+from heal_rag.outputs import atomic_directory
+
+__all__ = [
+    "METADATA_FILE",
+    "atomic_directory",
+    "build_metadata",
+    "label_centroids",
+    "model_fingerprint",
+    "read_metadata",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 METADATA_FILE = "heal_rag.json"
 FORMAT_VERSION = 1
@@ -45,38 +54,18 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(payload, ensure_ascii=False))
+    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`).
+
+    Raises:
+        ValueError: When ``payload`` holds NaN or infinity, which JSON cannot represent (nothing is written).
+    """
+    write_text_atomic(path, json.dumps(payload, ensure_ascii=False, allow_nan=False))
 
 
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-@contextmanager
-def atomic_directory(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling directory and move it to ``final_dir`` only if the block succeeds.
-
-    An existing ``final_dir`` is replaced as a whole; on error nothing half-written is left behind.
-    """
-    final_dir = Path(final_dir).resolve()
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = final_dir.parent / f".{final_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    temp_dir.mkdir()
-    try:
-        yield temp_dir
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    old_dir = None
-    if final_dir.exists():
-        old_dir = final_dir.parent / f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final_dir, old_dir)
-    os.replace(temp_dir, final_dir)
-    if old_dir is not None:
-        shutil.rmtree(old_dir, ignore_errors=True)
 
 
 def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:

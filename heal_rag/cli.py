@@ -11,37 +11,61 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def _finite_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def _level_weights(value: str) -> str | list[float]:
     if value in ("uniform", "deeper", "coarser"):
         return value
     try:
-        return [float(v) for v in value.split(",")]
+        weights = [float(v) for v in value.split(",")]
     except ValueError:
+        weights = []
+    if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
         raise argparse.ArgumentTypeError(
-            f"--level-weights must be uniform, deeper, coarser or comma-separated numbers, got {value!r}"
-        ) from None
+            f"--level-weights must be uniform, deeper, coarser or comma-separated non-negative numbers, got {value!r}"
+        )
+    return weights
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training (defaults: the recommended recipe)")
     group.add_argument("--base-model", default=None, help="model directory (default: embedded all-MiniLM-L6-v2)")
-    group.add_argument("--epochs", type=float, default=None)
-    group.add_argument("--max-steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
-    group.add_argument("--batch-size", type=int, default=None)
-    group.add_argument("--lr", dest="learning_rate", type=float, default=None, help="learning rate")
+    group.add_argument("--epochs", type=_finite_float, default=None)
+    group.add_argument("--max-steps", type=_positive_int, default=None, help="optimiser steps (overrides --epochs)")
+    group.add_argument("--batch-size", type=_positive_int, default=None)
+    group.add_argument("--lr", dest="learning_rate", type=_finite_float, default=None, help="learning rate")
     group.add_argument("--seed", type=int, default=None)
-    group.add_argument("--max-seq-length", type=int, default=None)
-    group.add_argument("--temperature", type=float, default=None, help="HEAL temperature τ")
+    group.add_argument("--max-seq-length", type=_positive_int, default=None, help="token limit while training")
+    group.add_argument("--temperature", type=_finite_float, default=None, help="HEAL temperature τ")
     group.add_argument("--level-weights", type=_level_weights, default=None, help="uniform|deeper|coarser|w0,w1,..")
-    group.add_argument("--query-document-weight", type=float, default=None)
+    group.add_argument("--query-document-weight", type=_finite_float, default=None)
     group.add_argument("--pair-loss", choices=["ranking", "supcon"], default=None, help="query↔document level form")
-    group.add_argument("--pair-temperature", type=float, default=None, help="τ of the query↔document level")
+    group.add_argument("--pair-temperature", type=_finite_float, default=None, help="τ of the query↔document level")
     group.add_argument(
         "--hierarchy-views",
         choices=["both", "documents"],
@@ -54,9 +78,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="other_leaves: a query's own-leaf documents are not its negatives (fewer off-topic hits, lower MRR)",
     )
-    group.add_argument("--consistency-weight", type=float, default=None)
-    group.add_argument("--samples-per-leaf", type=int, default=None)
-    group.add_argument("--leaves-per-parent", type=int, default=None)
+    group.add_argument("--consistency-weight", type=_finite_float, default=None)
+    group.add_argument("--samples-per-leaf", type=_positive_int, default=None)
+    group.add_argument("--leaves-per-parent", type=_positive_int, default=None)
     group.add_argument(
         "--base-weight-share",
         type=_share_or_auto,
@@ -91,13 +115,21 @@ def _share_or_auto(value: str) -> float | str:
     if value.strip().lower() == "auto":
         return "auto"
     try:
-        return float(value)
+        share = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'auto', got {value!r}") from None
+        share = math.nan
+    if not 0.0 <= share < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'auto', got {value!r}")
+    return share
 
 
 def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in _TRAINING_KEYS if getattr(args, key) is not None}
+    """The training flags the user set, validated as a whole (ranges, combinations) before any work starts."""
+    from heal_rag.training import HEALTrainingConfig
+
+    overrides = {key: getattr(args, key) for key in _TRAINING_KEYS if getattr(args, key) is not None}
+    HEALTrainingConfig(**overrides)  # raises ValueError naming the setting
+    return overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,12 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="JSONL corpus with titles (default: bundled arXiv mini); unlabelled: HNMFk labels"
     )
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    demo.add_argument("--test-fraction", type=float, default=0.3)
+    demo.add_argument("--test-fraction", type=_finite_float, default=0.3)
     _add_training_options(demo)
 
     train = sub.add_parser("train", help="fine-tune an embedding model with the HEAL loss")
     train.add_argument("--data", required=True, help="JSONL corpus: {id, text, labels[, title]} per line")
-    train.add_argument("--out", required=True, help="output model directory (written atomically)")
+    train.add_argument(
+        "--out", required=True, help="output model directory (new or empty; written atomically at the end)"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier heal_rag model directory at --out")
+    train.add_argument(
+        "--checkpoints",
+        default=None,
+        help="write a checkpoint every --checkpoint-steps steps to this directory (default with --resume: "
+        "<out>.checkpoints)",
+    )
+    train.add_argument("--checkpoint-steps", type=_positive_int, default=100, help="steps between checkpoints")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --checkpoints (same result)"
+    )
     train.add_argument("--queries", default=None, help="JSONL queries: {query, document_id} per line")
     train.add_argument(
         "--no-pseudo-queries",
@@ -124,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not generate queries for documents without one (documents-only training when no --queries)",
     )
     train.add_argument(
-        "--hierarchy-depth", type=int, default=2, help="levels to discover when the corpus has no labels (default 2)"
+        "--hierarchy-depth",
+        type=_positive_int,
+        default=2,
+        help="levels to discover when the corpus has no labels (default 2)",
     )
     _add_training_options(train)
 
@@ -132,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--data", required=True, help="JSONL corpus: {id, text} per line (labels are ignored)")
     cluster.add_argument("--out", required=True, help="output JSONL: {id, labels, label_names, weights} per line")
     cluster.add_argument("--tree", default=None, help="hierarchy JSON (default: <out>.tree.json, and .tree.txt)")
+    cluster.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_hierarchy_options(cluster)
 
     index = sub.add_parser("index", help="build a Chroma index of a corpus with a HEAL model (extra 'chroma')")
@@ -139,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--data", required=True, help="JSONL corpus: {id, text[, labels][, title]} per line")
     index.add_argument("--db", required=True, help="Chroma persistence directory")
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
-    index.add_argument("--batch-size", type=int, default=256, help="documents per upsert")
-    index.add_argument("--rebuild", action="store_true", help="drop an existing collection of that name first")
+    index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
+    index.add_argument(
+        "--rebuild", action="store_true", help="drop an existing heal_rag collection of that name first"
+    )
 
     evaluate = sub.add_parser(
         "eval", help="compare models on a labelled corpus: Markdown/HTML report with plots (extra 'eval')"
@@ -158,22 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--base-model", default=None, help="reference model (default: embedded all-MiniLM-L6-v2)")
     evaluate.add_argument("--bm25", action="store_true", help="add the BM25 baseline")
     evaluate.add_argument("--out", default="runs/eval", help="report directory (default: runs/eval)")
-    evaluate.add_argument("--max-seq-length", type=int, default=256, help="token limit for every model")
-    evaluate.add_argument("--k", type=int, default=10, help="cut-off of MRR, nDCG and hierarchical precision")
-    evaluate.add_argument("--context-k", type=int, default=5, help="passages handed to a generator")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
+    evaluate.add_argument("--max-seq-length", type=_positive_int, default=256, help="token limit for every model")
+    evaluate.add_argument(
+        "--k", type=_positive_int, default=10, help="cut-off of MRR, nDCG and hierarchical precision"
+    )
+    evaluate.add_argument("--context-k", type=_positive_int, default=5, help="passages handed to a generator")
     evaluate.add_argument("--map", choices=["tsne", "pca"], default="tsne", help="2-D map method")
     return parser
 
 
 def _add_hierarchy_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("HNMFk")
-    group.add_argument("--max-depth", type=int, default=2)
-    group.add_argument("--k-min", type=int, default=2)
-    group.add_argument("--k-max", type=int, default=10)
-    group.add_argument("--n-perturbations", type=int, default=8)
-    group.add_argument("--silhouette-threshold", type=float, default=0.8)
-    group.add_argument("--min-node-size", type=int, default=30)
-    group.add_argument("--membership-threshold", type=float, default=None, help="also list topics above this share")
+    group.add_argument("--max-depth", type=_positive_int, default=2)
+    group.add_argument("--k-min", type=_positive_int, default=2)
+    group.add_argument("--k-max", type=_positive_int, default=10)
+    group.add_argument("--n-perturbations", type=_positive_int, default=8)
+    group.add_argument("--silhouette-threshold", type=_finite_float, default=0.8)
+    group.add_argument("--min-node-size", type=_positive_int, default=30)
+    group.add_argument(
+        "--membership-threshold", type=_finite_float, default=None, help="also list topics above this share"
+    )
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--n-jobs", type=int, default=-1, help="parallel jobs (default: all cores)")
 
@@ -211,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _index(args)
         elif args.command == "eval":
             return _eval(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, settings, paths or model files: a message, no traceback
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -219,8 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus, read_queries
+    from heal_rag.outputs import prepare_output_dir
     from heal_rag.training import DEFAULT_QUERY_GENERATOR, DISCOVERED_LABELS_SETTINGS, fine_tune
 
+    overrides = _training_overrides(args)
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.data, args.queries], what="--out")
     corpus = read_corpus(args.data, require_labels=False)
     labels, label_names = corpus.labels, None
     if labels is None:
@@ -230,7 +289,6 @@ def _train(args: argparse.Namespace) -> int:
         hnmfk, labels = discover_labels(corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0)
         label_names = hnmfk.node_names()
         print(hnmfk.format_tree(max_children=8), flush=True)
-    overrides = _training_overrides(args)
     if label_names is not None:  # discovered labels: their own measured settings, unless given
         overrides = {**DISCOVERED_LABELS_SETTINGS, **overrides}
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
@@ -243,6 +301,10 @@ def _train(args: argparse.Namespace) -> int:
         queries=queries,
         query_generator=None if args.no_pseudo_queries else DEFAULT_QUERY_GENERATOR,
         output_dir=args.out,
+        overwrite=args.overwrite,
+        checkpoint_dir=args.checkpoints,
+        checkpoint_steps=args.checkpoint_steps,
+        resume_from_checkpoint=bool(args.resume),
         base_model=args.base_model,
         **overrides,
     )
@@ -254,7 +316,13 @@ def _train(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus
     from heal_rag.hierarchy.discover import discover_labels, write_labels_jsonl, write_tree
+    from heal_rag.outputs import prepare_output_file
 
+    tree_path = args.tree or os.path.splitext(args.out)[0] + ".tree.json"
+    for path in (args.out, tree_path, os.path.splitext(tree_path)[0] + ".txt"):
+        prepare_output_file(path, overwrite=args.overwrite, inputs=[args.data])
+    if len({os.path.abspath(p) for p in (args.out, tree_path)}) < 2:
+        raise ValueError("--out and --tree name the same file; give them different paths.")
     corpus = read_corpus(args.data, require_labels=False)
     hnmfk, labels = discover_labels(
         corpus.texts,
@@ -268,7 +336,6 @@ def _cluster(args: argparse.Namespace) -> int:
         n_jobs=args.n_jobs,
     )
     write_labels_jsonl(args.out, corpus.ids, labels, hnmfk.node_names(), hnmfk.multi_memberships_)
-    tree_path = args.tree or os.path.splitext(args.out)[0] + ".tree.json"
     write_tree(hnmfk, tree_path)
     print(hnmfk.format_tree())
     print(f"\nlabels for {len(corpus)} documents written to {args.out}; hierarchy to {tree_path}")
@@ -293,7 +360,9 @@ def _eval(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus, read_queries
     from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model, write_report
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
+    from heal_rag.outputs import prepare_output_dir
 
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.data, args.queries], what="--out")
     corpus = read_corpus(args.data)
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
     task = EvaluationTask.build(corpus, queries)
@@ -314,7 +383,12 @@ def _eval(args: argparse.Namespace) -> int:
         evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))
     print("writing the report (plots, 2-D maps)", flush=True)
     out = write_report(
-        evaluations, task, args.out, title=f"heal_rag evaluation: {Path(args.data).name}", map_method=args.map
+        evaluations,
+        task,
+        args.out,
+        title=f"heal_rag evaluation: {Path(args.data).name}",
+        map_method=args.map,
+        overwrite=args.overwrite,
     )
     print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
     print(f"report: {out / 'report.html'} and {out / 'report.md'}")

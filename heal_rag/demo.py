@@ -19,6 +19,7 @@ from heal_rag.artifacts import write_json_atomic
 from heal_rag.data import Corpus, demo_corpus_path, hashed_split, read_corpus
 from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval
 from heal_rag.labels import LabelPaths
+from heal_rag.outputs import prepare_output_dir, write_marker
 
 #: Token limit used by the demo for training and for both evaluations (before and after).
 DEMO_MAX_SEQ_LENGTH = 128
@@ -67,7 +68,8 @@ def run_demo(
         data: JSONL corpus with titles (default: the bundled arXiv demo corpus). Without labels, a 2-level
             hierarchy is discovered with HNMFk on the training part and held-out texts are projected onto it, and
             training uses :data:`heal_rag.training.DISCOVERED_LABELS_SETTINGS` where ``training_overrides`` is silent.
-        output_dir: Where the tuned model (``<output_dir>/model``) and ``results.json`` go.
+        output_dir: Where the tuned model (``<output_dir>/model``) and ``results.json`` go: new, empty, or an
+            earlier demo run (which is replaced); a directory heal_rag did not write is refused.
         base_model: Base model (default: the embedded all-MiniLM-L6-v2).
         test_fraction: Share of documents held out, chosen by hashed id.
         show_progress_bar: Show progress bars.
@@ -76,6 +78,7 @@ def run_demo(
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.training import DISCOVERED_LABELS_SETTINGS, fine_tune
 
+    output_dir = prepare_output_dir(output_dir, overwrite=True, inputs=[data], what="Demo output directory")
     corpus = read_corpus(data or demo_corpus_path(), require_labels=False)
     train_idx, test_idx = hashed_split(corpus.ids, test_fraction=test_fraction)
     label_names = None
@@ -85,7 +88,8 @@ def run_demo(
     level_ids = corpus.labels.level_ids()
     train, test = corpus.subset(train_idx), corpus.subset(test_idx)
     test_level_ids = level_ids[test_idx]
-    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(output_dir, "demo")
     print(
         f"corpus: {len(corpus)} documents, {corpus.labels.depth} levels "
         f"({' → '.join(str(corpus.labels.n_labels(lv)) for lv in range(corpus.labels.depth))} labels); "
@@ -107,6 +111,7 @@ def run_demo(
         ids=train.ids,
         titles=train.titles,
         output_dir=output_dir / "model",
+        overwrite=True,
         base_model=base_model,
         label_names=label_names,
         show_progress_bar=show_progress_bar,

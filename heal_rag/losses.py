@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heal_rag._validation import check_choice, check_real
+
 LevelSchedule = Literal["uniform", "deeper", "coarser"]
 LevelWeights = LevelSchedule | Sequence[float]
 PairLoss = Literal["supcon", "ranking"]
@@ -17,6 +19,10 @@ HierarchyViews = Literal["both", "documents"]
 PairNegatives = Literal["all", "other_leaves"]
 
 _EPS = 1e-12
+
+
+class NonFiniteLossError(ValueError):
+    """The loss (or the trained weights) became NaN or infinite; training stops and nothing is saved."""
 
 
 def level_weight_schedule(n_levels: int, schedule: LevelWeights = "deeper", alpha: float = 1.0) -> list[float]:
@@ -179,37 +185,36 @@ class HEALLoss(nn.Module):
         query_hierarchy_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if temperature <= 0 or (pair_temperature is not None and pair_temperature <= 0):
-            raise ValueError(f"temperatures must be > 0, got {temperature} and {pair_temperature}.")
-        if pair_loss not in ("ranking", "supcon"):
-            raise ValueError(f"pair_loss must be 'ranking' or 'supcon', got {pair_loss!r}.")
-        if hierarchy_views not in ("both", "documents"):
-            raise ValueError(f"hierarchy_views must be 'both' or 'documents', got {hierarchy_views!r}.")
-        if pair_negatives not in ("all", "other_leaves"):
-            raise ValueError(f"pair_negatives must be 'all' or 'other_leaves', got {pair_negatives!r}.")
-        if not 0.0 <= pair_level_discount < 1.0:
-            raise ValueError(f"pair_level_discount must be in [0, 1), got {pair_level_discount}.")
+        check_real("temperature", temperature, minimum=0, min_open=True)
+        check_real("pair_temperature", pair_temperature, minimum=0, min_open=True, allow_none=True)
+        check_real("schedule_alpha", schedule_alpha)
+        check_real("query_document_weight", query_document_weight, minimum=0)
+        check_real("consistency_weight", consistency_weight, minimum=0)
+        check_real("consistency_margin", consistency_margin, minimum=-2, maximum=2)
+        check_choice("pair_loss", pair_loss, ("ranking", "supcon"))
+        check_choice("hierarchy_views", hierarchy_views, ("both", "documents"))
+        check_choice("pair_negatives", pair_negatives, ("all", "other_leaves"))
+        check_real("pair_level_discount", pair_level_discount, minimum=0, maximum=1, max_open=True)
+        check_real("query_hierarchy_weight", query_hierarchy_weight, minimum=0, maximum=1)
         if pair_loss == "supcon" and (symmetric_pairs or pair_negatives != "all" or query_hierarchy_weight != 1.0):
             raise ValueError(
                 "symmetric_pairs, pair_negatives and query_hierarchy_weight go with the ranking form of the "
                 "query↔document level; use them with pair_loss='ranking'."
             )
-        if not 0.0 <= query_hierarchy_weight <= 1.0 or (
-            hierarchy_views == "documents" and query_hierarchy_weight != 1
-        ):
+        if hierarchy_views == "documents" and query_hierarchy_weight != 1:
             raise ValueError(
-                f"query_hierarchy_weight must be in [0, 1] with hierarchy_views='both', got {query_hierarchy_weight} "
-                f"with {hierarchy_views!r}."
+                f"query_hierarchy_weight must be 1 with hierarchy_views='documents', got {query_hierarchy_weight}."
             )
         if pair_loss == "supcon" and hierarchy_views != "both":
             raise ValueError(
                 "pair_loss='supcon' pairs queries with documents inside the joint pool, so it needs "
                 "hierarchy_views='both'; use pair_loss='ranking' to keep queries out of the hierarchy levels."
             )
-        if query_document_weight < 0 or consistency_weight < 0:
-            raise ValueError("query_document_weight and consistency_weight must be non-negative.")
         if isinstance(level_weights, str):
             level_weight_schedule(1, level_weights)  # validates the name early
+        else:
+            for level, weight in enumerate(level_weights):
+                check_real(f"level_weights[{level}]", weight, minimum=0)
         self.model = model
         self.temperature = float(temperature)
         self.level_weights: LevelWeights = level_weights if isinstance(level_weights, str) else list(level_weights)
@@ -226,9 +231,22 @@ class HEALLoss(nn.Module):
         self.query_hierarchy_weight = float(query_hierarchy_weight)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
-        """Embed each text column in its own forward pass and compute the loss components."""
+        """Embed each text column in its own forward pass and compute the loss components.
+
+        Raises:
+            NonFiniteLossError: When a component is NaN or infinite (e.g. the weights diverged), so training stops
+                at the first bad step instead of saving a broken model.
+        """
         embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
-        return self.compute_loss_from_embeddings(embeddings, labels)
+        components = self.compute_loss_from_embeddings(embeddings, labels)
+        total = sum(components.values())
+        if not bool(torch.isfinite(total)):
+            values = ", ".join(f"{name}={float(value):.4g}" for name, value in components.items())
+            raise NonFiniteLossError(
+                f"The HEAL loss is not finite ({values}); training stops and nothing is saved. Lower the learning "
+                "rate, check the temperatures, and check that the base model's weights are finite."
+            )
+        return components
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         """Compute the weighted loss components from embeddings.
@@ -342,6 +360,11 @@ def _split_labels(labels: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
         ids = labels.long()
         weights = torch.ones(ids.shape, dtype=torch.float32, device=labels.device)
     weights = weights.masked_fill(ids < 0, 0.0)
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or bool((weights > 1).any()):
+        raise ValueError(
+            "Label weights must be finite and lie in [0, 1] (soft memberships); got "
+            f"min {float(weights.min()):.4g}, max {float(weights.max()):.4g}. See heal_rag.LabelPaths.to_label_rows()."
+        )
     return ids, weights
 
 

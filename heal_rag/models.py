@@ -19,8 +19,69 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"}
 
 
+#: File suffixes of pickled weights, which heal_rag never loads (unpickling can run arbitrary code).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: Pickled files the trainer writes beside weights that are never loaded as a model.
+_NOT_WEIGHTS = {"training_args.bin"}
+
+
 class ModelNotFoundError(FileNotFoundError):
     """Raised when a base model cannot be found locally (nothing is ever downloaded)."""
+
+
+class UnsafeModelError(ValueError):
+    """Raised for a model directory whose weights are only available as pickles (``pytorch_model.bin``, ...)."""
+
+
+class CorruptModelError(ValueError):
+    """Raised when a model file is damaged (e.g. a truncated ``model.safetensors``)."""
+
+
+def check_model_files(model_dir: str | os.PathLike[str]) -> None:
+    """Refuse pickled weights and damaged safetensors files before anything is loaded.
+
+    Every folder of the model (the root and each module's subfolder) that holds weights must hold them as
+    safetensors: a folder with ``pytorch_model.bin`` (or ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) and no
+    ``.safetensors`` file is refused, because loading it would unpickle the file. Every ``.safetensors`` header is
+    read and checked against the file's size, so a truncated file is named here instead of failing deep inside
+    the loader.
+
+    Args:
+        model_dir: A local model directory.
+
+    Raises:
+        UnsafeModelError: Naming the pickled file and how to convert it.
+        CorruptModelError: Naming the damaged file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    root = Path(model_dir)
+    folders = [root, *(p for p in root.rglob("*") if p.is_dir() and not _hidden(p, root))]
+    for folder in folders:
+        files = [f for f in folder.iterdir() if f.is_file()]
+        pickled = [f for f in files if f.suffix in PICKLE_SUFFIXES and f.name not in _NOT_WEIGHTS]
+        if pickled and not any(f.suffix == ".safetensors" for f in files):
+            raise UnsafeModelError(
+                f"{str(pickled[0])!r} holds pickled weights, which heal_rag never loads (unpickling can run "
+                "arbitrary code), and there is no .safetensors file beside it. Convert the model once, in an "
+                "environment you trust: SentenceTransformer(path).save(new_path) writes safetensors; then use "
+                "new_path."
+            )
+        for file in files:
+            if file.suffix != ".safetensors":
+                continue
+            try:
+                with safe_open(str(file), framework="numpy"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise CorruptModelError(
+                    f"{str(file)!r} is damaged and cannot be loaded ({exc}). It may be truncated by an interrupted "
+                    "copy or download: copy it again, or re-train the model."
+                ) from None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def default_model_path() -> Path:
@@ -42,10 +103,11 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> str:
             directory, or a model name already in the local Hugging Face cache.
 
     Returns:
-        A local directory path, or a hub name to be loaded with ``local_files_only=True``.
+        A local directory path (for a hub name, its snapshot in the local cache).
 
     Raises:
-        ModelNotFoundError: When a path does not exist or is not a sentence-transformers/transformers directory.
+        ModelNotFoundError: When a path does not exist or is not a sentence-transformers/transformers directory,
+            or a hub name is not in the local cache (nothing is downloaded).
     """
     if model is None or str(model) in _DEFAULT_ALIASES:
         return str(default_model_path())
@@ -62,7 +124,21 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> str:
     text = str(model)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
         raise ModelNotFoundError(f"base model directory {text!r} does not exist.")
-    return text  # a hub-style name ("org/name"): only usable if already in the local cache
+    return _cached_snapshot(text)
+
+
+def _cached_snapshot(name: str) -> str:
+    """The local snapshot directory of a hub model name, from the Hugging Face cache only."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=name, local_files_only=True)
+    except Exception as exc:  # huggingface_hub raises several types for "not cached" and "bad name"
+        raise ModelNotFoundError(
+            f"Model {name!r} is not a local directory and is not in the local Hugging Face cache; heal_rag never "
+            f"downloads weights. Pass a sentence-transformers directory, or {DEFAULT_MODEL!r} for the embedded "
+            "default."
+        ) from exc
 
 
 def load_sentence_transformer(
@@ -70,7 +146,10 @@ def load_sentence_transformer(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> SentenceTransformer:
-    """Load a SentenceTransformer without touching the network.
+    """Load a SentenceTransformer without touching the network, from safetensors weights only.
+
+    The directory is checked first (:func:`check_model_files`): pickled weights and damaged files are refused
+    before anything is read, and transformers is told to read safetensors only.
 
     Args:
         model: See :func:`resolve_model_path`.
@@ -80,21 +159,21 @@ def load_sentence_transformer(
 
     Raises:
         ModelNotFoundError: When the model is neither a local directory nor in the local cache.
+        UnsafeModelError: When its weights are pickles (see :func:`check_model_files`).
+        CorruptModelError: When a weights file is damaged.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    resolved = resolve_model_path(model)
+    check_model_files(resolved)
     from sentence_transformers import SentenceTransformer
 
-    resolved = resolve_model_path(model)
-    try:
-        return SentenceTransformer(resolved, device=device, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        if Path(resolved).is_dir():
-            raise
-        raise ModelNotFoundError(
-            f"Model {str(model)!r} is not a local directory and is not in the local Hugging Face cache; heal_rag "
-            f"never downloads weights. Pass a sentence-transformers directory, or {DEFAULT_MODEL!r} for the "
-            "embedded default."
-        ) from exc
+    return SentenceTransformer(
+        resolved,
+        device=device,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        model_kwargs={"use_safetensors": True},
+    )
 
 
 def set_max_seq_length(model: SentenceTransformer, max_seq_length: int | None) -> None:

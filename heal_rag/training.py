@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heal_rag._validation import check_choice, check_int, check_real, check_unique_ids
 from heal_rag.artifacts import (
-    atomic_directory,
+    METADATA_FILE,
     build_metadata,
     label_centroids,
     model_fingerprint,
@@ -34,6 +35,8 @@ from heal_rag.blending import (
 )
 from heal_rag.labels import LabelPaths
 from heal_rag.losses import LevelWeights
+from heal_rag.models import set_max_seq_length
+from heal_rag.outputs import OutputPathError, atomic_directory, prepare_output_dir
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
 
 if TYPE_CHECKING:
@@ -93,6 +96,13 @@ class HEALTrainingConfig:
         blend_candidate_shares: The shares ``base_weight_share="auto"`` tries.
         blend_min_validation_queries: Fewest held-out queries ``"auto"`` chooses on.
         blend_fallback_share: The share ``"auto"`` keeps when it cannot choose.
+        save_max_seq_length: Token limit saved with the tuned model (``None``: the base model's own limit, whatever
+            ``max_seq_length`` training used), so a training-time speed setting never shortens what the deployed
+            retriever reads.
+
+    Raises:
+        ValueError: When a setting is not a finite number in its range (e.g. ``temperature=nan``,
+            ``batch_size=0``); the message names the setting.
     """
 
     epochs: float = 2.0
@@ -122,6 +132,63 @@ class HEALTrainingConfig:
     blend_candidate_shares: tuple[float, ...] = DEFAULT_CANDIDATE_SHARES
     blend_min_validation_queries: int = FEW_VALIDATION_QUERIES
     blend_fallback_share: float = FIXED_SHARE
+    save_max_seq_length: int | None = None
+
+    def __post_init__(self) -> None:
+        """Validate every setting up front (finite, in range), so nothing is trained with a value that cannot work.
+
+        Raises:
+            ValueError: Naming the first setting that is out of range.
+        """
+        check_real("epochs", self.epochs, minimum=0, min_open=True)
+        check_int("max_steps", self.max_steps, minimum=1, allow_none=True)
+        check_int("batch_size", self.batch_size, minimum=2)
+        check_real("learning_rate", self.learning_rate, minimum=0, min_open=True)
+        check_real("warmup_ratio", self.warmup_ratio, minimum=0, maximum=1, max_open=True)
+        check_int("seed", self.seed, minimum=0)
+        check_int("max_seq_length", self.max_seq_length, minimum=1, allow_none=True)
+        check_int("save_max_seq_length", self.save_max_seq_length, minimum=1, allow_none=True)
+        check_real("temperature", self.temperature, minimum=0, min_open=True)
+        check_real("pair_temperature", self.pair_temperature, minimum=0, min_open=True, allow_none=True)
+        if isinstance(self.level_weights, str):
+            check_choice("level_weights", self.level_weights, ("uniform", "deeper", "coarser"))
+        else:
+            for level, weight in enumerate(self.level_weights):
+                check_real(f"level_weights[{level}]", weight, minimum=0)
+        check_real("schedule_alpha", self.schedule_alpha)
+        check_real("query_document_weight", self.query_document_weight, minimum=0)
+        check_real("consistency_weight", self.consistency_weight, minimum=0)
+        check_real("consistency_margin", self.consistency_margin, minimum=-2, maximum=2)
+        check_choice("pair_loss", self.pair_loss, ("ranking", "supcon"))
+        check_choice("hierarchy_views", self.hierarchy_views, ("both", "documents"))
+        check_real("pair_level_discount", self.pair_level_discount, minimum=0, maximum=1, max_open=True)
+        check_choice("symmetric_pairs", self.symmetric_pairs, (True, False))
+        check_choice("pair_negatives", self.pair_negatives, ("all", "other_leaves"))
+        check_real("query_hierarchy_weight", self.query_hierarchy_weight, minimum=0, maximum=1)
+        check_int("samples_per_leaf", self.samples_per_leaf, minimum=2)
+        check_int("leaves_per_parent", self.leaves_per_parent, minimum=1)
+        if self.batch_size < self.samples_per_leaf:
+            raise ValueError(f"batch_size ({self.batch_size}) must be >= samples_per_leaf ({self.samples_per_leaf}).")
+        if self.base_weight_share != "auto":
+            try:
+                check_real("base_weight_share", self.base_weight_share, minimum=0, maximum=1, max_open=True)
+            except ValueError:
+                raise ValueError(
+                    "base_weight_share must lie in [0, 1) (0: keep the tuned weights) or be 'auto', got "
+                    f"{self.base_weight_share!r}."
+                ) from None
+        check_real(
+            "blend_validation_fraction",
+            self.blend_validation_fraction,
+            minimum=0,
+            maximum=1,
+            min_open=True,
+            max_open=True,
+        )
+        for share in self.blend_candidate_shares:
+            check_real("blend_candidate_shares", share, minimum=0, maximum=1, max_open=True)
+        check_int("blend_min_validation_queries", self.blend_min_validation_queries, minimum=1)
+        check_real("blend_fallback_share", self.blend_fallback_share, minimum=0, maximum=1, max_open=True)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -222,8 +289,7 @@ def build_training_rows(
     ids = [str(i) for i in range(n_docs)] if ids is None else [str(i) for i in ids]
     if len(ids) != n_docs:
         raise ValueError(f"Got {n_docs} documents but {len(ids)} ids.")
-    if len(set(ids)) != n_docs:
-        raise ValueError("Document ids must be unique.")
+    check_unique_ids(ids, "document ids")
     titles = [None] * n_docs if titles is None else list(titles)
     if len(titles) != n_docs:
         raise ValueError(f"Got {n_docs} documents but {len(titles)} titles.")
@@ -283,36 +349,54 @@ def fine_tune(
     base_model: str | os.PathLike[str] | SentenceTransformer | None = None,
     label_names: Mapping[str, str] | None = None,
     config: HEALTrainingConfig | None = None,
-    training_args: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_steps: int = 100,
     resume_from_checkpoint: str | bool | None = None,
+    training_args: Mapping[str, Any] | None = None,
     show_progress_bar: bool = True,
     device: str | None = None,
     **config_overrides: Any,
 ) -> FineTuneResult:
     """Fine-tune an embedding model with the HEAL loss and save it with its ``heal_rag.json``.
 
+    Every setting, the documents and the output location are checked before any model is loaded; a run that fails
+    (bad data, a non-finite loss, an interruption) leaves ``output_dir`` as it was.
+
     Args:
         documents: Document texts.
         labels: One label path per document (:class:`~heal_rag.LabelPaths` or lists of strings).
-        output_dir: Where the tuned model goes; written atomically (an existing directory is replaced whole).
-        ids: Document ids (default ``"0"``, ``"1"``, ...); queries refer to them.
+        output_dir: Where the tuned model goes, written atomically. It must be new, empty, or an earlier heal_rag
+            model directory (replaced only with ``overwrite=True``); a directory heal_rag did not write is refused.
+        ids: Unique document ids (default ``"0"``, ``"1"``, ...); queries refer to them.
         titles: Optional titles, used by the default query generator.
         queries: ``(query_text, document_id)`` pairs or :class:`~heal_rag.Query` objects.
         query_generator: Makes queries for documents without one; ``None`` trains on documents alone (when no
             queries are given).
-        base_model: A loaded ``SentenceTransformer``, a model directory, or ``None`` for the embedded
-            all-MiniLM-L6-v2.
+        base_model: A loaded ``SentenceTransformer``, a model directory (safetensors weights only), or ``None`` for
+            the embedded all-MiniLM-L6-v2.
         label_names: Readable names of label parts, kept in ``heal_rag.json`` (e.g. HNMFk's ``node_names()``).
         config: Training settings; see :class:`HEALTrainingConfig` for the defaults.
-        training_args: Extra ``SentenceTransformerTrainingArguments`` (e.g. ``{"save_steps": 50,
-            "save_strategy": "steps"}``); checkpoints go to ``<output_dir>.checkpoints`` (none by default).
-        resume_from_checkpoint: Passed to ``trainer.train`` (a checkpoint path, or ``True`` for the latest).
+        overwrite: Replace an earlier heal_rag model directory at ``output_dir``.
+        checkpoint_dir: Write a checkpoint every ``checkpoint_steps`` optimiser steps here (the last two are kept),
+            so an interrupted run can resume. ``None``: no checkpoints (``<output_dir>.checkpoints`` when
+            ``training_args`` ask for them or ``resume_from_checkpoint`` is set).
+        checkpoint_steps: Steps between checkpoints (with ``checkpoint_dir``).
+        resume_from_checkpoint: ``True``: continue from the latest checkpoint in ``checkpoint_dir``; or a
+            checkpoint path. The result equals that of an uninterrupted run.
+        training_args: Extra ``SentenceTransformerTrainingArguments`` (e.g. ``{"logging_steps": 10}``).
         show_progress_bar: Show the trainer's progress bar.
         device: Torch device for a model loaded here.
         **config_overrides: Any :class:`HEALTrainingConfig` field, e.g. ``max_steps=60, learning_rate=5e-5``.
 
     Returns:
         A :class:`FineTuneResult` with the tuned model and where it was saved.
+
+    Raises:
+        ValueError: For a setting out of range, malformed documents, labels or ids (duplicates are named).
+        heal_rag.outputs.OutputPathError: When ``output_dir`` or ``checkpoint_dir`` may not be written (see
+            :mod:`heal_rag.outputs`).
+        heal_rag.losses.NonFiniteLossError: When the loss becomes NaN or infinite; nothing is saved.
 
     Example:
         ```python
@@ -334,11 +418,14 @@ def fine_tune(
             raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
         config = HEALTrainingConfig(**{**config.__dict__, **config_overrides})
     choose_share = _check_base_weight_share(config)
+    check_int("checkpoint_steps", checkpoint_steps, minimum=1)
     labels = LabelPaths.coerce(labels)
     if len(documents) < 2:
         raise ValueError("fine_tune needs at least 2 documents.")
     if any(not isinstance(d, str) or not d.strip() for d in documents):
         raise ValueError("Every document must be a non-empty string.")
+    output_dir = prepare_output_dir(output_dir, overwrite=overwrite, what="Model directory")
+    checkpoints = _checkpoint_location(output_dir, checkpoint_dir, training_args, resume_from_checkpoint)
 
     rows = build_training_rows(
         documents, labels, ids=ids, titles=titles, queries=queries, query_generator=query_generator
@@ -348,14 +435,9 @@ def fine_tune(
     if choose_share:
         rows, validation, fallback_reason = _hold_out_for_share_choice(rows, documents, config)
 
-    import torch
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer
 
-    from heal_rag.losses import HEALLoss
-    from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer, set_max_seq_length
-    from heal_rag.sampler import HierarchicalBatchSampler
+    from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer
 
     if isinstance(base_model, SentenceTransformer):
         model = base_model
@@ -363,65 +445,23 @@ def fine_tune(
     else:
         model = load_sentence_transformer(base_model, device=device)
         base_model_name = str(base_model or "all-MiniLM-L6-v2")
+    deployed_max_seq_length = config.save_max_seq_length or getattr(model, "max_seq_length", None)
     set_max_seq_length(model, config.max_seq_length)
     model.model_card_data.generate_widget_examples = False
     fixed_share = config.blend_fallback_share if choose_share else float(config.base_weight_share)
     base_state = copy_weights(model) if validation is not None or fixed_share > 0 else None
 
-    loss = HEALLoss(
-        model,
-        temperature=config.temperature,
-        level_weights=config.level_weights,
-        schedule_alpha=config.schedule_alpha,
-        query_document_weight=config.query_document_weight,
-        consistency_weight=config.consistency_weight,
-        consistency_margin=config.consistency_margin,
-        pair_loss=config.pair_loss,
-        pair_temperature=config.pair_temperature,
-        hierarchy_views=config.hierarchy_views,
-        pair_level_discount=config.pair_level_discount,
-        symmetric_pairs=config.symmetric_pairs,
-        pair_negatives=config.pair_negatives,
-        query_hierarchy_weight=config.query_hierarchy_weight,
+    train_output = _train(
+        model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
     )
-    output_dir = Path(output_dir)
-    steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))
-    args_kwargs: dict[str, Any] = {
-        "output_dir": str(output_dir.with_name(output_dir.name + ".checkpoints")),
-        "num_train_epochs": config.epochs,
-        "max_steps": config.max_steps if config.max_steps is not None else -1,
-        "per_device_train_batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "warmup_steps": config.warmup_ratio,
-        "seed": config.seed,
-        "data_seed": config.seed,
-        "batch_sampler": partial(
-            HierarchicalBatchSampler,
-            n_levels=rows.n_levels,
-            samples_per_leaf=config.samples_per_leaf,
-            leaves_per_parent=config.leaves_per_parent,
-        ),
-        "logging_steps": max(1, steps_hint // 10),
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": not show_progress_bar,
-        "dataloader_drop_last": False,
-        "dataloader_pin_memory": torch.cuda.is_available(),
-    }
-    args_kwargs.update(training_args or {})
-    with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
-        if str(args_kwargs["save_strategy"]) == "no" and not resume_from_checkpoint:
-            args_kwargs["output_dir"] = scratch  # no checkpoints wanted: keep the trainer's files out of sight
-        args = SentenceTransformerTrainingArguments(**args_kwargs)
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
-        )
-        train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    _check_finite_weights(model)
+    set_max_seq_length(model, deployed_max_seq_length)
     settings = {
         **config.as_dict(),
         "training_rows": len(rows),
         "paired_queries": rows.paired,
         "global_steps": int(train_output.global_step),
+        "training_prompts": _training_prompts(model),
     }
     if validation is not None and base_state is not None:
         selection = select_base_weight_share(
@@ -443,15 +483,166 @@ def fine_tune(
         training=settings,
         label_names=label_names,
         show_progress_bar=show_progress_bar,
+        overwrite=overwrite,
     )
     return FineTuneResult(
         model=model,
-        output_dir=output_dir.resolve(),
+        output_dir=output_dir,
         metadata=metadata,
         train_loss=float(train_output.training_loss),
         train_runtime_s=float(train_output.metrics.get("train_runtime", float("nan"))),
         global_steps=int(train_output.global_step),
     )
+
+
+def _train(
+    model: SentenceTransformer,
+    rows: TrainingRows,
+    config: HEALTrainingConfig,
+    checkpoints: Path | None,
+    checkpoint_steps: int,
+    resume_from_checkpoint: str | bool | None,
+    training_args: Mapping[str, Any] | None,
+    show_progress_bar: bool,
+) -> Any:
+    """Run ``SentenceTransformerTrainer`` with the HEAL loss and sampler; returns the trainer's ``TrainOutput``."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from heal_rag.losses import HEALLoss
+    from heal_rag.sampler import HierarchicalBatchSampler
+
+    loss = HEALLoss(
+        model,
+        temperature=config.temperature,
+        level_weights=config.level_weights,
+        schedule_alpha=config.schedule_alpha,
+        query_document_weight=config.query_document_weight,
+        consistency_weight=config.consistency_weight,
+        consistency_margin=config.consistency_margin,
+        pair_loss=config.pair_loss,
+        pair_temperature=config.pair_temperature,
+        hierarchy_views=config.hierarchy_views,
+        pair_level_discount=config.pair_level_discount,
+        symmetric_pairs=config.symmetric_pairs,
+        pair_negatives=config.pair_negatives,
+        query_hierarchy_weight=config.query_hierarchy_weight,
+    )
+    steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))
+    args_kwargs: dict[str, Any] = {
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps if config.max_steps is not None else -1,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "warmup_steps": config.warmup_ratio,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "batch_sampler": partial(
+            HierarchicalBatchSampler,
+            n_levels=rows.n_levels,
+            samples_per_leaf=config.samples_per_leaf,
+            leaves_per_parent=config.leaves_per_parent,
+        ),
+        "prompts": _training_prompts(model) or None,
+        "logging_steps": max(1, steps_hint // 10),
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": not show_progress_bar,
+        "dataloader_drop_last": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+    if checkpoints is not None:
+        args_kwargs.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=2)
+    args_kwargs.update(training_args or {})
+    with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
+        args_kwargs["output_dir"] = str(checkpoints) if checkpoints is not None else scratch
+        args = SentenceTransformerTrainingArguments(**args_kwargs)
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
+        )
+        return trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+
+
+def _training_prompts(model: SentenceTransformer) -> dict[str, str]:
+    """The model's own query and document prompts, keyed by the training columns they apply to.
+
+    Serving goes through ``encode_query`` / ``encode_document``, which prepend these prompts; training with them
+    too means the tuned model sees the same inputs in both (e.g. ``"query: "`` / ``"passage: "`` for e5 models).
+    """
+    prompts = getattr(model, "prompts", None) or {}
+    document_prompt = next((prompts[name] for name in ("document", "passage", "corpus") if name in prompts), "")
+    return {
+        column: prompt
+        for column, prompt in (("query", prompts.get("query", "")), ("document", document_prompt))
+        if prompt
+    }
+
+
+def _checkpoint_location(
+    output_dir: Path,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    training_args: Mapping[str, Any] | None,
+    resume_from_checkpoint: str | bool | None,
+) -> Path | None:
+    """Where checkpoints go (``None``: nowhere), checked before any training.
+
+    A checkpoint directory may hold only the trainer's ``checkpoint-<step>`` folders. Existing checkpoints are
+    refused unless the run resumes from them, and ``resume_from_checkpoint=True`` needs one.
+
+    Raises:
+        OutputPathError: For a directory with other files, or leftover checkpoints without ``resume``.
+        ValueError: When resuming and there is no checkpoint.
+    """
+    args = dict(training_args or {})
+    wanted = checkpoint_dir or args.pop("output_dir", None)
+    if wanted is None and (str(args.get("save_strategy", "no")) != "no" or resume_from_checkpoint):
+        wanted = output_dir.with_name(output_dir.name + ".checkpoints")
+    if wanted is None:
+        return None
+    location = Path(wanted).expanduser().resolve()
+    if location.exists() and not location.is_dir():
+        raise OutputPathError(f"Checkpoint directory {str(wanted)!r} is an existing file; give a directory path.")
+    entries = list(location.iterdir()) if location.is_dir() else []
+    foreign = [e.name for e in entries if not (e.is_dir() and e.name.startswith("checkpoint-"))]
+    if foreign:
+        raise OutputPathError(
+            f"Checkpoint directory {str(wanted)!r} holds files that are not checkpoints "
+            f"({', '.join(sorted(foreign)[:3])}); heal_rag never replaces them. Choose a new or empty directory."
+        )
+    if isinstance(resume_from_checkpoint, str):
+        if not (Path(resume_from_checkpoint) / "trainer_state.json").is_file():
+            raise ValueError(f"{resume_from_checkpoint!r} is not a trainer checkpoint (no trainer_state.json).")
+    elif resume_from_checkpoint and not entries:
+        raise ValueError(
+            f"Nothing to resume: {str(wanted)!r} holds no checkpoint. Start without resume_from_checkpoint (--resume)."
+        )
+    elif entries and not resume_from_checkpoint:
+        raise OutputPathError(
+            f"Checkpoint directory {str(wanted)!r} holds checkpoints of an earlier run. Pass "
+            "resume_from_checkpoint=True (--resume) to continue it, or choose an empty checkpoint directory."
+        )
+    if location == output_dir or output_dir in location.parents:
+        raise OutputPathError("The checkpoint directory must lie outside the model directory.")
+    from heal_rag.outputs import check_writable
+
+    check_writable(location)
+    return location
+
+
+def _check_finite_weights(model: SentenceTransformer) -> None:
+    """Refuse to go on with a model whose weights hold NaN or infinity (nothing is saved)."""
+    import torch
+
+    from heal_rag.losses import NonFiniteLossError
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteLossError(
+                f"Training left non-finite values in {name!r}; the model is not saved. Lower learning_rate or "
+                "check the settings and data."
+            )
 
 
 def _hold_out_for_share_choice(
@@ -488,21 +679,13 @@ def _hold_out_for_share_choice(
 
 
 def _check_base_weight_share(config: HEALTrainingConfig) -> bool:
-    """Validate the blend settings before any training; ``True`` when the share is to be chosen (``"auto"``)."""
-    share = config.base_weight_share
-    if share == "auto":
-        check_candidate_shares(config.blend_candidate_shares)  # blend_validation_fraction: hold_out_pairs checks it
-        if not 0.0 <= config.blend_fallback_share < 1.0:
-            raise ValueError(f"blend_fallback_share must lie in [0, 1), got {config.blend_fallback_share!r}.")
-        if config.blend_min_validation_queries < 1:
-            raise ValueError(
-                f"blend_min_validation_queries must be at least 1, got {config.blend_min_validation_queries!r}."
-            )
+    """``True`` when the share is to be chosen (``"auto"``); the candidates must not be empty.
+
+    The ranges themselves are checked by :class:`HEALTrainingConfig` when it is built.
+    """
+    if config.base_weight_share == "auto":
+        check_candidate_shares(config.blend_candidate_shares)
         return True
-    if isinstance(share, str) or not 0.0 <= share < 1.0:
-        raise ValueError(
-            f"base_weight_share must lie in [0, 1) (0: keep the tuned weights) or be 'auto', got {share!r}."
-        )
     return False
 
 
@@ -517,19 +700,36 @@ def save_heal_model(
     label_names: Mapping[str, str] | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Save ``model`` as a plain sentence-transformers directory plus ``heal_rag.json``, atomically.
 
     The label centroids are computed from ``documents`` embedded with the saved model.
 
+    Args:
+        model: The model to save.
+        output_dir: New, empty, or an earlier heal_rag model directory (replaced only with ``overwrite=True``).
+        documents: Texts whose embeddings give the label centroids.
+        labels: Their label paths.
+        base_model: Name recorded as the base model.
+        training: Settings recorded in ``heal_rag.json``.
+        label_names: Readable label names.
+        batch_size: Encoding batch size for the centroids.
+        show_progress_bar: Progress bar while encoding.
+        overwrite: Replace an earlier heal_rag model directory.
+
     Returns:
         The ``heal_rag.json`` payload.
+
+    Raises:
+        heal_rag.outputs.OutputPathError: When ``output_dir`` may not be written.
     """
+    prepare_output_dir(output_dir, overwrite=overwrite, what="Model directory")
     embeddings = model.encode_document(
         list(documents), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar
     )
     centroids = label_centroids(np.asarray(embeddings), labels)
-    with atomic_directory(output_dir) as staging:
+    with atomic_directory(output_dir, overwrite=overwrite, kind="model") as staging:
         model.save(str(staging))
         metadata = build_metadata(
             labels=labels,
@@ -541,5 +741,5 @@ def save_heal_model(
             training=training,
             label_names=label_names,
         )
-        write_json_atomic(staging / "heal_rag.json", metadata)
+        write_json_atomic(staging / METADATA_FILE, metadata)
     return metadata

@@ -82,7 +82,7 @@ def build_tiny_model() -> Path:
 
 
 def train_tiny_heal_model(path: Path, seed: int = 42) -> Path:
-    """Fine-tune the tiny model for 2 HEAL steps on :func:`make_corpus` into ``path`` (a HEAL model directory)."""
+    """Fine-tune the tiny model for 2 HEAL steps on :func:`make_corpus` into ``path`` (replacing a model there)."""
     from heal_rag.training import fine_tune
 
     texts, labels, titles = make_corpus()
@@ -98,6 +98,7 @@ def train_tiny_heal_model(path: Path, seed: int = 42) -> Path:
         learning_rate=1e-2,
         seed=seed,
         show_progress_bar=False,
+        overwrite=True,
     )
     return path
 

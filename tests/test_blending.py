@@ -163,7 +163,7 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
         ({"base_weight_share": "auto", "blend_validation_fraction": 1.5}, r"must lie in \(0, 1\)"),
         ({"base_weight_share": "auto", "blend_candidate_shares": (0.2, 1.0)}, r"\[0, 1\)"),
         ({"blend_fallback_share": 1.0}, r"blend_fallback_share must lie in \[0, 1\)"),
-        ({"blend_min_validation_queries": 0}, "at least 1"),
+        ({"blend_min_validation_queries": 0}, r"blend_min_validation_queries must be an integer in \[1"),
     ],
 )
 def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, settings, message):

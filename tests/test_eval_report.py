@@ -42,6 +42,7 @@ def test_cli_eval_writes_a_complete_ab_report(corpus_file, tiny_model_dir, tiny_
     )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".heal_rag-output",
         "levels.png",
         "map.png",
         "metrics.json",

@@ -370,11 +370,11 @@ def test_bad_inputs_raise_clear_errors():
         HEALLoss(IdentityModel(), pair_loss="supcon", hierarchy_views="documents")
     with pytest.raises(ValueError, match="pair_level_discount"):
         HEALLoss(IdentityModel(), pair_level_discount=1.0)
-    with pytest.raises(ValueError, match="pair_negatives must be 'all' or 'other_leaves'"):
+    with pytest.raises(ValueError, match="pair_negatives must be one of 'all', 'other_leaves'"):
         HEALLoss(IdentityModel(), pair_negatives="same_leaf")
     with pytest.raises(ValueError, match="with pair_loss='ranking'"):
         HEALLoss(IdentityModel(), pair_loss="supcon", pair_negatives="other_leaves")
-    with pytest.raises(ValueError, match="query_hierarchy_weight must be in"):
+    with pytest.raises(ValueError, match="query_hierarchy_weight must be 1 with hierarchy_views='documents'"):
         HEALLoss(IdentityModel(), hierarchy_views="documents", query_hierarchy_weight=0.5)
-    with pytest.raises(ValueError, match="query_hierarchy_weight must be in"):
+    with pytest.raises(ValueError, match=r"query_hierarchy_weight must lie in \[0, 1\]"):
         HEALLoss(IdentityModel(), query_hierarchy_weight=1.5)

@@ -127,13 +127,20 @@ def test_fine_tune_documents_only_and_soft_weights(corpus, tiny_model_dir, tmp_p
     assert np.isfinite(result.train_loss) and result.train_loss > 0
 
 
-def test_retraining_replaces_the_output_directory_whole(corpus, tiny_model_dir, tmp_path):
+def test_retraining_replaces_the_output_directory_whole_only_with_overwrite(corpus, tiny_model_dir, tmp_path):
+    from heal_rag.outputs import OutputPathError
+
     texts, paths, _ = corpus
     out = tmp_path / "m"
     fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, **FAST)
     (out / "stale.txt").write_text("from an older run")
     first = read_metadata(out)["fingerprint"]
-    fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, **FAST)
+    with pytest.raises(OutputPathError, match="--overwrite"):
+        fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, **FAST)
+    assert read_metadata(out)["fingerprint"] == first and (out / "stale.txt").exists()
+    fine_tune(
+        texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, overwrite=True, **FAST
+    )
     assert not (out / "stale.txt").exists()
     assert read_metadata(out)["fingerprint"] != first
 
@@ -170,6 +177,7 @@ def test_checkpoints_and_resume_come_from_the_trainer(corpus, tiny_model_dir, tm
         paths,
         **{**common, "max_steps": 3},
         resume_from_checkpoint=str(tmp_path / "m.checkpoints" / "checkpoint-2"),
+        overwrite=True,
     )
     assert resumed.global_steps == 3
     assert read_metadata(out)["training"]["global_steps"] == 3

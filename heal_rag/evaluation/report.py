@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from heal_rag.artifacts import atomic_directory, write_json_atomic, write_text_atomic
+from heal_rag.artifacts import write_json_atomic, write_text_atomic
 from heal_rag.data import Corpus
 from heal_rag.evaluation.classification import (
     ClassificationReport,
@@ -33,6 +33,7 @@ from heal_rag.evaluation.retrieval import (
     per_query_scores,
     top_k_indices,
 )
+from heal_rag.outputs import atomic_directory
 from heal_rag.queries import Query
 
 
@@ -178,10 +179,15 @@ def write_report(
     map_method: str = "tsne",
     map_points: int = 2000,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``report.md``, ``report.html``, ``metrics.json``, ``levels.png`` and ``map.png`` to ``out_dir``.
 
-    The directory is written whole or not at all (an existing one is replaced).
+    The directory is written whole or not at all. It must be new, empty, or an earlier heal_rag report (replaced
+    only with ``overwrite=True``); see :mod:`heal_rag.outputs`.
+
+    Raises:
+        heal_rag.outputs.OutputPathError: When ``out_dir`` may not be written.
 
     Returns:
         The report directory.
@@ -192,7 +198,7 @@ def write_report(
     assert labels is not None  # EvaluationTask.build checked it
     names_by_id = labels.level_names(0)
     top_names = [names_by_id[i] for i in task.level_ids[:, 0]]
-    with atomic_directory(out_dir) as staging:
+    with atomic_directory(out_dir, overwrite=overwrite, kind="report") as staging:
         plot_level_metrics(evaluations, staging / "levels.png")
         mapped = [e for e in evaluations if e.document_embeddings is not None]
         if mapped:

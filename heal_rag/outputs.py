@@ -1,0 +1,236 @@
+"""Where heal_rag writes: checked before any work starts, and nothing heal_rag did not write is ever replaced.
+
+Rules, shared by every command that writes (``train``, ``demo``, ``cluster``, ``index``, ``eval``) and by
+``fine_tune(output_dir=...)``:
+
+- An output directory must be new, empty, or a directory heal_rag wrote (it holds ``heal_rag.json`` or the
+  :data:`OUTPUT_MARKER` file). A non-empty directory heal_rag did not write is refused, whatever the flags; one it
+  wrote is replaced only with ``overwrite=True`` (``--overwrite``).
+- An output never contains, or lies inside, one of the run's inputs (``--out data`` with ``--data data/corpus.jsonl``
+  is refused instead of deleting the corpus).
+- The location must be writable, checked by creating (and removing) a probe directory before any training.
+- Directories are written in a hidden staging sibling (``.<name>.tmp-<pid>-<id>``) and renamed into place at the
+  end; staging directories left by killed runs (their process is gone) are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Hidden file heal_rag writes into every output directory it creates (model directories also hold heal_rag.json).
+OUTPUT_MARKER = ".heal_rag-output"
+#: Files whose presence marks a directory as written by heal_rag.
+OWNERSHIP_FILES = ("heal_rag.json", OUTPUT_MARKER)
+#: Staging directories without a process id (written by heal_rag < 0.2) are removed once older than this.
+_LEGACY_STAGING_AGE_S = 3600
+
+
+class OutputPathError(ValueError):
+    """An output location heal_rag refuses to write: the message names the path and the way out."""
+
+
+def is_heal_rag_output(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory heal_rag wrote (it holds ``heal_rag.json`` or :data:`OUTPUT_MARKER`)."""
+    directory = Path(path)
+    return directory.is_dir() and any((directory / name).is_file() for name in OWNERSHIP_FILES)
+
+
+def _check_inputs(target: Path, shown: str, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).expanduser().resolve()
+        if source == target or target in source.parents:
+            raise OutputPathError(
+                f"The output {shown!r} contains the input {str(item)!r}: writing there would replace it. Choose an "
+                "output path outside your input files."
+            )
+        if source.is_dir() and source in target.parents:
+            raise OutputPathError(
+                f"The output {shown!r} lies inside the input folder {str(item)!r}: its files would be read as "
+                "documents next time. Choose an output path outside the input folder."
+            )
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Check that ``path`` (or, if it does not exist yet, its nearest existing ancestor) accepts new entries.
+
+    A probe directory is created and removed again, so read-only file systems and permissions are caught whoever
+    runs the check.
+
+    Raises:
+        OutputPathError: Naming the location and the operating system's reason.
+    """
+    ancestor = Path(path).expanduser().resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"Cannot write under {str(path)!r}: {str(ancestor)!r} is a file, not a directory.")
+    try:
+        probe = tempfile.mkdtemp(prefix=".heal_rag-probe-", dir=ancestor)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot write to {str(ancestor)!r} ({exc.strerror or exc}); choose a writable output location."
+        ) from None
+    os.rmdir(probe)
+
+
+def prepare_output_dir(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    what: str = "Output directory",
+) -> Path:
+    """Check an output directory before any work, following the rules in the module docstring.
+
+    Args:
+        path: The directory the output goes to (it need not exist).
+        overwrite: Replace a directory heal_rag wrote earlier (never one it did not write).
+        inputs: The run's input files and folders; the output may neither contain them nor lie inside a folder.
+        what: How the error messages name the location.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        OutputPathError: With the path and the way out (a new path, or ``overwrite=True`` / ``--overwrite``).
+    """
+    target = Path(path).expanduser().resolve()
+    shown = str(path)
+    if target.exists() and not target.is_dir():
+        raise OutputPathError(f"{what} {shown!r} is an existing file; give a directory path.")
+    _check_inputs(target, shown, inputs)
+    if target.is_dir() and any(target.iterdir()):
+        if not is_heal_rag_output(target):
+            names = sorted(entry.name for entry in target.iterdir())
+            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise OutputPathError(
+                f"{what} {shown!r} already exists and holds files heal_rag did not write ({listed}). heal_rag never "
+                "replaces them: choose a new or empty directory (--overwrite only ever replaces a directory heal_rag "
+                "wrote, one holding heal_rag.json)."
+            )
+        if not overwrite:
+            raise OutputPathError(
+                f"{what} {shown!r} already holds an earlier heal_rag output. Choose a new path, or pass --overwrite "
+                "(overwrite=True) to replace it."
+            )
+    check_writable(target)
+    remove_stale_staging(target)
+    return target
+
+
+def prepare_output_file(
+    path: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str] | None] = ()
+) -> Path:
+    """Check an output file before any work: not an input, not an existing file unless ``overwrite``, writable.
+
+    Raises:
+        OutputPathError: With the path and the way out.
+    """
+    target = Path(path).expanduser().resolve()
+    shown = str(path)
+    if target.is_dir():
+        raise OutputPathError(f"Output file {shown!r} is an existing directory; give a file path.")
+    _check_inputs(target, shown, inputs)
+    if target.exists() and not overwrite:
+        raise OutputPathError(
+            f"Output file {shown!r} already exists. Choose a new path, or pass --overwrite (overwrite=True) to "
+            "replace it."
+        )
+    check_writable(target.parent)
+    return target
+
+
+def write_marker(directory: str | os.PathLike[str], kind: str) -> None:
+    """Mark ``directory`` as written by heal_rag (see :data:`OUTPUT_MARKER`)."""
+    from heal_rag._version import __version__
+
+    marker = Path(directory) / OUTPUT_MARKER
+    marker.write_text(json.dumps({"written_by": "heal_rag", "version": __version__, "kind": kind}), encoding="utf-8")
+
+
+def _staging_name(final: Path, role: str) -> str:
+    return f".{final.name}.{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(final_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove staging directories of ``final_dir`` left behind by runs that were killed.
+
+    A staging directory ``.<name>.tmp-<pid>-<id>`` (or ``.old-``) is stale when its process no longer exists; one
+    without a process id (older heal_rag) when it is more than an hour old.
+
+    Returns:
+        The directories removed.
+    """
+    final = Path(final_dir).expanduser().resolve()
+    if not final.parent.is_dir():
+        return []
+    removed = []
+    for role in ("tmp", "old"):
+        for candidate in final.parent.glob(f".{final.name}.{role}-*"):
+            if not candidate.is_dir():
+                continue
+            parts = candidate.name.rsplit("-", 2)
+            if len(parts) == 3 and parts[1].isdigit():
+                stale = int(parts[1]) != os.getpid() and not _process_alive(int(parts[1]))
+            else:
+                stale = time.time() - candidate.stat().st_mtime > _LEGACY_STAGING_AGE_S
+            if stale:
+                shutil.rmtree(candidate, ignore_errors=True)
+                removed.append(candidate)
+    return removed
+
+
+@contextmanager
+def atomic_directory(
+    final_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    kind: str = "output",
+) -> Iterator[Path]:
+    """Yield a staging directory that becomes ``final_dir`` only if the block succeeds.
+
+    The location is checked with :func:`prepare_output_dir` (again at write time: it may have changed during a long
+    run). On error the staging directory is removed and ``final_dir`` is untouched; on success an earlier heal_rag
+    output there is replaced as a whole (``overwrite=True`` only).
+
+    Raises:
+        OutputPathError: See :func:`prepare_output_dir`.
+    """
+    final = prepare_output_dir(final_dir, overwrite=overwrite, inputs=inputs)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / _staging_name(final, "tmp")
+    staging.mkdir()
+    try:
+        write_marker(staging, kind)
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if final.exists():
+        previous = final.parent / _staging_name(final, "old")
+        os.replace(final, previous)
+    os.replace(staging, final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
