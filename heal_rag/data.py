@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from heal_rag._validation import check_unique_ids
 from heal_rag.labels import LabelPathError, LabelPaths
 from heal_rag.queries import Query
 
@@ -19,21 +20,42 @@ class CorpusFormatError(ValueError):
     """Raised when a corpus or query file is malformed; the message names the file and line."""
 
 
+#: Record fields of a JSONL corpus that are not metadata.
+_RECORD_FIELDS = {"id", "text", "labels", "title", "metadata"}
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """Documents with ids, optional titles and optional label paths.
+    """Documents with ids, optional titles, optional label paths and optional metadata.
 
     Attributes:
-        ids: Unique document ids.
+        ids: Unique document ids (checked when the corpus is built).
         texts: Document texts.
         titles: A title per document, or ``None``.
         labels: Label paths, or ``None`` for an unlabelled corpus.
+        metadata: A metadata mapping per document (source, page, ...), or ``None``; vector stores keep it.
+
+    Raises:
+        ValueError: When the lists differ in length or an id repeats (the first duplicate is named).
     """
 
     ids: list[str]
     texts: list[str]
     titles: list[str | None]
     labels: LabelPaths | None = None
+    metadata: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        lengths = {"texts": len(self.texts), "titles": len(self.titles)}
+        if self.labels is not None:
+            lengths["labels"] = len(self.labels)
+        if self.metadata is not None:
+            lengths["metadata"] = len(self.metadata)
+        wrong = {name: length for name, length in lengths.items() if length != n}
+        if wrong:
+            raise ValueError(f"A corpus of {n} ids has {wrong}; give one of each per document.")
+        check_unique_ids(self.ids, "document ids")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,6 +67,7 @@ class Corpus:
             texts=[self.texts[i] for i in indices],
             titles=[self.titles[i] for i in indices],
             labels=None if self.labels is None else self.labels.subset(indices),
+            metadata=None if self.metadata is None else [self.metadata[i] for i in indices],
         )
 
 
@@ -54,7 +77,10 @@ def demo_corpus_path() -> Path:
 
 
 def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Corpus:
-    """Read a JSONL corpus of records ``{"id", "text", "labels"[, "title"]}``.
+    """Read a JSONL corpus of records ``{"id", "text", "labels"[, "title"][, "metadata"]}``.
+
+    Any other field of a record (``"source"``, ``"url"``, ...) is kept in the document's metadata, together with the
+    ``"metadata"`` object when there is one.
 
     Args:
         path: The JSONL file.
@@ -71,6 +97,7 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
     texts: list[str] = []
     titles: list[str | None] = []
     paths: list[list[str]] = []
+    metadata: list[dict[str, Any]] = []
     unlabelled = 0
     seen: set[str] = set()
     for where, record in _json_records(path):
@@ -92,9 +119,13 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
                 labels = [labels]
             paths.append(labels)
         title = record.get("title")
+        extra = record.get("metadata") or {}
+        if not isinstance(extra, dict):
+            raise CorpusFormatError(f"{where}: 'metadata' must be a JSON object.")
         ids.append(doc_id)
         texts.append(text)
         titles.append(str(title) if title else None)
+        metadata.append({**{k: v for k, v in record.items() if k not in _RECORD_FIELDS}, **extra})
     if not ids:
         raise CorpusFormatError(f"{path}: the corpus has no records.")
     if unlabelled and (require_labels or paths):
@@ -106,7 +137,9 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
         label_paths = LabelPaths(paths) if paths else None
     except LabelPathError as exc:
         raise CorpusFormatError(f"{path}: {exc}") from None
-    return Corpus(ids=ids, texts=texts, titles=titles, labels=label_paths)
+    return Corpus(
+        ids=ids, texts=texts, titles=titles, labels=label_paths, metadata=metadata if any(metadata) else None
+    )
 
 
 def read_queries(path: str | os.PathLike[str], known_ids: Sequence[str] | None = None) -> list[Query]:
@@ -132,12 +165,19 @@ def read_queries(path: str | os.PathLike[str], known_ids: Sequence[str] | None =
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``("file:line", record)`` for each non-blank line of a JSONL file of objects."""
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    """Yield ``("file:line", record)`` for each non-blank line of a UTF-8 JSONL file of objects."""
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise CorpusFormatError(
+                    f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}). Save the file as "
+                    "UTF-8, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`."
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

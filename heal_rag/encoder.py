@@ -8,6 +8,7 @@ It embeds queries and documents with the model's own query/document prompts (``e
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heal_rag._validation import check_int
 from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
 
 if TYPE_CHECKING:
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 
 #: How many recent query embeddings an encoder keeps.
 QUERY_CACHE_SIZE = 256
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than the model's ``max_seq_length`` were cut: their ending did not reach the embedding."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class HEALEncoder:
 
     Example:
         ```python
-        from heal_rag import HEALEncoder
+        from heal_rag.encoder import HEALEncoder
 
         encoder = HEALEncoder.load("models/heal-minilm")
         vectors = encoder.embed_documents(["Cooper pairs condense ...", "Prime gaps ..."])
@@ -106,8 +112,7 @@ class HEALEncoder:
         batch_size: int = 32,
         normalize_embeddings: bool = True,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        check_int("batch_size", batch_size, minimum=1)
         self.model = model
         self.metadata = metadata
         self.model_path = model_path
@@ -115,6 +120,8 @@ class HEALEncoder:
         self.normalize_embeddings = normalize_embeddings
         # Chains embed the same query more than once (vector store, then reranker): keep the last few.
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        #: Texts embedded so far that were longer than ``max_seq_length`` (cut to their beginning).
+        self.truncated_texts = 0
 
     @classmethod
     def load(
@@ -151,6 +158,7 @@ class HEALEncoder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        self._note_truncation(texts, "document")
         return np.asarray(
             self.model.encode_document(
                 texts,
@@ -169,6 +177,7 @@ class HEALEncoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if len(texts) == 1 and texts[0] in self._query_cache:
             return self.embed_query(texts[0])[None, :]
+        self._note_truncation(texts, "query")
         return np.asarray(
             self.model.encode_query(
                 texts,
@@ -192,6 +201,45 @@ class HEALEncoder:
         else:
             self._query_cache.move_to_end(text)
         return cached.copy()
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """Tokens the model reads per text (longer texts are cut); ``None`` for models without a limit."""
+        return getattr(self.model, "max_seq_length", None)
+
+    def count_truncated(self, texts: Sequence[str], prompt_name: str = "document") -> int:
+        """How many of ``texts`` (with the model's prompt) exceed :attr:`max_seq_length` tokens."""
+        limit = self.max_seq_length
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if not limit or tokenizer is None or not callable(tokenizer):
+            return 0
+        names = ("query",) if prompt_name == "query" else ("document", "passage", "corpus")
+        prompt = next((self.model.prompts[n] for n in names if n in (self.model.prompts or {})), "")
+        # Only texts long enough in bytes can be too long in tokens: every token but the few special ones covers at
+        # least one byte of UTF-8 (WordPiece and byte-level BPE alike), so short texts skip the tokenizer.
+        candidates = [prompt + text for text in texts if len((prompt + text).encode("utf-8")) > limit - 8]
+        if not candidates:
+            return 0
+        lengths = tokenizer(candidates, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return sum(len(ids) > limit for ids in lengths)
+
+    def _note_truncation(self, texts: Sequence[str], prompt_name: str) -> None:
+        """Count texts cut at ``max_seq_length``; warn the first time, with the count."""
+        truncated = self.count_truncated(texts, prompt_name)
+        if not truncated:
+            return
+        first = self.truncated_texts == 0
+        self.truncated_texts += truncated
+        if first:
+            warnings.warn(
+                f"{truncated} of {len(texts)} texts are longer than the model's max_seq_length "
+                f"({self.max_seq_length} tokens) and are embedded from their beginning only; what comes after is "
+                "ignored. Split long documents into chunks (heal_rag.documents.chunk_documents, or heal-rag "
+                "train/index --data DIR, which chunk for you). This warning is shown once per encoder; "
+                "HEALEncoder.truncated_texts keeps the count.",
+                TruncationWarning,
+                stacklevel=3,
+            )
 
     @cached_property
     def dimension(self) -> int:

@@ -229,6 +229,11 @@ def _validate_path(index: int, path: Any) -> tuple[str, ...]:
             )
         if not part.strip():
             raise LabelPathError(f"Label path {index} has an empty label at level {level}.")
+        if PATH_SEPARATOR in part:
+            raise LabelPathError(
+                f"Label path {index} has {part!r} at level {level}, which contains {PATH_SEPARATOR!r}: that string "
+                "separates levels when a path is stored as text. Split it into levels or use another character."
+            )
     return parts
 
 

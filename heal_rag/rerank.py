@@ -10,50 +10,34 @@ is at most the cosine similarity (≤ 1); higher is better. In ``"route"`` mode 
 tree (the ``route_width`` most likely labels at each level, children of the kept parents only) and candidates in
 the routed subtrees rank before all others.
 
-Documents carry their label path in metadata (:data:`PATH_KEY` as a list, or flat ``heal_l0``, ``heal_l1``, ...
-keys); when it is missing the path is predicted from the document's embedding.
+Documents carry their label path in metadata (:data:`~heal_rag.metadata.PATH_KEY` as ``"A > B"`` or a list, or flat
+``heal_l0``, ``heal_l1``, ... keys); when it is missing the path is predicted from the document's embedding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from heal_rag._validation import check_choice, check_int, check_real
 from heal_rag.encoder import HEALEncoder
-
-#: Metadata key of a document's label path (a list of strings, most general first).
-PATH_KEY = "heal_path"
-#: Prefix of the flat per-level metadata keys (``heal_l0``, ``heal_l1``, ...), portable to any vector store filter.
-LEVEL_KEY_PREFIX = "heal_l"
-#: Metadata key of the per-level agreement between a document's labels and the query's most likely labels.
-LEVEL_MATCH_KEY = "heal_level_match"
+from heal_rag.metadata import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
 
 RerankMode = Literal["rescore", "route"]
 
-
-def path_from_metadata(metadata: Mapping[str, Any] | None) -> tuple[str, ...] | None:
-    """A document's label path from its metadata (``heal_path`` list or ``" > "`` string, or ``heal_l*`` keys)."""
-    if not metadata:
-        return None
-    value = metadata.get(PATH_KEY)
-    if isinstance(value, str) and value:
-        return tuple(part.strip() for part in value.split(" > "))
-    if isinstance(value, (list, tuple)) and value:
-        return tuple(str(part) for part in value)
-    levels = []
-    while f"{LEVEL_KEY_PREFIX}{len(levels)}" in metadata:
-        levels.append(str(metadata[f"{LEVEL_KEY_PREFIX}{len(levels)}"]))
-    return tuple(levels) or None
-
-
-def path_metadata(path: Sequence[str]) -> dict[str, Any]:
-    """Metadata entries for a label path: the list under ``heal_path`` and flat ``heal_l{i}`` keys."""
-    out: dict[str, Any] = {PATH_KEY: list(path)}
-    out.update({f"{LEVEL_KEY_PREFIX}{level}": part for level, part in enumerate(path)})
-    return out
+__all__ = [
+    "LEVEL_KEY_PREFIX",
+    "LEVEL_MATCH_KEY",
+    "PATH_KEY",
+    "HierarchyScorer",
+    "RerankMode",
+    "RerankResult",
+    "path_from_metadata",
+    "path_metadata",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +53,16 @@ class RerankResult:
         path: The document's label path (from metadata, or predicted).
         routed: Whether the document lies in the query's routed subtrees (``"route"`` mode; else ``True``).
     """
+
+    @property
+    def matched_levels(self) -> int:
+        """Levels, from the top, at which the document's label is the query's most likely one."""
+        matched = 0
+        for match in self.level_matches:
+            if not match:
+                break
+            matched += 1
+        return matched
 
     index: int
     score: float
@@ -108,10 +102,9 @@ class HierarchyScorer:
         mode: RerankMode = "rescore",
         route_width: int | Sequence[int] = 2,
     ) -> None:
-        if beta < 0 or temperature <= 0:
-            raise ValueError(f"beta must be >= 0 and temperature > 0, got beta={beta}, temperature={temperature}.")
-        if mode not in ("rescore", "route"):
-            raise ValueError(f"mode must be 'rescore' or 'route', got {mode!r}.")
+        check_real("beta", beta, minimum=0)
+        check_real("temperature", temperature, minimum=0, min_open=True)
+        check_choice("mode", mode, ("rescore", "route"))
         tree = encoder.label_tree
         if tree is None:
             raise ValueError(
@@ -122,13 +115,17 @@ class HierarchyScorer:
         self.tree = tree
         self.beta = float(beta)
         self.temperature = float(temperature)
-        weights = [1.0] * tree.depth if level_weights is None else [float(w) for w in level_weights]
+        weights = [1.0] * tree.depth if level_weights is None else list(level_weights)
+        for level, weight in enumerate(weights):
+            check_real(f"level_weights[{level}]", weight, minimum=0)
         if len(weights) != tree.depth:
             raise ValueError(f"level_weights needs {tree.depth} values (one per level), got {len(weights)}.")
-        self.level_weights = np.asarray(weights)
+        self.level_weights = np.asarray(weights, dtype=np.float64)
         self.mode = mode
         widths = [route_width] * tree.depth if isinstance(route_width, int) else list(route_width)
-        if len(widths) != tree.depth or min(widths) < 1:
+        for level, width in enumerate(widths):
+            check_int(f"route_width[{level}]", width, minimum=1)
+        if len(widths) != tree.depth:
             raise ValueError(f"route_width must be >= 1 for each of the {tree.depth} levels, got {route_width}.")
         self.route_width = widths
 

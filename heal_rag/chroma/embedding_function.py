@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,13 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
+from heal_rag.artifacts import METADATA_FILE
 from heal_rag.encoder import HEALEncoder
 
+#: Collection metadata key holding the fingerprint of the model that built the collection.
+FINGERPRINT_KEY = "heal_fingerprint"
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclidean": "l2"}
-_ENCODERS: dict[tuple[str, int], HEALEncoder] = {}
+_ENCODERS: dict[tuple[str, int, tuple[int, int] | None], HEALEncoder] = {}
 
 
 class StaleModelError(ValueError):
@@ -20,10 +24,42 @@ class StaleModelError(ValueError):
 
 
 def _shared_encoder(model_path: str | None, batch_size: int) -> HEALEncoder:
-    key = (str(model_path), batch_size)
+    """One encoder per model directory and batch size, reloaded when the model's heal_rag.json changes."""
+    metadata_file = Path(model_path) / METADATA_FILE if model_path else None
+    state = None
+    if metadata_file is not None and metadata_file.is_file():
+        stat = metadata_file.stat()
+        state = (stat.st_mtime_ns, stat.st_size)
+    key = (str(model_path), batch_size, state)
     if key not in _ENCODERS:
         _ENCODERS[key] = HEALEncoder.load(model_path, batch_size=batch_size)
     return _ENCODERS[key]
+
+
+def _calling_collection() -> Any:
+    """The Chroma collection whose ``_embed`` called the embedding function, if any (best effort).
+
+    Chroma's ``get_collection(name, embedding_function=...)`` compares only function names, so a function for
+    another model of the same name would embed queries silently. Chroma calls the function from the collection's
+    own ``_embed`` method; looking at the few frames above finds that collection and its metadata. When Chroma's
+    internals change and nothing is found, no check happens (the documented safe way to reopen a collection is
+    :func:`heal_rag.chroma.open_collection`).
+    """
+    from chromadb.api.models.CollectionCommon import CollectionCommon
+
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+        for _ in range(4):
+            if caller is None:
+                return None
+            candidate = caller.f_locals.get("self")
+            if isinstance(candidate, CollectionCommon):
+                return candidate
+            caller = caller.f_back
+        return None
+    finally:
+        del frame
 
 
 @register_embedding_function
@@ -63,12 +99,33 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
             )
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma requires the name `input`
-        """Embed documents."""
+        """Embed documents.
+
+        Raises:
+            StaleModelError: When called by a collection that another model built.
+        """
+        self._check_calling_collection()
         return list(self.encoder.embed_documents(list(input)))
 
     def embed_query(self, input: Documents) -> Embeddings:  # noqa: A002
-        """Embed queries with the model's query prompt."""
+        """Embed queries with the model's query prompt.
+
+        Raises:
+            StaleModelError: When called by a collection that another model built.
+        """
+        self._check_calling_collection()
         return list(self.encoder.embed_queries(list(input)))
+
+    def _check_calling_collection(self) -> None:
+        collection = _calling_collection()
+        expected = (collection.metadata or {}).get(FINGERPRINT_KEY) if collection is not None else None
+        if expected is not None and expected != self.encoder.fingerprint:
+            raise StaleModelError(
+                f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…) than "
+                f"{self.model_path!r} ({self.encoder.fingerprint[:19]}…); its vectors are not comparable with this "
+                "model's. Reopen it with heal_rag.chroma.open_collection(path, name), or with Chroma's "
+                "get_collection(name) without an embedding_function: both restore the model that built it."
+            )
 
     @staticmethod
     def name() -> str:

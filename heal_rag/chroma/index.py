@@ -1,40 +1,234 @@
-"""Building a Chroma collection from a corpus with a HEAL model: batched, idempotent upserts, stale-model refusal."""
+"""Chroma collections with a HEAL model: checked inputs, idempotent upserts, refusal of a different model."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import chromadb
 from chromadb.config import Settings
 from tqdm.auto import tqdm
 
-from heal_rag.chroma.embedding_function import HEALEmbeddingFunction, StaleModelError
+from heal_rag._validation import check_int
+from heal_rag.chroma.embedding_function import FINGERPRINT_KEY, HEALEmbeddingFunction, StaleModelError
 from heal_rag.data import Corpus
 from heal_rag.encoder import HEALEncoder
-from heal_rag.rerank import PATH_KEY, path_metadata
+from heal_rag.metadata import PATH_KEY, flatten_metadata, path_metadata
+from heal_rag.outputs import OutputPathError, check_writable
 
-FINGERPRINT_KEY = "heal_fingerprint"
-
-
-def open_client(db_path: str | os.PathLike[str]) -> Any:
-    """A persistent Chroma client at ``db_path`` (telemetry off: nothing leaves the machine)."""
-    return chromadb.PersistentClient(path=str(db_path), settings=Settings(anonymized_telemetry=False))
-
-
-def open_collection(db_path: str | os.PathLike[str], collection_name: str) -> Any:
-    """Reopen a collection built by :func:`build_index`; its embedding function is rebuilt from the stored config."""
-    return open_client(db_path).get_collection(collection_name)
+#: The file that marks a directory as a Chroma database.
+DATABASE_FILE = "chroma.sqlite3"
+# Chroma 1.x's own rule for collection names (its Rust validator is not exposed to Python).
+_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+# Chroma reads telemetry settings from the environment; keep them off unless the user says otherwise, so nothing
+# leaves the machine and every client in the process (ours, LangChain's, LlamaIndex's) gets the same settings.
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
-def _chroma_metadata(path: Sequence[str] | None, extra: dict[str, Any]) -> dict[str, Any]:
-    metadata = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool)) and k != PATH_KEY}
+def check_collection_name(name: str) -> str:
+    """Check a collection name against Chroma's rule before anything is created.
+
+    Raises:
+        ValueError: Naming the rule: 3–512 characters of ``[a-zA-Z0-9._-]``, starting and ending with a letter or
+            digit, no ``..``, not an IPv4 address.
+    """
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or ".." in name or _IPV4.match(name):
+        raise ValueError(
+            f"Invalid collection name {name!r}: Chroma needs 3-512 characters of [a-zA-Z0-9._-], starting and ending "
+            "with a letter or digit, with no '..' and not an IPv4 address (e.g. 'papers' or 'team-docs_v2')."
+        )
+    return name
+
+
+def open_client(db_path: str | os.PathLike[str], *, create: bool = True) -> Any:
+    """A persistent Chroma client at ``db_path``, shared with any client already open on that folder.
+
+    Chroma allows one configuration per database folder and process: a second client with other settings fails
+    ("An instance of Chroma already exists ... with different settings"). So when a client (ours, or one LangChain's
+    or LlamaIndex's Chroma store opened) already serves this folder, its settings are reused; otherwise Chroma's
+    default settings are used, with telemetry off unless the environment says otherwise.
+
+    Args:
+        db_path: The database folder.
+        create: Create the database when there is none; with ``False`` a missing database is an error and nothing
+            is created.
+
+    Raises:
+        FileNotFoundError: With ``create=False``, when ``db_path`` holds no Chroma database.
+        heal_rag.outputs.OutputPathError: When a new database would go into a non-empty folder that is not one, or
+            an unwritable location.
+    """
+    folder = Path(db_path).expanduser()
+    is_database = (folder / DATABASE_FILE).is_file()
+    if not is_database:
+        if not create:
+            raise FileNotFoundError(
+                f"No Chroma database at {str(db_path)!r} (no {DATABASE_FILE}); build one first with "
+                "heal_rag.chroma.build_index or `heal-rag index`."
+            )
+        if folder.is_dir() and any(folder.iterdir()):
+            raise OutputPathError(
+                f"{str(db_path)!r} is not empty and is not a Chroma database; heal_rag will not create one among "
+                "other files. Choose a new or empty folder for --db."
+            )
+        if folder.exists() and not folder.is_dir():
+            raise OutputPathError(f"{str(db_path)!r} is a file; give a folder for the Chroma database.")
+        check_writable(folder)
+    path_text, settings = _shared_settings(folder)
+    return chromadb.PersistentClient(path=path_text, settings=settings)
+
+
+def _shared_settings(folder: Path) -> tuple[str, Settings]:
+    """The path string and settings of a client already open on ``folder`` in this process, else defaults."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    resolved = folder.resolve()
+    for system in list(SharedSystemClient._identifier_to_system.values()):
+        settings = system.settings
+        if settings.is_persistent and settings.persist_directory:
+            if Path(settings.persist_directory).expanduser().resolve() == resolved:
+                return settings.persist_directory, settings
+    return str(folder), Settings()
+
+
+def open_collection(
+    db_path: str | os.PathLike[str],
+    collection_name: str,
+    model: str | os.PathLike[str] | HEALEncoder | None = None,
+) -> Any:
+    """Reopen a collection built by :func:`build_index`, refusing a model other than the one that built it.
+
+    The embedding function is rebuilt from the collection's stored configuration; if the model at its path has
+    changed since (even a same-width fine-tune or a retrain in place), :class:`StaleModelError` is raised here,
+    before any query. Nothing is created: a missing database or collection is an error.
+
+    Args:
+        db_path: The Chroma database folder.
+        collection_name: The collection.
+        model: Optionally the model you mean to query with (a directory or a loaded encoder): it must be the one
+            that built the collection.
+
+    Raises:
+        FileNotFoundError: When there is no database at ``db_path``.
+        ValueError: When the collection does not exist (the message lists those that do).
+        StaleModelError: When the model differs from the one that built the collection.
+    """
+    client = open_client(db_path, create=False)
+    names = sorted(c.name for c in client.list_collections())
+    if collection_name not in names:
+        raise ValueError(
+            f"No collection {collection_name!r} in {str(db_path)!r}; it holds {names or 'no collections'}."
+        )
+    stored = client.get_collection(collection_name, embedding_function=None)
+    ef_config = (stored.configuration_json or {}).get("embedding_function") or {}
+    if ef_config.get("name") != HEALEmbeddingFunction.name():
+        raise ValueError(
+            f"Collection {collection_name!r} was not built by heal_rag (its embedding function is "
+            f"{ef_config.get('name')!r}); open it with chromadb directly."
+        )
+    function = HEALEmbeddingFunction.build_from_config(ef_config["config"])  # raises StaleModelError
+    if model is not None:
+        check_collection(stored, model)
+    return client.get_collection(collection_name, embedding_function=function)
+
+
+def check_collection(collection: Any, model: Any) -> None:
+    """Refuse to use ``collection`` with a model other than the one that built it.
+
+    Works for any Chroma collection object, including the one behind LangChain's ``Chroma`` store
+    (``store._collection``) or a LlamaIndex ``ChromaVectorStore`` (``store._collection``).
+
+    Args:
+        collection: A Chroma collection built by :func:`build_index` (its metadata holds the model fingerprint).
+        model: A model directory, a :class:`~heal_rag.encoder.HEALEncoder`, or any heal_rag adapter (embedding
+            function, LangChain embeddings, LlamaIndex embedding).
+
+    Raises:
+        StaleModelError: When the fingerprints differ, or the collection records none.
+    """
+    expected = (collection.metadata or {}).get(FINGERPRINT_KEY)
+    actual = _encoder_of(model).fingerprint
+    if expected is None:
+        raise StaleModelError(
+            f"Collection {collection.name!r} records no heal_rag model fingerprint, so its vectors cannot be "
+            "checked against this model; build it with heal_rag.chroma.build_index."
+        )
+    if expected != actual:
+        raise StaleModelError(
+            f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…); this model "
+            f"is {actual[:19]}…. Vectors of different models are not comparable, even at the same width: query with "
+            "the model that built it, or rebuild the collection."
+        )
+
+
+def _encoder_of(model: Any) -> HEALEncoder:
+    if isinstance(model, HEALEncoder):
+        return model
+    for attribute in ("encoder", "heal_encoder"):
+        candidate = getattr(model, attribute, None)
+        if isinstance(candidate, HEALEncoder):
+            return candidate
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return HEALEncoder.load(model)
+    raise TypeError(f"Expected a model directory, a HEALEncoder or a heal_rag adapter, got {type(model).__name__}.")
+
+
+def prepare_collection_for(client: Any, collection_name: str, encoder: HEALEncoder) -> Any:
+    """The collection ``collection_name`` for use with ``encoder`` by another framework's store.
+
+    An existing collection must have been built by this model (:func:`check_collection`); a missing one is created
+    in cosine space, recording the model, with no embedding function attached (the framework embeds).
+    """
+    if collection_name in {c.name for c in client.list_collections()}:
+        collection = client.get_collection(collection_name, embedding_function=None)
+        check_collection(collection, encoder)
+        return collection
+    return client.create_collection(
+        collection_name,
+        embedding_function=None,
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={FINGERPRINT_KEY: encoder.fingerprint, "heal_model_path": str(encoder.model_path)},
+    )
+
+
+def _chroma_metadata(path: Sequence[str] | None, title: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Record metadata: the user's own fields (flattened), the title, and the label path as flat keys."""
+    metadata = flatten_metadata({k: v for k, v in (extra or {}).items() if k != PATH_KEY})
+    if title:
+        metadata.setdefault("title", title)
     if path:
-        entries = path_metadata(path)
-        entries[PATH_KEY] = " > ".join(path)  # a string: portable across Chroma, LangChain and LlamaIndex filters
-        metadata.update(entries)
+        metadata.update(path_metadata(path))
     return metadata
+
+
+def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction, db_path: Any, rebuild: bool) -> Any:
+    """Get or create the collection, refusing one built by another model; ``rebuild`` drops only our own."""
+    existing = {c.name for c in client.list_collections()}
+    if name in existing:
+        stored = client.get_collection(name, embedding_function=None).metadata or {}
+        if FINGERPRINT_KEY not in stored:
+            raise StaleModelError(
+                f"Collection {name!r} in {str(db_path)!r} was not built by heal_rag; heal_rag neither adds to it nor "
+                "drops it. Index into another collection name."
+            )
+        if rebuild:
+            client.delete_collection(name)
+        elif stored[FINGERPRINT_KEY] != function.fingerprint:
+            raise StaleModelError(
+                f"Collection {name!r} in {str(db_path)!r} was built by a different model (fingerprint "
+                f"{str(stored.get(FINGERPRINT_KEY))[:19]}…); {function.model_path!r} is {function.fingerprint[:19]}…. "
+                "Vectors of different models are not comparable, even at the same width: index into a new "
+                "collection, or rebuild this one (--rebuild / rebuild=True)."
+            )
+    return client.get_or_create_collection(
+        name,
+        embedding_function=function,
+        metadata={FINGERPRINT_KEY: function.fingerprint, "heal_model_path": str(function.model_path)},
+    )
 
 
 def build_index(
@@ -45,51 +239,49 @@ def build_index(
     batch_size: int = 256,
     rebuild: bool = False,
     show_progress: bool = True,
+    client: Any = None,
 ) -> Any:
     """Embed ``corpus`` with a HEAL model and upsert it into a persistent Chroma collection.
 
-    Upserts go by document id in batches, so re-running is idempotent. Each record's metadata holds the label
-    path (``heal_path`` as ``"A > B"`` and flat ``heal_l0``, ``heal_l1``, ...; predicted by the model when the corpus
-    has no labels) and the title. The collection records the model fingerprint; a collection built by a different
-    model is refused with :class:`~heal_rag.chroma.StaleModelError` unless ``rebuild=True`` (which drops it first).
+    Everything is checked before the database is touched: the collection name, the batch size, the ids (unique,
+    see :class:`~heal_rag.data.Corpus`), the database folder and the model files. Upserts go by document id in
+    batches, so re-running is idempotent. Each record's metadata holds the document's own metadata (flattened where a
+    vector store would refuse it, see :func:`heal_rag.metadata.flatten_metadata`), the title, and the label path
+    (``heal_path`` as ``"A > B"`` and flat ``heal_l0``, ``heal_l1``, ...; predicted by the model when the corpus has
+    no labels). The collection records the model fingerprint; a collection built by a different model is refused
+    with :class:`~heal_rag.chroma.StaleModelError` unless ``rebuild=True``, which drops it first (only a collection
+    heal_rag built is ever dropped).
 
     Args:
         model: Model directory or loaded encoder.
         corpus: Documents to index.
-        db_path: Chroma persistence directory.
+        db_path: Chroma persistence directory (new, empty, or an existing Chroma database).
         collection_name: 3–512 characters of ``[a-zA-Z0-9._-]``.
-        batch_size: Documents per upsert.
-        rebuild: Drop an existing collection of that name first.
+        batch_size: Documents per upsert (≥ 1).
+        rebuild: Drop an existing heal_rag collection of that name first.
         show_progress: Progress bar.
+        client: An open Chroma client to use instead of opening ``db_path`` (e.g. one shared with LangChain).
 
     Returns:
         The Chroma collection.
+
+    Raises:
+        ValueError: For a bad name or batch size.
+        heal_rag.outputs.OutputPathError: When ``db_path`` is not a database and not empty, or not writable.
+        StaleModelError: When the collection was built by another model, or not by heal_rag.
     """
+    check_collection_name(collection_name)
+    check_int("batch_size", batch_size, minimum=1)
     encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model)
     function = HEALEmbeddingFunction(encoder=encoder)
-    client = open_client(db_path)
-    existing = {c.name for c in client.list_collections()}
-    if collection_name in existing and rebuild:
-        client.delete_collection(collection_name)
-    elif collection_name in existing:
-        stored = client.get_collection(collection_name, embedding_function=function).metadata or {}
-        if stored.get(FINGERPRINT_KEY) != function.fingerprint:
-            raise StaleModelError(
-                f"Collection {collection_name!r} in {str(db_path)!r} was built by a different model (fingerprint "
-                f"{str(stored.get(FINGERPRINT_KEY))[:19]}…); {encoder.model_path!r} is {function.fingerprint[:19]}…. "
-                "Vectors of different models are not comparable, even at the same width: index into a new "
-                "collection, or rebuild this one (--rebuild / rebuild=True)."
-            )
-    collection = client.get_or_create_collection(
-        collection_name,
-        embedding_function=function,
-        metadata={FINGERPRINT_KEY: function.fingerprint, "heal_model_path": str(encoder.model_path)},
-    )
+    client = client if client is not None else open_client(db_path)
+    collection = _prepare_collection(client, collection_name, function, db_path, rebuild)
 
     paths: list[Sequence[str] | None] = [None] * len(corpus)
     if corpus.labels is not None:
         paths = list(corpus.labels.paths)
-
+    extras = corpus.metadata or [None] * len(corpus)
+    truncated_before = encoder.truncated_texts
     progress = tqdm(total=len(corpus), desc="indexing", unit="doc", disable=not show_progress)
     for start in range(0, len(corpus), batch_size):
         stop = min(start + batch_size, len(corpus))
@@ -104,8 +296,8 @@ def build_index(
                 for p, row in zip(batch_paths, ids, strict=True)
             ]
         metadatas = [
-            _chroma_metadata(path, {"title": title} if title else {})
-            for path, title in zip(batch_paths, corpus.titles[start:stop], strict=True)
+            _chroma_metadata(path, title, extra)
+            for path, title, extra in zip(batch_paths, corpus.titles[start:stop], extras[start:stop], strict=True)
         ]
         collection.upsert(
             ids=corpus.ids[start:stop],
@@ -115,4 +307,14 @@ def build_index(
         )
         progress.update(stop - start)
     progress.close()
+    truncated = encoder.truncated_texts - truncated_before
+    if truncated:
+        import warnings
+
+        warnings.warn(
+            f"{truncated} of {len(corpus)} documents were longer than the model's max_seq_length "
+            f"({encoder.max_seq_length} tokens) and were embedded from their beginning only. Split long documents "
+            "into chunks (heal_rag.documents, or `heal-rag index --data DIR`, which chunks for you).",
+            stacklevel=2,
+        )
     return collection

@@ -28,6 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from heal_rag._validation import check_int, check_real
 from heal_rag.hierarchy.nmfk import KScore, select_k
 from heal_rag.labels import LabelPaths
 
@@ -417,13 +418,35 @@ class HNMFk(BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
-        if self.max_depth < 1:
-            raise ValueError(f"max_depth must be >= 1, got {self.max_depth}.")
-        low, high = self.k_range
-        if not 2 <= low <= high:
+        """Validate every setting (finite, in range) before any work; errors name the setting."""
+        check_int("max_depth", self.max_depth, minimum=1)
+        try:
+            low, high = self.k_range
+        except (TypeError, ValueError):
+            raise ValueError(f"k_range must be (min_k, max_k), got {self.k_range!r}.") from None
+        check_int("k_range[0] (min_k)", low, minimum=2)
+        check_int("k_range[1] (max_k)", high, minimum=2)
+        if low > high:
             raise ValueError(f"k_range must be (min_k, max_k) with 2 <= min_k <= max_k, got {self.k_range}.")
-        if self.min_node_size < 2:
-            raise ValueError(f"min_node_size must be >= 2, got {self.min_node_size}.")
+        check_int("n_perturbations", self.n_perturbations, minimum=2)
+        check_real("epsilon", self.epsilon, minimum=0, maximum=1, max_open=True)
+        check_real("silhouette_threshold", self.silhouette_threshold, minimum=-1, maximum=1)
+        check_int("min_node_size", self.min_node_size, minimum=2)
+        check_real("dominant_fraction", self.dominant_fraction, minimum=0, maximum=1, min_open=True)
+        check_int("max_selection_docs", self.max_selection_docs, minimum=2)
+        check_int("max_features", self.max_features, minimum=1)
+        if isinstance(self.min_df, float):
+            check_real("min_df", self.min_df, minimum=0, maximum=1)
+        else:
+            check_int("min_df", self.min_df, minimum=1)
+        check_real("max_df", self.max_df, minimum=0, maximum=1, min_open=True)
+        check_int("n_top_terms", self.n_top_terms, minimum=1)
+        check_real("membership_threshold", self.membership_threshold, minimum=0, maximum=1, allow_none=True)
+        check_int("random_state", self.random_state, minimum=0)
+        if self.n_jobs is not None:
+            check_int("n_jobs", self.n_jobs)
+            if self.n_jobs == 0:
+                raise ValueError("n_jobs must be a positive number of jobs, or -1 for all cores; got 0.")
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -12,7 +12,8 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
-from heal_rag.rerank import LEVEL_MATCH_KEY, HierarchyScorer, RerankMode, path_from_metadata, path_metadata
+from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
+from heal_rag.rerank import HierarchyScorer, RerankMode
 
 
 class HierarchyReranker(BaseDocumentCompressor):
@@ -20,9 +21,12 @@ class HierarchyReranker(BaseDocumentCompressor):
 
     Returns new documents (the inputs are never changed) with deep-copied metadata plus ``relevance_score``
     (``cosine + β·Σ_l λ_l·log p_l(doc label | query)``: at most the cosine similarity, higher is better), the
-    per-level agreement with the query's most likely labels (``heal_level_match``) and the label path. A document's
-    path comes from its metadata (``heal_path`` or ``heal_l0``, ...) or is predicted; its similarity comes from
-    ``metadata["score"]`` (as :class:`~heal_rag.langchain.HEALRetriever` sets it) or is computed.
+    number of levels, from the top, at which the document agrees with the query's most likely labels
+    (``heal_level_match``) and the label path (``heal_path`` as ``"A > B"``, ``heal_l0``, ...: flat values any vector
+    store accepts). A document's path comes from its metadata (``path_key``: our ``heal_path``, or your own key, e.g.
+    ``"category"``, as a ``" > "`` string or a list; or ``heal_l0``, ...) or is predicted from its text, so documents
+    from your own vector store work as they are; its similarity comes from ``metadata["score"]`` (as
+    :class:`~heal_rag.langchain.HEALRetriever` sets it) or is computed.
 
     Example:
         ```python
@@ -48,6 +52,8 @@ class HierarchyReranker(BaseDocumentCompressor):
     """Metadata key holding the retrieval similarity, if any."""
     relevance_key: str = "relevance_score"
     """Metadata key that receives the rerank score."""
+    path_key: str = PATH_KEY
+    """Metadata key holding a document's label path (``"A > B"`` or a list); missing paths are predicted."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     _scorer: HierarchyScorer = PrivateAttr()
@@ -74,7 +80,7 @@ class HierarchyReranker(BaseDocumentCompressor):
         results = self._scorer.rerank(
             query,
             [doc.page_content for doc in documents],
-            paths=[path_from_metadata(doc.metadata) for doc in documents],
+            paths=[path_from_metadata(doc.metadata, self.path_key) for doc in documents],
             similarities=similarities,
             top_n=self.top_n,
         )
@@ -84,7 +90,7 @@ class HierarchyReranker(BaseDocumentCompressor):
             metadata = deepcopy(source.metadata)
             metadata.update(path_metadata(result.path))
             metadata[self.relevance_key] = result.score
-            metadata[LEVEL_MATCH_KEY] = list(result.level_matches)
+            metadata[LEVEL_MATCH_KEY] = result.matched_levels
             out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
         return out
 

@@ -12,16 +12,18 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from heal_rag._validation import check_unique_ids
 from heal_rag.encoder import HEALEncoder
 from heal_rag.evaluation.retrieval import top_k_indices
-from heal_rag.rerank import path_from_metadata, path_metadata
+from heal_rag.metadata import path_from_metadata, path_metadata
 
 
 class HEALRetriever(BaseRetriever):
     """Cosine-similarity retrieval with a HEAL encoder; every hit carries its score and label path.
 
     Each returned ``Document`` is a copy with ``metadata["score"]`` (cosine similarity in ``[-1, 1]``, higher is
-    more similar; the key is ``score_key``) and the document's label path (``heal_path`` and ``heal_l0``, ...):
+    more similar; the key is ``score_key``) and the document's label path (``heal_path`` as ``"A > B"`` and
+    ``heal_l0``, ...: flat values any vector store accepts):
     from the document's own metadata, or predicted by the model when the model has a label tree. ``invoke(q, k=3)``
     overrides ``k`` for one call.
 
@@ -30,7 +32,7 @@ class HEALRetriever(BaseRetriever):
         from heal_rag.langchain import HEALRetriever
 
         retriever = HEALRetriever.from_texts(texts, metadatas=metadatas, model="models/heal-minilm", k=4)
-        retriever.invoke("superconducting qubits")   # [Document(..., metadata={"score": 0.71, "heal_path": [...]})]
+        retriever.invoke("superconducting qubits")   # [Document(..., metadata={"score": 0.71, "heal_path": "A > B"})]
         ```
     """
 
@@ -72,6 +74,7 @@ class HEALRetriever(BaseRetriever):
         ids = list(ids) if ids is not None else [None] * len(texts)
         if not len(texts) == len(metadatas) == len(ids):
             raise ValueError(f"Got {len(texts)} texts, {len(metadatas)} metadatas and {len(ids)} ids.")
+        check_unique_ids((i for i in ids if i is not None), "document ids")
         documents = [
             Document(page_content=t, metadata=dict(m), id=i) for t, m, i in zip(texts, metadatas, ids, strict=True)
         ]
@@ -87,8 +90,10 @@ class HEALRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> HEALRetriever:
         """Build a retriever over LangChain documents."""
+        documents = list(documents)
+        check_unique_ids((doc.id for doc in documents if doc.id is not None), "document ids")
         encoder = encoder or HEALEncoder.load(model)
-        return cls(encoder=encoder, documents=list(documents), **kwargs)
+        return cls(encoder=encoder, documents=documents, **kwargs)
 
     def _with_paths(self, documents: list[Document]) -> list[Document]:
         missing = [i for i, doc in enumerate(documents) if path_from_metadata(doc.metadata) is None]

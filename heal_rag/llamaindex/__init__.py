@@ -20,6 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("heal_rag.llamaindex needs llama-index-core: pip install 'heal_rag[llamaindex]'") from exc
 
+from heal_rag.llamaindex.chroma import chroma_vector_store
 from heal_rag.llamaindex.embedding import HEALEmbedding
 from heal_rag.llamaindex.postprocessor import HierarchyNodePostprocessor
 from heal_rag.llamaindex.retriever import HEAL_METADATA_KEYS, HEALRetriever, exclude_hierarchy_metadata
@@ -29,5 +30,6 @@ __all__ = [
     "HEALEmbedding",
     "HEALRetriever",
     "HierarchyNodePostprocessor",
+    "chroma_vector_store",
     "exclude_hierarchy_metadata",
 ]

@@ -21,6 +21,8 @@ class HEALEmbedding(BaseEmbedding):
 
     Args:
         model: Model directory (``None``: the embedded all-MiniLM-L6-v2).
+        model_name: The same as ``model``, under LlamaIndex's field name, so ``HEALEmbedding.from_dict(e.to_dict())``
+            (how storage contexts and pipelines serialise embeddings) rebuilds an equal embedding.
         embed_batch_size: Texts per batch.
         device: Torch device.
         encoder: An already loaded :class:`~heal_rag.encoder.HEALEncoder` to share with other adapters.
@@ -45,10 +47,14 @@ class HEALEmbedding(BaseEmbedding):
         device: str | None = None,
         encoder: HEALEncoder | None = None,
         callback_manager: CallbackManager | None = None,
+        model_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         if encoder is not None and not isinstance(encoder, HEALEncoder):
             raise TypeError(f"encoder must be a HEALEncoder, got {type(encoder).__name__}.")
+        if model is not None and model_name is not None and str(model) != str(model_name):
+            raise ValueError(f"Give the model once: model={model!r} and model_name={model_name!r} differ.")
+        model = model if model is not None else model_name
         encoder = encoder or HEALEncoder.load(model, device=device, batch_size=embed_batch_size)
         super().__init__(
             model_name=str(encoder.model_path or model or "all-MiniLM-L6-v2"),

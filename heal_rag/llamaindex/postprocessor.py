@@ -10,7 +10,8 @@ from pydantic import Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
 from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
-from heal_rag.rerank import LEVEL_MATCH_KEY, HierarchyScorer, RerankMode, path_from_metadata, path_metadata
+from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
+from heal_rag.rerank import HierarchyScorer, RerankMode
 
 
 class HierarchyNodePostprocessor(BaseNodePostprocessor):
@@ -19,7 +20,9 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     The node's retrieval score (cosine similarity) is used as the similarity when present and kept in
     ``metadata["retrieval_score"]`` (``keep_retrieval_score``); ``NodeWithScore.score`` becomes the rerank score
     ``cosine + β·Σ_l λ_l·log p_l(node label | query)`` (at most the cosine similarity; higher is better). Each node
-    also gets ``heal_level_match`` and its label path in metadata (kept out of embedded and LLM text).
+    also gets ``heal_level_match`` (levels, from the top, that agree with the query's most likely labels) and its
+    label path in flat metadata (kept out of embedded and LLM text). A node's path is read from ``path_key`` (ours,
+    or your own key such as ``"category"``) or predicted, so nodes from your own vector store work as they are.
 
     Example:
         ```python
@@ -33,6 +36,9 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     temperature: float = Field(default=0.05, gt=0, description="Softmax temperature over label centroids.")
     mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (query's subtrees first).")
     keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
+    path_key: str = Field(
+        default=PATH_KEY, description="Metadata key of a node's label path ('A > B' or a list); else predicted."
+    )
     _scorer: HierarchyScorer = PrivateAttr()
 
     def __init__(self, encoder: HEALEncoder, **kwargs: Any) -> None:
@@ -61,7 +67,7 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
         results = self._scorer.rerank(
             query_bundle.query_str,
             [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
-            paths=[path_from_metadata(n.node.metadata) for n in nodes],
+            paths=[path_from_metadata(n.node.metadata, self.path_key) for n in nodes],
             similarities=[n.score for n in nodes],
             top_n=self.top_n,
         )
@@ -70,7 +76,7 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
             source = nodes[result.index]
             node = exclude_hierarchy_metadata(source.node.model_copy(deep=True))
             node.metadata.update(path_metadata(result.path))
-            node.metadata[LEVEL_MATCH_KEY] = list(result.level_matches)
+            node.metadata[LEVEL_MATCH_KEY] = result.matched_levels
             if self.keep_retrieval_score:
                 node.metadata["retrieval_score"] = source.score
             out.append(NodeWithScore(node=node, score=result.score))

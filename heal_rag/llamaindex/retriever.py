@@ -10,9 +10,10 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
+from heal_rag._validation import check_unique_ids
 from heal_rag.encoder import HEALEncoder
 from heal_rag.evaluation.retrieval import top_k_indices
-from heal_rag.rerank import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
+from heal_rag.metadata import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
 
 #: Metadata keys heal_rag writes; they are excluded from the text that is embedded or shown to the LLM.
 HEAL_METADATA_KEYS = [PATH_KEY, LEVEL_MATCH_KEY, "retrieval_score"] + [f"{LEVEL_KEY_PREFIX}{i}" for i in range(8)]
@@ -57,6 +58,7 @@ class HEALRetriever(BaseRetriever):
     ) -> None:
         if similarity_top_k < 1:
             raise ValueError(f"similarity_top_k must be >= 1, got {similarity_top_k}.")
+        check_unique_ids((node.node_id for node in nodes), "node ids")
         self.encoder = encoder
         self.similarity_top_k = similarity_top_k
         self._nodes = [exclude_hierarchy_metadata(node.model_copy(deep=True)) for node in nodes]
@@ -75,13 +77,17 @@ class HEALRetriever(BaseRetriever):
         return cls(nodes, encoder, **kwargs)
 
     def _attach_paths(self) -> None:
+        """Give every stored node its label path as flat metadata: its own (normalised), else predicted."""
         tree = self.encoder.label_tree
         missing = [i for i, node in enumerate(self._nodes) if path_from_metadata(node.metadata) is None]
-        if not missing or tree is None:
-            return
-        ids, _ = self.encoder.predict_level_ids(self._embeddings[missing])
-        for index, row in zip(missing, ids, strict=True):
-            self._nodes[index].metadata.update(path_metadata(tree.path_of(tree.depth - 1, int(row[-1]))))
+        predicted: dict[int, tuple[str, ...]] = {}
+        if missing and tree is not None:
+            ids, _ = self.encoder.predict_level_ids(self._embeddings[missing])
+            predicted = {i: tree.path_of(tree.depth - 1, int(row[-1])) for i, row in zip(missing, ids, strict=True)}
+        for index, node in enumerate(self._nodes):
+            path = path_from_metadata(node.metadata) or predicted.get(index)
+            if path:
+                node.metadata.update(path_metadata(path))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         if not self._nodes:

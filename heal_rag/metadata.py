@@ -1,0 +1,98 @@
+"""Metadata heal_rag writes on documents and nodes: flat values every common vector store accepts.
+
+Chroma, LlamaIndex's vector stores and most LangChain stores accept only flat metadata values (strings, numbers,
+booleans). So a document's label path travels as one ``" > "``-joined string under :data:`PATH_KEY` plus one
+flat key per level (``heal_l0``, ``heal_l1``, ...), and any user metadata that is not flat is flattened by
+:func:`flatten_metadata` (lists joined, mappings as JSON) instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from heal_rag.labels import PATH_SEPARATOR
+
+#: Metadata key of a document's label path: ``"Physics > Optics"`` (most general first).
+PATH_KEY = "heal_path"
+#: Prefix of the flat per-level metadata keys (``heal_l0``, ``heal_l1``, ...), portable to any vector store filter.
+LEVEL_KEY_PREFIX = "heal_l"
+#: Metadata key of the number of levels, from the top, at which a document's label is the query's most likely one.
+LEVEL_MATCH_KEY = "heal_level_match"
+
+_FLAT_TYPES = (str, int, float, bool)
+
+
+def path_from_metadata(metadata: Mapping[str, Any] | None, key: str = PATH_KEY) -> tuple[str, ...] | None:
+    """A document's label path from its metadata, or ``None`` when it has none.
+
+    Accepted forms: ``metadata[key]`` as a ``" > "``-joined string or a list of strings, or the flat
+    ``heal_l0``, ``heal_l1``, ... keys.
+
+    Args:
+        metadata: The document's metadata.
+        key: The key holding the path (default :data:`PATH_KEY`; the user's own key, e.g. ``"category"``).
+    """
+    if not metadata:
+        return None
+    value = metadata.get(key)
+    if isinstance(value, str) and value.strip():
+        return tuple(part.strip() for part in value.split(PATH_SEPARATOR) if part.strip())
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(str(part) for part in value)
+    levels = []
+    while f"{LEVEL_KEY_PREFIX}{len(levels)}" in metadata:
+        levels.append(str(metadata[f"{LEVEL_KEY_PREFIX}{len(levels)}"]))
+    return tuple(levels) or None
+
+
+def path_metadata(path: Sequence[str]) -> dict[str, str]:
+    """Flat metadata entries for a label path: ``heal_path`` (``"A > B"``) and ``heal_l0``, ``heal_l1``, ...
+
+    Example:
+        ```python
+        path_metadata(["Physics", "Optics"])
+        # {"heal_path": "Physics > Optics", "heal_l0": "Physics", "heal_l1": "Optics"}
+        ```
+    """
+    out = {PATH_KEY: PATH_SEPARATOR.join(path)}
+    out.update({f"{LEVEL_KEY_PREFIX}{level}": str(part) for level, part in enumerate(path)})
+    return out
+
+
+def flatten_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str | int | float | bool]:
+    """Metadata every common vector store accepts: flat values kept, the rest flattened, nothing silently lost.
+
+    Strings, integers, finite floats and booleans are kept; lists and tuples of flat values become one
+    ``", "``-joined string; mappings and other lists become JSON; ``None`` and non-finite floats are left out (no
+    store accepts them). Keys become strings.
+
+    Example:
+        ```python
+        flatten_metadata({"source": "a.md", "page": 3, "tags": ["x", "y"], "extra": {"k": 1}, "empty": None})
+        # {"source": "a.md", "page": 3, "tags": "x, y", "extra": '{"k": 1}'}
+        ```
+    """
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in (metadata or {}).items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if isinstance(value, _FLAT_TYPES):
+            flat[str(key)] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, _FLAT_TYPES) for v in value):
+            flat[str(key)] = ", ".join(str(v) for v in value)
+        else:
+            flat[str(key)] = json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+    return flat
+
+
+def level_match(query_labels: Sequence[int], document_labels: Sequence[int]) -> int:
+    """Number of levels, from the top, at which the document's label is the query's most likely one."""
+    matched = 0
+    for query_label, document_label in zip(query_labels, document_labels, strict=False):
+        if query_label != document_label:
+            break
+        matched += 1
+    return matched
