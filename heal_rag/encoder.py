@@ -7,6 +7,7 @@ It embeds queries and documents with the model's own query/document prompts (``e
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -205,7 +206,8 @@ class HEALEncoder:
     @property
     def max_seq_length(self) -> int | None:
         """Tokens the model reads per text (longer texts are cut); ``None`` for models without a limit."""
-        return getattr(self.model, "max_seq_length", None)
+        limit = getattr(self.model, "max_seq_length", None)
+        return int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
 
     def count_truncated(self, texts: Sequence[str], prompt_name: str = "document") -> int:
         """How many of ``texts`` (with the model's prompt) exceed :attr:`max_seq_length` tokens."""

@@ -241,7 +241,7 @@ class HEALLoss(nn.Module):
         components = self.compute_loss_from_embeddings(embeddings, labels)
         total = sum(components.values())
         if not bool(torch.isfinite(total)):
-            values = ", ".join(f"{name}={float(value):.4g}" for name, value in components.items())
+            values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in components.items())
             raise NonFiniteLossError(
                 f"The HEAL loss is not finite ({values}); training stops and nothing is saved. Lower the learning "
                 "rate, check the temperatures, and check that the base model's weights are finite."

@@ -139,7 +139,14 @@ def test_retraining_replaces_the_output_directory_whole_only_with_overwrite(corp
         fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, **FAST)
     assert read_metadata(out)["fingerprint"] == first and (out / "stale.txt").exists()
     fine_tune(
-        texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, overwrite=True, **FAST
+        texts,
+        paths,
+        output_dir=out,
+        base_model=tiny_model_dir,
+        show_progress_bar=False,
+        seed=7,
+        overwrite=True,
+        **FAST,
     )
     assert not (out / "stale.txt").exists()
     assert read_metadata(out)["fingerprint"] != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from heal_rag._validation import check_int
 from heal_rag.chroma.embedding_function import FINGERPRINT_KEY, HEALEmbeddingFunction, StaleModelError
 from heal_rag.data import Corpus
-from heal_rag.encoder import HEALEncoder
+from heal_rag.encoder import HEALEncoder, TruncationWarning
 from heal_rag.metadata import PATH_KEY, flatten_metadata, path_metadata
 from heal_rag.outputs import OutputPathError, check_writable
 
@@ -286,7 +287,9 @@ def build_index(
     for start in range(0, len(corpus), batch_size):
         stop = min(start + batch_size, len(corpus))
         texts = corpus.texts[start:stop]
-        embeddings = function.embed_as_array(texts)
+        with warnings.catch_warnings():  # one warning with the total, at the end, instead of the encoder's
+            warnings.simplefilter("ignore", TruncationWarning)
+            embeddings = function.embed_as_array(texts)
         batch_paths = paths[start:stop]
         if encoder.label_tree is not None and any(p is None for p in batch_paths):
             ids, _ = encoder.predict_level_ids(embeddings)
@@ -309,12 +312,11 @@ def build_index(
     progress.close()
     truncated = encoder.truncated_texts - truncated_before
     if truncated:
-        import warnings
-
         warnings.warn(
             f"{truncated} of {len(corpus)} documents were longer than the model's max_seq_length "
             f"({encoder.max_seq_length} tokens) and were embedded from their beginning only. Split long documents "
             "into chunks (heal_rag.documents, or `heal-rag index --data DIR`, which chunks for you).",
+            TruncationWarning,
             stacklevel=2,
         )
     return collection

@@ -40,14 +40,22 @@ class HEALEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
     _encoder: HEALEncoder = PrivateAttr()
 
+    def __init__(self, **data: Any) -> None:
+        # The model is loaded before pydantic validation, so loading errors (a missing model, pickled or damaged
+        # weights) reach the caller as themselves, not wrapped in a pydantic ValidationError.
+        if data.get("encoder") is None:
+            data["encoder"] = HEALEncoder.load(
+                data.get("model", data.get("model_path")),
+                device=data.get("device"),
+                batch_size=data.get("batch_size", 32),
+            )
+        super().__init__(**data)
+
     def model_post_init(self, context: Any, /) -> None:
-        """Load the encoder (or adopt the one given)."""
-        if self.encoder is not None:
-            if not isinstance(self.encoder, HEALEncoder):
-                raise TypeError(f"encoder must be a HEALEncoder, got {type(self.encoder).__name__}.")
-            self._encoder = self.encoder
-        else:
-            self._encoder = HEALEncoder.load(self.model_path, device=self.device, batch_size=self.batch_size)
+        """Adopt the loaded (or given) encoder."""
+        if not isinstance(self.encoder, HEALEncoder):
+            raise TypeError(f"encoder must be a HEALEncoder, got {type(self.encoder).__name__}.")
+        self._encoder = self.encoder
 
     @property
     def heal_encoder(self) -> HEALEncoder:
