@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(demo)
 
     train = sub.add_parser("train", help="fine-tune an embedding model with the HEAL loss")
-    train.add_argument("--data", required=True, help="JSONL corpus: {id, text, labels[, title]} per line")
+    train.add_argument(
+        "--data",
+        required=True,
+        help="a folder of documents (.md .txt .rst .html .pdf; the folders are the label path), or a JSONL corpus "
+        "{id, text, labels[, title]} per line",
+    )
     train.add_argument(
         "--out", required=True, help="output model directory (new or empty; written atomically at the end)"
     )
@@ -174,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="levels to discover when the corpus has no labels (default 2)",
     )
+    _add_folder_options(train)
+    train.add_argument(
+        "--no-source-level",
+        action="store_true",
+        help="folders: do not make the source document a finest level of the loss (chunks of one document are "
+        "positives there by default)",
+    )
     _add_training_options(train)
 
     cluster = sub.add_parser("cluster", help="discover a label hierarchy with HNMFk")
@@ -185,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="build a Chroma index of a corpus with a HEAL model (extra 'chroma')")
     index.add_argument("--model", required=True, help="HEAL model directory")
-    index.add_argument("--data", required=True, help="JSONL corpus: {id, text[, labels][, title]} per line")
+    index.add_argument(
+        "--data",
+        required=True,
+        help="a folder of documents (cut into the chunks the model was tuned on), or a JSONL corpus "
+        "{id, text[, labels][, title]} per line",
+    )
+    _add_folder_options(index)
     index.add_argument("--db", required=True, help="Chroma persistence directory")
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
@@ -217,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--context-k", type=_positive_int, default=5, help="passages handed to a generator")
     evaluate.add_argument("--map", choices=["tsne", "pca"], default="tsne", help="2-D map method")
     return parser
+
+
+def _add_folder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("folders of documents (--data DIR)")
+    group.add_argument(
+        "--max-depth", type=_positive_int, default=None, help="keep at most this many folder levels in the label path"
+    )
+    group.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=None,
+        help="tokens per chunk (default: the model's window; index: as the model was tuned)",
+    )
+    group.add_argument(
+        "--chunk-overlap", type=int, default=None, help="tokens shared by neighbouring chunks (default: size / 8)"
+    )
 
 
 def _add_hierarchy_options(parser: argparse.ArgumentParser) -> None:
@@ -280,6 +314,8 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = _training_overrides(args)
     prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.data, args.queries], what="--out")
+    if os.path.isdir(args.data):
+        return _train_on_folder(args, overrides)
     corpus = read_corpus(args.data, require_labels=False)
     labels, label_names = corpus.labels, None
     if labels is None:
@@ -309,6 +345,39 @@ def _train(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(f"saved to {result.output_dir} ({result.global_steps} steps, mean loss {result.train_loss:.4f})")
+    print(result.describe_blend())
+    return 0
+
+
+def _train_on_folder(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from heal_rag.chunking import ChunkingConfig
+    from heal_rag.documents import fine_tune_documents
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR
+
+    if args.queries:
+        raise ValueError("--queries goes with a JSONL corpus; a folder's chunks get their queries from headings.")
+    ChunkingConfig(args.chunk_size, args.chunk_overlap)  # checked before any work
+    result = fine_tune_documents(
+        args.data,
+        output_dir=args.out,
+        max_depth=args.max_depth,
+        chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap,
+        source_level=not args.no_source_level,
+        query_generator=None if args.no_pseudo_queries else DEFAULT_QUERY_GENERATOR,
+        hierarchy_depth=args.hierarchy_depth,
+        base_model=args.base_model,
+        overwrite=args.overwrite,
+        checkpoint_dir=args.checkpoints,
+        checkpoint_steps=args.checkpoint_steps,
+        resume_from_checkpoint=bool(args.resume),
+        **overrides,
+    )
+    print(
+        f"saved to {result.output_dir}: tuned on {len(result.chunks or [])} chunks of "
+        f"{result.metadata['training'].get('documents')} documents ({result.global_steps} steps, mean loss "
+        f"{result.train_loss:.4f})"
+    )
     print(result.describe_blend())
     return 0
 
@@ -343,14 +412,26 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from heal_rag.chroma import build_index
+    from heal_rag.chroma import build_index, check_collection_name
     from heal_rag.data import read_corpus
 
-    corpus = read_corpus(args.data, require_labels=False)
+    check_collection_name(args.collection)
+    if os.path.isdir(args.data):
+        from heal_rag.documents import chunks_for_model
+
+        corpus = chunks_for_model(
+            args.model,
+            args.data,
+            max_depth=args.max_depth,
+            chunk_size=args.chunk_size,
+            chunk_overlap=args.chunk_overlap,
+        )
+    else:
+        corpus = read_corpus(args.data, require_labels=False)
     collection = build_index(
         args.model, corpus, args.db, collection_name=args.collection, batch_size=args.batch_size, rebuild=args.rebuild
     )
-    print(f"collection {args.collection!r} in {args.db}: {collection.count()} documents")
+    print(f"collection {args.collection!r} in {args.db}: {collection.count()} records")
     return 0
 
 

@@ -89,6 +89,32 @@ class LabelPaths:
         weights = None if self.weights is None else [self.weights[i] for i in indices]
         return LabelPaths([self.paths[i] for i in indices], weights=weights, ragged=self.ragged)
 
+    def with_finest_level(self, labels: Sequence[str]) -> LabelPaths:
+        """These paths with one more, finest level appended below the deepest one (e.g. the source document).
+
+        Shorter paths are first extended to the full depth (their leaf repeated, or masked with ``ragged="mask"``
+        the level stays masked), so the new level is the finest one for every text. Its weight is 1.
+
+        Example:
+            ```python
+            LabelPaths([["Physics", "Optics"], ["Maths"]]).with_finest_level(["doc-1", "doc-2"]).paths
+            # (("Physics", "Optics", "doc-1"), ("Maths", "Maths", "doc-2"))
+            ```
+        """
+        if len(labels) != len(self):
+            raise LabelPathError(f"Got {len(labels)} finest labels for {len(self)} label paths.")
+        if self.ragged == "mask" and self.is_ragged:
+            raise LabelPathError("with_finest_level needs every path at full depth; use ragged='pad'.")
+        depth = self.depth
+        paths = [
+            path + (path[-1],) * (depth - len(path)) + (str(label),)
+            for path, label in zip(self.paths, labels, strict=True)
+        ]
+        weights = None
+        if self.weights is not None:
+            weights = [row + (row[-1],) * (depth - len(row)) + (1.0,) for row in self.weights]
+        return LabelPaths(paths, weights=weights, ragged=self.ragged)
+
     def check_length(self, n_texts: int, what: str = "texts") -> None:
         """Raise :class:`LabelPathError` unless there is exactly one path per text."""
         if len(self) != n_texts:

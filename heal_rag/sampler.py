@@ -36,6 +36,10 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         samples_per_leaf: Texts drawn from each leaf in a row (at least 2, so the leaf level has positives; 2, the
             default, gave the best hierarchy metrics in ``benchmarks/quality.py``).
         leaves_per_parent: Sibling leaves taken under one parent before moving on.
+        keep_together_level: Column of a finer grouping inside each leaf (e.g. the source document of chunks, see
+            ``fine_tune(source_ids=...)``): rows sharing it are placed next to each other before a leaf is cut into
+            groups, so a group holds chunks of one document where it has several (positives at that level).
+            ``None``: no grouping.
 
     Example:
         ```python
@@ -63,6 +67,7 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         n_levels: int | None = None,
         samples_per_leaf: int = 2,
         leaves_per_parent: int = 4,
+        keep_together_level: int | None = None,
     ) -> None:
         super().__init__(
             dataset,
@@ -82,6 +87,10 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         self.leaves_per_parent = leaves_per_parent
         rows = _label_rows(dataset, valid_label_columns or ["label", "labels"])
         self.leaf_groups, self.parent_of_leaf = group_rows_by_leaf(rows, leaf_level=leaf_level, n_levels=n_levels)
+        self.together_of_row: dict[int, int] | None = None
+        if keep_together_level is not None:
+            column = keep_together_level % (n_levels if n_levels is not None else len(rows[0]))
+            self.together_of_row = {index: int(round(row[column])) for index, row in enumerate(rows)}
         self.n_samples = sum(len(v) for v in self.leaf_groups.values())
 
     @classmethod
@@ -106,6 +115,11 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         for leaf in sorted(self.leaf_groups):
             members = list(self.leaf_groups[leaf])
             rng.shuffle(members)
+            if self.together_of_row is not None:  # rows of one group side by side, groups in shuffled order
+                together = self.together_of_row
+                order = list(dict.fromkeys(together[m] for m in members))
+                rank = {group: position for position, group in enumerate(order)}
+                members.sort(key=lambda m: rank[together[m]])
             chunks = [members[i : i + self.samples_per_leaf] for i in range(0, len(members), self.samples_per_leaf)]
             if len(chunks) > 1 and len(chunks[-1]) < 2:
                 chunks[-2].extend(chunks.pop())

@@ -33,7 +33,7 @@ from heal_rag.blending import (
     hold_out_pairs,
     select_base_weight_share,
 )
-from heal_rag.labels import LabelPaths
+from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.models import set_max_seq_length
 from heal_rag.outputs import OutputPathError, atomic_directory, prepare_output_dir
@@ -207,12 +207,14 @@ class TrainingRows:
         n_levels: Hierarchy levels in the labels.
         paired: Whether the rows are (query, document) pairs.
         document_indices: For each row, the index of its document in the input documents.
+        source_level: Whether the finest of the ``n_levels`` is the source document (``fine_tune(source_ids=...)``).
     """
 
     columns: dict[str, list[Any]]
     n_levels: int
     paired: bool
     document_indices: list[int] = field(default_factory=list)
+    source_level: bool = False
 
     def __len__(self) -> int:
         return len(self.columns["label"])
@@ -224,6 +226,7 @@ class TrainingRows:
             n_levels=self.n_levels,
             paired=self.paired,
             document_indices=[self.document_indices[i] for i in rows],
+            source_level=self.source_level,
         )
 
 
@@ -274,12 +277,15 @@ def build_training_rows(
     titles: Sequence[str | None] | None = None,
     queries: Sequence[Query | tuple[str, str]] | None = None,
     query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
+    source_ids: Sequence[str] | None = None,
 ) -> TrainingRows:
     """Turn documents, label paths and queries into trainer rows.
 
     Each query inherits its source document's path; the label row gets one more column, the document's index, so
     the loss can pair every query with its own document. Documents without a user query get one from
-    ``query_generator``. With no queries and ``query_generator=None`` the rows are documents alone.
+    ``query_generator``. With no queries and ``query_generator=None`` the rows are documents alone. With
+    ``source_ids`` (the source document of each text, e.g. of each chunk) the labels get one more, finest level:
+    texts from the same source are positives there.
 
     Raises:
         ValueError: On mismatched lengths, unknown document ids, or documents left without a query.
@@ -293,6 +299,10 @@ def build_training_rows(
     titles = [None] * n_docs if titles is None else list(titles)
     if len(titles) != n_docs:
         raise ValueError(f"Got {n_docs} documents but {len(titles)} titles.")
+    if source_ids is not None:
+        if len(source_ids) != n_docs:
+            raise ValueError(f"Got {n_docs} documents but {len(source_ids)} source ids.")
+        labels = labels.with_finest_level([str(source).replace(PATH_SEPARATOR, " / ") for source in source_ids])
 
     index_of = {doc_id: i for i, doc_id in enumerate(ids)}
     queries_per_doc: dict[int, list[str]] = defaultdict(list)
@@ -309,6 +319,7 @@ def build_training_rows(
             n_levels=labels.depth,
             paired=False,
             document_indices=list(range(n_docs)),
+            source_level=source_ids is not None,
         )
 
     missing = [i for i in range(n_docs) if i not in queries_per_doc]
@@ -334,6 +345,7 @@ def build_training_rows(
         n_levels=labels.depth,
         paired=True,
         document_indices=row_docs,
+        source_level=source_ids is not None,
     )
 
 
@@ -348,6 +360,8 @@ def fine_tune(
     query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
     base_model: str | os.PathLike[str] | SentenceTransformer | None = None,
     label_names: Mapping[str, str] | None = None,
+    source_ids: Sequence[str] | None = None,
+    training_record: Mapping[str, Any] | None = None,
     config: HEALTrainingConfig | None = None,
     overwrite: bool = False,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -376,6 +390,11 @@ def fine_tune(
         base_model: A loaded ``SentenceTransformer``, a model directory (safetensors weights only), or ``None`` for
             the embedded all-MiniLM-L6-v2.
         label_names: Readable names of label parts, kept in ``heal_rag.json`` (e.g. HNMFk's ``node_names()``).
+        source_ids: The source document of each text, when the texts are chunks: one more, finest level in the
+            loss, where chunks of the same document are positives, and the sampler keeps them together in a batch.
+            It is a training device only: the saved label tree (and the reranker) keep the given hierarchy.
+        training_record: Extra entries for the ``training`` section of ``heal_rag.json`` (e.g. the chunking
+            settings, so that an index built later cuts the same chunks).
         config: Training settings; see :class:`HEALTrainingConfig` for the defaults.
         overwrite: Replace an earlier heal_rag model directory at ``output_dir``.
         checkpoint_dir: Write a checkpoint every ``checkpoint_steps`` optimiser steps here (the last two are kept),
@@ -428,7 +447,13 @@ def fine_tune(
     checkpoints = _checkpoint_location(output_dir, checkpoint_dir, training_args, resume_from_checkpoint)
 
     rows = build_training_rows(
-        documents, labels, ids=ids, titles=titles, queries=queries, query_generator=query_generator
+        documents,
+        labels,
+        ids=ids,
+        titles=titles,
+        queries=queries,
+        query_generator=query_generator,
+        source_ids=source_ids,
     )
     validation: BlendValidation | None = None
     fallback_reason = ""
@@ -460,8 +485,10 @@ def fine_tune(
         **config.as_dict(),
         "training_rows": len(rows),
         "paired_queries": rows.paired,
+        "source_level": rows.source_level,
         "global_steps": int(train_output.global_step),
         "training_prompts": _training_prompts(model),
+        **dict(training_record or {}),
     }
     if validation is not None and base_state is not None:
         selection = select_base_weight_share(
@@ -544,6 +571,9 @@ def _train(
             n_levels=rows.n_levels,
             samples_per_leaf=config.samples_per_leaf,
             leaves_per_parent=config.leaves_per_parent,
+            # with a source level, batches are built on the user's leaves; chunks of one document stay together
+            leaf_level=-2 if rows.source_level and rows.n_levels > 1 else -1,
+            keep_together_level=-1 if rows.source_level else None,
         ),
         "prompts": _training_prompts(model) or None,
         "logging_steps": max(1, steps_hint // 10),

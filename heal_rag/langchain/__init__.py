@@ -20,8 +20,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("heal_rag.langchain needs langchain-core: pip install 'heal_rag[langchain]'") from exc
 
 from heal_rag.langchain.chroma import chroma_vectorstore, cosine_relevance_score
+from heal_rag.langchain.documents import load_folder, to_documents
 from heal_rag.langchain.embeddings import HEALEmbeddings
 from heal_rag.langchain.reranker import HierarchyReranker
 from heal_rag.langchain.retriever import HEALRetriever
 
-__all__ = ["HEALEmbeddings", "HEALRetriever", "HierarchyReranker", "chroma_vectorstore", "cosine_relevance_score"]
+__all__ = [
+    "HEALEmbeddings",
+    "HEALRetriever",
+    "HierarchyReranker",
+    "chroma_vectorstore",
+    "cosine_relevance_score",
+    "load_folder",
+    "to_documents",
+]

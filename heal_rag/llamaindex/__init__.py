@@ -21,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("heal_rag.llamaindex needs llama-index-core: pip install 'heal_rag[llamaindex]'") from exc
 
 from heal_rag.llamaindex.chroma import chroma_vector_store
+from heal_rag.llamaindex.documents import load_folder, to_nodes
 from heal_rag.llamaindex.embedding import HEALEmbedding
 from heal_rag.llamaindex.postprocessor import HierarchyNodePostprocessor
 from heal_rag.llamaindex.retriever import HEAL_METADATA_KEYS, HEALRetriever, exclude_hierarchy_metadata
@@ -32,4 +33,6 @@ __all__ = [
     "HierarchyNodePostprocessor",
     "chroma_vector_store",
     "exclude_hierarchy_metadata",
+    "load_folder",
+    "to_nodes",
 ]

@@ -1,0 +1,56 @@
+"""A folder as LlamaIndex ``Document`` objects with their label path in metadata, and chunks back as nodes."""
+
+from __future__ import annotations
+
+import os
+
+from llama_index.core.schema import Document, TextNode
+
+from heal_rag.data import Corpus
+from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
+from heal_rag.metadata import flatten_metadata, path_metadata
+from heal_rag.sources import read_directory
+
+
+def load_folder(
+    root: str | os.PathLike[str], *, max_depth: int | None = None, show_progress: bool = True
+) -> list[Document]:
+    """Read a folder tree into LlamaIndex documents: one per file, the folders above it as the label path.
+
+    Each document's ``id_`` is its path below ``root``; its metadata holds ``source``, ``file_name``, ``title`` and
+    the label path (``heal_path`` as ``"A > B"`` and ``heal_l0``, ...), flat values any vector store accepts; the
+    label keys are excluded from the embedded and LLM text. Use them in an ingestion pipeline as usual, or pass them
+    to :func:`heal_rag.documents.fine_tune_documents`.
+
+    Example:
+        ```python
+        from heal_rag.llamaindex import load_folder
+        from heal_rag.documents import fine_tune_documents
+
+        documents = load_folder("manuals")
+        fine_tune_documents(documents, output_dir="models/manuals")
+        ```
+    """
+    report = read_directory(root, max_depth=max_depth, show_progress=show_progress)
+    out = []
+    for document in report.documents:
+        metadata = flatten_metadata(document.metadata)
+        if document.title:
+            metadata["title"] = document.title
+        if document.path:
+            metadata.update(path_metadata(document.path))
+        out.append(exclude_hierarchy_metadata(Document(text=document.text, metadata=metadata, id_=document.id)))
+    return out
+
+
+def to_nodes(chunks: Corpus) -> list[TextNode]:
+    """Chunks (e.g. ``fine_tune_documents(...).chunks``) as LlamaIndex nodes with flat metadata and their ids."""
+    paths = chunks.labels.paths if chunks.labels is not None else [None] * len(chunks)
+    metadata = chunks.metadata or [{} for _ in range(len(chunks))]
+    out = []
+    for chunk_id, text, path, extra in zip(chunks.ids, chunks.texts, paths, metadata, strict=True):
+        flat = flatten_metadata(extra)
+        if path:
+            flat.update(path_metadata(path))
+        out.append(exclude_hierarchy_metadata(TextNode(text=text, metadata=flat, id_=chunk_id)))
+    return out
