@@ -25,10 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from shared import ARXIV_MINI, require  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.chroma import HEALEmbeddingFunction, build_index, open_client  # noqa: E402
-from heal_rag.data import demo_corpus_path, read_corpus  # noqa: E402
+from heal_rag.data import read_corpus  # noqa: E402
 from heal_rag.encoder import HEALEncoder  # noqa: E402
 from heal_rag.langchain import HEALEmbeddings, HierarchyReranker  # noqa: E402
 from heal_rag.llamaindex import HEALEmbedding  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     encoder = HEALEncoder.load(args.model, batch_size=32)
-    texts = read_corpus(demo_corpus_path()).texts[: args.texts]
+    texts = read_corpus(require(ARXIV_MINI)).texts[: args.texts]
     encoder.embed_documents(texts[:64])  # warm-up
     rows = throughput(encoder, texts, args.rounds)
     print(f"\nEncode throughput, {len(texts)} abstracts, batch 32, median of {args.rounds} interleaved rounds\n")

@@ -26,12 +26,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from shared import ARXIV_MINI, require  # noqa: E402
+
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
-from heal_rag.data import demo_corpus_path, hashed_split, read_corpus  # noqa: E402
-from heal_rag.demo import DEMO_MAX_SEQ_LENGTH, evaluate_model  # noqa: E402
+from heal_rag.data import hashed_split, read_corpus  # noqa: E402
+from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval  # noqa: E402
 from heal_rag.hierarchy.discover import discover_labels  # noqa: E402
 from heal_rag.models import (  # noqa: E402
     blend_with_base_weights,
@@ -45,6 +49,26 @@ RESULTS = Path(__file__).parent / "results" / "discovered_labels.json"
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "discovered_labels"
 
 
+#: Token limit of training and both evaluations (the earlier demo's setting, which these figures were measured with).
+DEMO_MAX_SEQ_LENGTH = 128
+
+
+def evaluate_model(model, test, level_ids: np.ndarray, batch_size: int = 64) -> RetrievalReport:
+    """Title → abstract retrieval on ``test`` with ``model``; ``level_ids`` are the test documents' label ids."""
+    queries = [title or text[:200] for title, text in zip(test.titles, test.texts, strict=True)]
+    query_emb = model.encode_query(queries, batch_size=batch_size, normalize_embeddings=True)
+    doc_emb = model.encode_document(test.texts, batch_size=batch_size, normalize_embeddings=True)
+    return evaluate_retrieval(
+        np.asarray(query_emb),
+        np.asarray(doc_emb),
+        gold_doc=np.arange(len(test)),
+        query_level_ids=level_ids,
+        doc_level_ids=level_ids,
+        k=10,
+        recall_at=(1, 10),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 3], help="HNMFk max_depth values to try")
@@ -56,7 +80,7 @@ def main() -> None:
         help="score blends at these base_weight_share values of one unblended run (default: each source's setting)",
     )
     args = parser.parse_args()
-    corpus = read_corpus(demo_corpus_path())
+    corpus = read_corpus(require(ARXIV_MINI))
     train_idx, test_idx = hashed_split(corpus.ids, test_fraction=0.3)
     train, test = corpus.subset(train_idx), corpus.subset(test_idx)
     test_level_ids = corpus.labels.level_ids()[test_idx]

@@ -20,9 +20,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from shared import ARXIV_MINI, require  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
-from heal_rag.data import demo_corpus_path, hashed_split, read_corpus  # noqa: E402
+from heal_rag.data import hashed_split, read_corpus  # noqa: E402
 from heal_rag.encoder import HEALEncoder  # noqa: E402
 from heal_rag.evaluation.retrieval import evaluate_rankings, top_k_indices  # noqa: E402
 from heal_rag.rerank import HierarchyScorer  # noqa: E402
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=20)
     args = parser.parse_args()
 
-    corpus = read_corpus(demo_corpus_path())
+    corpus = read_corpus(require(ARXIV_MINI))
     _, test_idx = hashed_split(corpus.ids, test_fraction=0.3)
     test = corpus.subset(test_idx)
     level_ids = corpus.labels.level_ids()[test_idx]

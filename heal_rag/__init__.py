@@ -5,9 +5,9 @@ sentence-transformers is imported on first use, so ``import heal_rag`` and the C
 
 Example:
     ```python
-    from heal_rag import fine_tune, read_corpus, demo_corpus_path
+    from heal_rag import fine_tune, read_corpus
 
-    corpus = read_corpus(demo_corpus_path())
+    corpus = read_corpus("corpus.jsonl")    # {"id", "text", "labels": ["A", "B"], "title"?} per line
     result = fine_tune(corpus.texts, corpus.labels, titles=corpus.titles, output_dir="models/heal", max_steps=60)
     ```
 """
@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from heal_rag._version import __version__
-from heal_rag.data import Corpus, CorpusFormatError, demo_corpus_path, hashed_split, read_corpus, read_queries
+from heal_rag.data import Corpus, CorpusFormatError, hashed_split, read_corpus, read_queries
 from heal_rag.labels import LabelPathError, LabelPaths
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
 
@@ -49,7 +49,6 @@ __all__ = [
     "Query",
     "QueryGenerator",
     "__version__",
-    "demo_corpus_path",
     "fine_tune",
     "hashed_split",
     "level_weight_schedule",

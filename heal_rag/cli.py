@@ -1,10 +1,10 @@
 """The ``heal-rag`` command line.
 
-``heal-rag demo``     fine-tune on the bundled demo corpus and print a before/after table (the main job).
-``heal-rag train``    fine-tune on a JSONL corpus ``{id, text[, labels][, title]}`` and save a model directory;
-                      a corpus without labels is clustered first (HNMFk).
+``heal-rag demo``     the main job: API docs of the installed libraries as a folder → tune → index → report → answers.
+``heal-rag train``    fine-tune on a folder of documents (chunked; folders are the label path) or a JSONL corpus
+                      ``{id, text[, labels][, title]}`` and save a model directory; unlabelled data is clustered first.
 ``heal-rag cluster``  discover a label hierarchy for a JSONL corpus with HNMFk and write the labels.
-``heal-rag index``    embed a JSONL corpus with a HEAL model into a persistent Chroma collection.
+``heal-rag index``    embed a folder (the chunks the model was tuned on) or a JSONL corpus into a Chroma collection.
 ``heal-rag eval``     A/B report of models (and BM25) on a labelled JSONL corpus with queries (extra 'eval').
 """
 
@@ -138,12 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    demo = sub.add_parser("demo", help="fine-tune on the demo corpus and print a before/after table")
-    demo.add_argument(
-        "--data", default=None, help="JSONL corpus with titles (default: bundled arXiv mini); unlabelled: HNMFk labels"
+    demo = sub.add_parser(
+        "demo",
+        help="the whole product end to end: build the API docs of numpy/scipy/scikit-learn as a folder tree, tune, "
+        "index, evaluate (report), answer three questions",
     )
-    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    demo.add_argument("--test-fraction", type=_finite_float, default=0.3)
+    demo.add_argument(
+        "--data",
+        default=None,
+        help="a folder of documents or a JSONL corpus (default: the API docs of the installed numpy, scipy and "
+        "scikit-learn); without labels, a hierarchy is discovered",
+    )
+    demo.add_argument(
+        "--out", default="runs/demo", help="output directory (default: runs/demo; an earlier run is replaced)"
+    )
+    demo.add_argument("--test-fraction", type=_finite_float, default=0.3, help="share of documents held out")
+    demo.add_argument(
+        "--chunks-per-document",
+        type=_positive_int,
+        default=2,
+        help="keep the first N chunks of each document (default 2, to stay inside 10 minutes on 2 cores)",
+    )
+    demo.add_argument("--question", action="append", default=None, help="a question for the chatbot (repeatable)")
     _add_training_options(demo)
 
     train = sub.add_parser("train", help="fine-tune an embedding model with the HEAL loss")
@@ -291,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 output_dir=args.out,
                 base_model=args.base_model,
                 test_fraction=args.test_fraction,
+                chunks_per_document=args.chunks_per_document,
+                questions=args.question,
                 **_training_overrides(args),
             )
         elif args.command == "train":

@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +68,6 @@ class Corpus:
             labels=None if self.labels is None else self.labels.subset(indices),
             metadata=None if self.metadata is None else [self.metadata[i] for i in indices],
         )
-
-
-def demo_corpus_path() -> Path:
-    """Path of the bundled demo corpus: 2,145 arXiv abstracts in 6 → 14 → 143 classes (CC0 metadata)."""
-    return Path(str(resources.files("heal_rag") / "datasets" / "arxiv_mini.jsonl"))
 
 
 def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Corpus:

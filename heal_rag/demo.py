@@ -1,57 +1,98 @@
-"""The main job: fine-tune on the training part of a labelled corpus, compare before/after on the held-out part.
+"""The main job: the whole product on a corpus built where it runs, from the folder to answers with citations.
 
-Retrieval task: each held-out document's title is a query; the held-out abstracts are the corpus; the source
-abstract is the gold passage. Reported: MRR@10, Recall@1, Recall@10 and hierarchical precision@10 per level.
+``heal-rag demo`` (and ``make demo``):
+
+1. builds the API documentation of the installed numpy, scipy and scikit-learn as a folder tree (see
+   :mod:`heal_rag.api_docs`), or takes ``--data DIR|FILE``;
+2. reads and chunks it as ``heal-rag train --data DIR`` does, and keeps a deterministic 30 % of the documents out;
+3. tunes the embedded all-MiniLM-L6-v2 on the chunks of the rest;
+4. indexes every chunk in a local Chroma database;
+5. evaluates, on the held-out documents' queries searched in the whole index, the untouched model, the tuned model
+   and the tuned model with the hierarchy reranker, with paired intervals, and writes ``heal-rag eval``'s report;
+6. answers three example questions with the chatbot, citing each source with its hierarchy path.
+
+Queries are the held-out documents' first headings (for the API docs: the docstring's summary line, which is not
+part of the passage); the gold passage is the document's first chunk.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from heal_rag.artifacts import write_json_atomic
-from heal_rag.data import Corpus, demo_corpus_path, hashed_split, read_corpus
-from heal_rag.evaluation.retrieval import RetrievalReport, evaluate_retrieval
-from heal_rag.labels import LabelPaths
+from heal_rag.chunking import CHUNK_INDEX_KEY, DOCUMENT_ID_KEY
+from heal_rag.data import Corpus, hashed_split
 from heal_rag.outputs import prepare_output_dir, write_marker
+from heal_rag.queries import Query
 
-#: Token limit used by the demo for training and for both evaluations (before and after).
+#: Token limit of the demo's chunks and training (the model reads 256; 128 keeps the demo inside 10 minutes).
 DEMO_MAX_SEQ_LENGTH = 128
+#: Chunks kept per document (the first ones: signature, description, parameters), to keep the demo inside 10 minutes.
+DEMO_CHUNKS_PER_DOCUMENT = 2
+#: Questions the demo's chatbot answers over the API documentation.
+DEMO_QUESTIONS = (
+    "How do I export a decision tree so that Graphviz can draw it?",
+    "How can I compute the eigenvalues of a symmetric matrix?",
+    "Which function finds the roots of a polynomial?",
+)
+#: Candidates the reranker reorders (retrieval depth).
+RERANK_CANDIDATES = 20
+#: The metrics of the demo's table, the ones a RAG engineer reads first (lower is better for the first two).
+HEADLINE_METRICS = ("context-miss@5", "off-topic@5", "nDCG@10", "MRR@10")
+
+
+@dataclass
+class StageTimer:
+    """Wall time of each named stage, in order."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` and say what is happening."""
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Before/after reports and where the tuned model and results were written."""
+    """What :func:`run_demo` produced.
 
-    before: RetrievalReport
-    after: RetrievalReport
+    Attributes:
+        model_dir: The tuned model.
+        report_dir: ``heal-rag eval``'s report (``report.html``, ``report.md``, plots, per-query scores).
+        db_path: The Chroma database holding every chunk (collection :data:`DEMO_COLLECTION`).
+        results_path: ``results.json``: metrics, paired differences, stage times, answers.
+        metrics: ``{system: {metric: value}}`` for the untouched model, HEAL and HEAL + reranker.
+        differences: ``{comparison: {metric: {mean, low, high, ...}}}`` (paired 95 % bootstrap intervals).
+        stage_seconds: Wall time of each stage.
+        answers: ``(question, answer, citations)`` of the chatbot.
+    """
+
     model_dir: Path
+    report_dir: Path
+    db_path: Path
     results_path: Path
-    n_train: int
-    n_test: int
-    train_seconds: float
+    metrics: dict[str, dict[str, float]]
+    differences: dict[str, dict[str, dict[str, float]]]
+    stage_seconds: dict[str, float]
+    answers: list[tuple[str, str, str]]
 
 
-def evaluate_model(model: Any, test: Corpus, level_ids: np.ndarray, batch_size: int = 64) -> RetrievalReport:
-    """Title → abstract retrieval on ``test`` with ``model``; ``level_ids`` are the test documents' label ids."""
-    queries = [title or text[:200] for title, text in zip(test.titles, test.texts, strict=True)]
-    query_emb = model.encode_query(queries, batch_size=batch_size, normalize_embeddings=True)
-    doc_emb = model.encode_document(test.texts, batch_size=batch_size, normalize_embeddings=True)
-    return evaluate_retrieval(
-        np.asarray(query_emb),
-        np.asarray(doc_emb),
-        gold_doc=np.arange(len(test)),
-        query_level_ids=level_ids,
-        doc_level_ids=level_ids,
-        k=10,
-        recall_at=(1, 10),
-    )
+#: Collection name of the demo's index.
+DEMO_COLLECTION = "heal-demo"
 
 
 def run_demo(
@@ -59,119 +100,287 @@ def run_demo(
     output_dir: str | os.PathLike[str] = "runs/demo",
     base_model: str | None = None,
     test_fraction: float = 0.3,
+    chunks_per_document: int | None = DEMO_CHUNKS_PER_DOCUMENT,
+    questions: Sequence[str] | None = None,
+    libraries: tuple[str, ...] | None = None,
     show_progress_bar: bool = True,
     **training_overrides: Any,
 ) -> DemoResult:
-    """Fine-tune on a deterministic training split and print a before/after table on the rest.
+    """Run the whole product end to end and print one short table (see the module docstring).
 
     Args:
-        data: JSONL corpus with titles (default: the bundled arXiv demo corpus). Without labels, a 2-level
-            hierarchy is discovered with HNMFk on the training part and held-out texts are projected onto it, and
-            training uses :data:`heal_rag.training.DISCOVERED_LABELS_SETTINGS` where ``training_overrides`` is silent.
-        output_dir: Where the tuned model (``<output_dir>/model``) and ``results.json`` go: new, empty, or an
-            earlier demo run (which is replaced); a directory heal_rag did not write is refused.
+        data: A folder of documents or a JSONL corpus; ``None``: the API documentation of the installed numpy, scipy
+            and scikit-learn, built into ``<output_dir>/api_docs``. Without labels, a hierarchy is discovered.
+        output_dir: New, empty, or an earlier demo run (replaced); a directory heal_rag did not write is refused.
         base_model: Base model (default: the embedded all-MiniLM-L6-v2).
-        test_fraction: Share of documents held out, chosen by hashed id.
-        show_progress_bar: Show progress bars.
+        test_fraction: Share of documents held out (by hashed id), in ``(0, 1)``.
+        chunks_per_document: Keep the first chunks of each document only (``None``: all).
+        questions: Questions for the chatbot (default: :data:`DEMO_QUESTIONS` for the API docs, else three
+            held-out queries).
+        libraries: Libraries whose API docs make the default corpus (default:
+            :data:`heal_rag.api_docs.DEFAULT_LIBRARIES`; a subpackage such as ``"scipy.cluster"`` makes a small one).
+        show_progress_bar: Progress bars.
         **training_overrides: :class:`heal_rag.HEALTrainingConfig` fields.
+
+    Returns:
+        A :class:`DemoResult`.
     """
+    from heal_rag.training import HEALTrainingConfig
+
+    HEALTrainingConfig(**training_overrides)  # every setting checked before any work
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
+    out = prepare_output_dir(output_dir, overwrite=True, inputs=[data], what="Demo output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "demo")
+    timer = StageTimer()
+    with timer.stage("corpus"):
+        source, corpus_info = _corpus_source(data, out, libraries)
+    with timer.stage("read and chunk"):
+        chunks, train_ids, label_names, overrides = _read_and_chunk(
+            source, base_model, chunks_per_document, test_fraction, show_progress_bar
+        )
+        training_overrides = {**overrides, **training_overrides}
+        task = _evaluation_task(chunks, train_ids)
+        print(f"{len(chunks)} chunks; {len(task.query_texts)} held-out queries", flush=True)
+    return _tune_evaluate_index_answer(
+        chunks, train_ids, task, label_names, out, base_model, questions, corpus_info, timer, show_progress_bar,
+        training_overrides,
+    )  # fmt: skip
+
+
+def _corpus_source(
+    data: str | os.PathLike[str] | None, out: Path, libraries: tuple[str, ...] | None
+) -> tuple[Path, dict[str, Any]]:
+    """The folder or file to read, and what to say about it."""
+    if data is not None:
+        return Path(data), {"data": str(data)}
+    from heal_rag.api_docs import DEFAULT_LIBRARIES, build_api_docs
+
+    docs = build_api_docs(out / "api_docs", libraries=libraries or DEFAULT_LIBRARIES, overwrite=True)
+    print(docs.describe(), flush=True)
+    return docs.root, {
+        "data": "api_docs",
+        "versions": docs.versions,
+        "fingerprint": docs.fingerprint,
+        "objects": docs.n_objects,
+        "folders": docs.n_folders,
+    }
+
+
+def _read_and_chunk(
+    source: Path, base_model: str | None, chunks_per_document: int | None, test_fraction: float, progress: bool
+) -> tuple[Corpus, set[str], dict[str, str] | None, dict[str, Any]]:
+    """Chunks of every document, the ids of the training chunks, discovered label names and their settings."""
+    from heal_rag.chunking import ChunkingConfig, chunk_documents
+    from heal_rag.documents import discover_document_labels, load_documents
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
-    from heal_rag.training import DISCOVERED_LABELS_SETTINGS, fine_tune
+    from heal_rag.training import DISCOVERED_LABELS_SETTINGS
 
-    output_dir = prepare_output_dir(output_dir, overwrite=True, inputs=[data], what="Demo output directory")
-    corpus = read_corpus(data or demo_corpus_path(), require_labels=False)
-    train_idx, test_idx = hashed_split(corpus.ids, test_fraction=test_fraction)
-    label_names = None
-    if corpus.labels is None:
-        corpus, label_names = _with_discovered_labels(corpus, train_idx, test_idx)
-        training_overrides = {**DISCOVERED_LABELS_SETTINGS, **training_overrides}
-    level_ids = corpus.labels.level_ids()
-    train, test = corpus.subset(train_idx), corpus.subset(test_idx)
-    test_level_ids = level_ids[test_idx]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(output_dir, "demo")
-    print(
-        f"corpus: {len(corpus)} documents, {corpus.labels.depth} levels "
-        f"({' → '.join(str(corpus.labels.n_labels(lv)) for lv in range(corpus.labels.depth))} labels); "
-        f"train {len(train)}, held out {len(test)}",
-        flush=True,
+    docs, report = load_documents(source, show_progress=progress)
+    if report is not None:
+        print(report.summary(), flush=True)
+    label_names, overrides = None, {}
+    if all(d.path is None for d in docs):
+        print("The documents have no label paths: discovering a hierarchy with HNMFk", flush=True)
+        docs, label_names = discover_document_labels(docs, show_progress=progress)
+        overrides = dict(DISCOVERED_LABELS_SETTINGS)
+    model = load_sentence_transformer(base_model)
+    set_max_seq_length(model, DEMO_MAX_SEQ_LENGTH)
+    chunking = ChunkingConfig().resolved(model)
+    overrides["training_record"] = {"chunking": chunking.as_dict(), "documents": len(docs)}
+    chunks = chunk_documents(docs, model, chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap,
+                             show_progress=progress)  # fmt: skip
+    if chunks_per_document is not None:
+        metadata = chunks.metadata or []
+        chunks = chunks.subset([i for i, m in enumerate(metadata) if m[CHUNK_INDEX_KEY] < chunks_per_document])
+    documents = list(dict.fromkeys(m[DOCUMENT_ID_KEY] for m in chunks.metadata or []))
+    train_index, _ = hashed_split(documents, test_fraction=test_fraction)
+    train_documents = {documents[i] for i in train_index}
+    train_ids = {
+        i for i, m in zip(chunks.ids, chunks.metadata or [], strict=True) if m[DOCUMENT_ID_KEY] in train_documents
+    }
+    return chunks, train_ids, label_names, overrides
+
+
+def _evaluation_task(chunks: Corpus, train_ids: set[str]) -> Any:
+    """Held-out queries (the first heading of each held-out document, else its key sentence) → its first chunk."""
+    from heal_rag.evaluation.report import EvaluationTask
+    from heal_rag.queries import KeySentenceQueryGenerator
+
+    first_chunks = [
+        i for i, (chunk_id, m) in enumerate(zip(chunks.ids, chunks.metadata or [], strict=True))
+        if chunk_id not in train_ids and m[CHUNK_INDEX_KEY] == 0
+    ]  # fmt: skip
+    texts = KeySentenceQueryGenerator()(
+        [chunks.texts[i] for i in first_chunks], [chunks.titles[i] for i in first_chunks]
     )
+    queries = [Query(text, chunks.ids[i]) for i, text in zip(first_chunks, texts, strict=True) if text]
+    if not queries:
+        raise ValueError("No held-out documents to evaluate on: give more documents or a larger test_fraction.")
+    return EvaluationTask.build(chunks, queries)
 
-    # Abstracts average ~180 tokens; 128 keeps the demo well inside 10 minutes on 2 CPU cores.
-    training_overrides.setdefault("max_seq_length", DEMO_MAX_SEQ_LENGTH)
-    base = load_sentence_transformer(base_model)
-    set_max_seq_length(base, training_overrides["max_seq_length"])
-    before = evaluate_model(base, test, test_level_ids)
-    del base
 
-    started = time.perf_counter()
-    result = fine_tune(
-        train.texts,
-        train.labels,
-        ids=train.ids,
-        titles=train.titles,
-        output_dir=output_dir / "model",
-        overwrite=True,
-        base_model=base_model,
-        label_names=label_names,
-        show_progress_bar=show_progress_bar,
-        **training_overrides,
-    )
-    train_seconds = time.perf_counter() - started
-    after = evaluate_model(result.model, test, test_level_ids)
+def _tune_evaluate_index_answer(
+    chunks: Corpus,
+    train_ids: set[str],
+    task: Any,
+    label_names: dict[str, str] | None,
+    out: Path,
+    base_model: str | None,
+    questions: Sequence[str] | None,
+    corpus_info: dict[str, Any],
+    timer: StageTimer,
+    progress: bool,
+    training_overrides: dict[str, Any],
+) -> DemoResult:
+    from heal_rag.chroma import build_index, open_collection
+    from heal_rag.encoder import HEALEncoder
+    from heal_rag.evaluation.report import evaluate_embedding_model, write_report
+    from heal_rag.models import load_sentence_transformer
+    from heal_rag.training import fine_tune
 
+    with timer.stage("untouched model"):
+        base = load_sentence_transformer(base_model)
+        untouched = evaluate_embedding_model(base, task, "untouched", show_progress_bar=progress)
+        del base
+    with timer.stage("fine-tune"):
+        train = chunks.subset([i for i, chunk_id in enumerate(chunks.ids) if chunk_id in train_ids])
+        training_overrides.setdefault("max_seq_length", DEMO_MAX_SEQ_LENGTH)
+        result = fine_tune(
+            train.texts,
+            train.labels,
+            ids=train.ids,
+            titles=train.titles,
+            source_ids=[m[DOCUMENT_ID_KEY] for m in train.metadata or []],
+            label_names=label_names,
+            output_dir=out / "model",
+            overwrite=True,
+            base_model=base_model,
+            show_progress_bar=progress,
+            **training_overrides,
+        )
+        print(result.describe_blend(), flush=True)
+    with timer.stage("tuned model"):
+        encoder = HEALEncoder.load(result.output_dir)
+        tuned = evaluate_embedding_model(encoder.model, task, "HEAL", show_progress_bar=progress)
+    with timer.stage("reranker"):
+        reranked = _rerank_evaluation(encoder, task, tuned)
+    with timer.stage("index"):
+        build_index(encoder, chunks, out / "chroma", DEMO_COLLECTION, rebuild=True, show_progress=progress,
+                    embeddings=tuned.document_embeddings)  # fmt: skip
+    with timer.stage("report"):
+        report_dir = write_report([untouched, tuned, reranked], task, out / "report", title="heal_rag demo",
+                                  map_method="pca", overwrite=True)  # fmt: skip
+    with timer.stage("answers"):
+        answers = _answer(encoder, open_collection(out / "chroma", DEMO_COLLECTION), questions, corpus_info, task)
+    return _finish(out, result, untouched, tuned, reranked, report_dir, answers, corpus_info, timer, len(chunks))
+
+
+def _rerank_evaluation(encoder: Any, task: Any, tuned: Any) -> Any:
+    """HEAL retrieval of :data:`RERANK_CANDIDATES` chunks, reranked by the hierarchy scorer, scored as a system."""
+    from heal_rag.evaluation.report import evaluate_ranked
+    from heal_rag.evaluation.retrieval import top_k_indices
+    from heal_rag.rerank import HierarchyScorer
+
+    scorer = HierarchyScorer(encoder)
+    documents, queries = tuned.document_embeddings, tuned.query_embeddings
+    paths = task.corpus.labels.paths
+    candidates = top_k_indices(queries, documents, RERANK_CANDIDATES)
+    ranked = np.empty_like(candidates)
+    for row, (query, picked) in enumerate(zip(task.query_texts, candidates, strict=True)):
+        results = scorer.rerank(
+            query,
+            [task.corpus.texts[i] for i in picked],
+            paths=[paths[i] for i in picked],
+            similarities=(documents[picked] @ queries[row]).tolist(),
+            query_embedding=queries[row],
+        )
+        ranked[row] = picked[[r.index for r in results]]
+    return evaluate_ranked(ranked, task, "HEAL + reranker")
+
+
+def _answer(
+    encoder: Any, collection: Any, questions: Sequence[str] | None, corpus_info: dict[str, Any], task: Any
+) -> list[tuple[str, str, str]]:
+    from heal_rag.chatbot import Chatbot, citations
+
+    if questions is None:
+        questions = DEMO_QUESTIONS if corpus_info.get("data") == "api_docs" else task.query_texts[:3]
+    bot = Chatbot(encoder, collection)
+    answers = []
+    for question in questions:
+        answer, sources = bot.ask(question)
+        answers.append((question, answer, citations(sources)))
+        print(f"\nQ: {question}\nA: {answer}\n{citations(sources)}", flush=True)
+    return answers
+
+
+def _finish(
+    out: Path,
+    result: Any,
+    untouched: Any,
+    tuned: Any,
+    reranked: Any,
+    report_dir: Path,
+    answers: list[tuple[str, str, str]],
+    corpus_info: dict[str, Any],
+    timer: StageTimer,
+    n_chunks: int,
+) -> DemoResult:
+    from heal_rag.evaluation.retrieval import paired_difference
+
+    systems = {"untouched": untouched, "HEAL": tuned, "HEAL + reranker": reranked}
+    metrics = {name: evaluation.retrieval.as_dict() for name, evaluation in systems.items()}
+    comparisons = {"HEAL - untouched": (tuned, untouched), "HEAL + reranker - HEAL": (reranked, tuned)}
+    differences = {
+        name: {
+            metric: paired_difference(a.retrieval_per_query[metric], b.retrieval_per_query[metric]).as_dict()
+            for metric in HEADLINE_METRICS
+        }
+        for name, (a, b) in comparisons.items()
+    }
     print()
-    print(format_table(before, after, title=f"Held-out title → abstract retrieval ({len(test)} queries)"))
-    print(f"\nfine-tune: {result.global_steps} steps in {train_seconds:.0f} s; model saved to {result.output_dir}")
-    print(result.describe_blend())
-    results_path = output_dir / "results.json"
+    print(format_table(metrics, differences, n_queries=untouched.retrieval.n_queries, n_chunks=n_chunks))
+    print("\nstage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timer.seconds.items()))
+    print(f"total {sum(timer.seconds.values()):.0f} s; report: {report_dir / 'report.html'}")
+    results_path = out / "results.json"
     write_json_atomic(
         results_path,
         {
-            "data": str(data or demo_corpus_path()),
-            "n_train": len(train),
-            "n_test": len(test),
-            "train_seconds": train_seconds,
-            "global_steps": result.global_steps,
-            "before": before.as_dict(),
-            "after": after.as_dict(),
+            "corpus": corpus_info,
+            "chunks": n_chunks,
+            "queries": untouched.retrieval.n_queries,
+            "metrics": metrics,
+            "differences": differences,
+            "stage_seconds": timer.seconds,
             "training": result.metadata["training"],
+            "answers": [{"question": q, "answer": a, "citations": c} for q, a, c in answers],
         },
     )
-    return DemoResult(before, after, result.output_dir, results_path, len(train), len(test), train_seconds)
+    return DemoResult(
+        result.output_dir, report_dir, out / "chroma", results_path, metrics, differences, timer.seconds, answers
+    )
 
 
-def _with_discovered_labels(
-    corpus: Corpus, train_idx: list[int], test_idx: list[int]
-) -> tuple[Corpus, dict[str, str]]:
-    """Label an unlabelled corpus with HNMFk fitted on its training part; held-out texts are projected."""
-    from heal_rag.hierarchy.discover import discover_labels
+def format_table(
+    metrics: dict[str, dict[str, float]],
+    differences: dict[str, dict[str, dict[str, float]]],
+    n_queries: int,
+    n_chunks: int,
+) -> str:
+    """The demo's Markdown table: each headline metric for the three systems, with paired 95 % intervals."""
+    from heal_rag.evaluation.retrieval import format_paired
 
-    print("The corpus has no labels: discovering a hierarchy with HNMFk on the training part", flush=True)
-    train_texts = [corpus.texts[i] for i in train_idx]
-    hnmfk, train_labels = discover_labels(train_texts, max_depth=2)
-    test_labels = hnmfk.transform([corpus.texts[i] for i in test_idx])
-    print(hnmfk.format_tree(max_children=8), flush=True)
-    paths: list[tuple[str, ...]] = [()] * len(corpus)
-    weights: list[tuple[float, ...]] = [()] * len(corpus)
-    for indices, labels in ((train_idx, train_labels), (test_idx, test_labels)):
-        for position, index in enumerate(indices):
-            paths[index] = labels.paths[position]
-            weights[index] = labels.weights[position]
-    labelled = Corpus(corpus.ids, corpus.texts, corpus.titles, LabelPaths(paths, weights=weights))
-    return labelled, hnmfk.node_names()
-
-
-def format_table(before: RetrievalReport, after: RetrievalReport, title: str = "") -> str:
-    """Markdown table: metric | untouched | HEAL | change."""
-    lines = [title] if title else []
-    lines += ["| metric | untouched | HEAL | change |", "|---|---:|---:|---:|"]
-    after_values = after.as_dict()
-    for name, value in before.as_dict().items():
-        lines.append(f"| {name} | {value:.4f} | {after_values[name]:.4f} | {after_values[name] - value:+.4f} |")
+    lines = [
+        f"Held-out queries searched in all {n_chunks} chunks ({n_queries} queries; lower is better for the first two)",
+        "| metric | untouched | HEAL | HEAL − untouched | HEAL + reranker | reranker − HEAL |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for metric in HEADLINE_METRICS:
+        lines.append(
+            f"| {metric} | {metrics['untouched'][metric]:.4f} | {metrics['HEAL'][metric]:.4f} | "
+            f"{format_paired(differences['HEAL - untouched'][metric])} | {metrics['HEAL + reranker'][metric]:.4f} | "
+            f"{format_paired(differences['HEAL + reranker - HEAL'][metric])} |"
+        )
     return "\n".join(lines)
-
-
-def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``results.json`` written by :func:`run_demo`."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

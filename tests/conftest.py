@@ -14,6 +14,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+#: The team's shared data beside the repository (never copied into it); tests that need it skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ARXIV_MINI = SHARED_DATA / "arxiv_oai" / "arxiv_oai_hier_mini.jsonl"
+
+
+def shared_file(path: Path) -> Path:
+    """``path`` under ../shared/data, or skip the test when the shared data is absent."""
+    if not path.is_file():
+        pytest.skip(f"shared data not present: {path}")
+    return path
+
+
 # A small labelled corpus: 3 top-level topics, 2 subtopics each, 4 documents per leaf, with titles.
 TOPICS = {
     ("physics", "optics"): ["laser light lens beam photon", "mirror refraction optical fibre"],

@@ -90,36 +90,19 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip()
 
 
-def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tiny_model_dir, tmp_path, capsys):
+def test_demo_on_a_jsonl_corpus(corpus, tiny_model_dir, tmp_path, capsys):
     texts, paths, titles = corpus
     data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
     out = tmp_path / "demo"
-    code = main(
-        [
-            "demo",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--base-model",
-            str(tiny_model_dir),
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--samples-per-leaf",
-            "2",
-            "--test-fraction",
-            "0.5",
-        ]
-    )
-    assert code == 0
+    flags = ["--base-model", str(tiny_model_dir), "--max-steps", "2", "--batch-size", "8", "--test-fraction", "0.5"]
+    assert main(["demo", "--data", str(data), "--out", str(out), *flags]) == 0
     printed = capsys.readouterr().out
-    assert "| hP@10/L1 |" in printed and "| MRR@10 |" in printed
+    assert "| context-miss@5 |" in printed and "| MRR@10 |" in printed and "stage times:" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["n_train"] + results["n_test"] == len(texts)
-    assert set(results["before"]) == set(results["after"])
-    assert (out / "model" / "heal_rag.json").is_file()
+    assert set(results["metrics"]) == {"untouched", "HEAL", "HEAL + reranker"}
+    assert results["chunks"] == len(texts) and results["corpus"] == {"data": str(data)}
+    assert (out / "model" / "heal_rag.json").is_file() and (out / "report" / "report.html").is_file()
+    assert main(["demo", "--data", str(data), "--out", str(out), *flags]) == 0, "a second run replaces the first"
 
 
 def test_blend_with_base_weights_interpolates_float_tensors(tiny_model):

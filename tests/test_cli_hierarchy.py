@@ -117,9 +117,9 @@ def test_demo_on_an_unlabelled_corpus_uses_discovered_labels(tiny_model_dir, tmp
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "discovering a hierarchy with HNMFk" in printed and "| hP@10/L0 |" in printed
+    assert "discovering a hierarchy with HNMFk" in printed and "| context-miss@5 |" in printed
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert results["n_train"] + results["n_test"] == len(texts)
+    assert results["chunks"] == len(texts) and 0 < results["queries"] < len(texts)
     training = json.loads((tmp_path / "demo" / "model" / "heal_rag.json").read_text())["training"]
     assert training["base_weight_share"] == 0.4 and training["query_document_weight"] == 6.0
     assert training["temperature"] == 0.2 and training["pair_temperature"] == 0.1

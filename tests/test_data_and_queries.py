@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ARXIV_MINI, shared_file
 
-from heal_rag.data import CorpusFormatError, demo_corpus_path, hashed_split, read_corpus, read_queries
+from heal_rag.data import CorpusFormatError, hashed_split, read_corpus, read_queries
 from heal_rag.evaluation.retrieval import evaluate_retrieval, top_k_indices
 from heal_rag.queries import KeySentenceQueryGenerator, QueryGenerator, split_sentences
 
@@ -15,8 +16,8 @@ def write_jsonl(path, records):
     return path
 
 
-def test_demo_corpus_is_bundled_and_labelled():
-    corpus = read_corpus(demo_corpus_path())
+def test_the_shared_arxiv_mini_corpus_reads_with_its_labels():
+    corpus = read_corpus(shared_file(ARXIV_MINI))
     assert len(corpus) == 2145
     assert corpus.labels.depth == 3
     assert [corpus.labels.n_labels(level) for level in range(3)] == [6, 14, 143]

@@ -6,17 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_corpus_jsonl
+from conftest import ARXIV_MINI, shared_file, write_corpus_jsonl
 
 from heal_rag.cli import main
-from heal_rag.data import demo_corpus_path, read_corpus
+from heal_rag.data import read_corpus
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def small_arxiv():
-    corpus = read_corpus(demo_corpus_path())
+    corpus = read_corpus(shared_file(ARXIV_MINI))
     # Two physics archives and one maths archive: 3 leaves each, 6 documents per leaf.
     wanted = {}
     for index, path in enumerate(corpus.labels.paths):

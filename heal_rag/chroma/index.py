@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import chromadb
+import numpy as np
 from chromadb.config import Settings
 from tqdm.auto import tqdm
 
@@ -241,6 +242,7 @@ def build_index(
     rebuild: bool = False,
     show_progress: bool = True,
     client: Any = None,
+    embeddings: Any = None,
 ) -> Any:
     """Embed ``corpus`` with a HEAL model and upsert it into a persistent Chroma collection.
 
@@ -262,6 +264,8 @@ def build_index(
         rebuild: Drop an existing heal_rag collection of that name first.
         show_progress: Progress bar.
         client: An open Chroma client to use instead of opening ``db_path`` (e.g. one shared with LangChain).
+        embeddings: The corpus's document vectors, already computed with this model (``(len(corpus), dimension)``,
+            normalised), e.g. by an evaluation; they are stored as given instead of being computed again.
 
     Returns:
         The Chroma collection.
@@ -273,6 +277,8 @@ def build_index(
     """
     check_collection_name(collection_name)
     check_int("batch_size", batch_size, minimum=1)
+    if embeddings is not None and len(embeddings) != len(corpus):
+        raise ValueError(f"Got {len(embeddings)} embeddings for {len(corpus)} documents.")
     encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model)
     function = HEALEmbeddingFunction(encoder=encoder)
     client = client if client is not None else open_client(db_path)
@@ -287,12 +293,15 @@ def build_index(
     for start in range(0, len(corpus), batch_size):
         stop = min(start + batch_size, len(corpus))
         texts = corpus.texts[start:stop]
-        with warnings.catch_warnings():  # one warning with the total, at the end, instead of the encoder's
-            warnings.simplefilter("ignore", TruncationWarning)
-            embeddings = function.embed_as_array(texts)
+        if embeddings is not None:
+            vectors = np.asarray(embeddings[start:stop], dtype=np.float32)
+        else:
+            with warnings.catch_warnings():  # one warning with the total, at the end, instead of the encoder's
+                warnings.simplefilter("ignore", TruncationWarning)
+                vectors = function.embed_as_array(texts)
         batch_paths = paths[start:stop]
         if encoder.label_tree is not None and any(p is None for p in batch_paths):
-            ids, _ = encoder.predict_level_ids(embeddings)
+            ids, _ = encoder.predict_level_ids(vectors)
             tree = encoder.label_tree
             batch_paths = [
                 p if p is not None else tree.path_of(tree.depth - 1, int(row[-1]))
@@ -305,7 +314,7 @@ def build_index(
         collection.upsert(
             ids=corpus.ids[start:stop],
             documents=texts,
-            embeddings=embeddings,
+            embeddings=vectors,
             metadatas=[m or None for m in metadatas],
         )
         progress.update(stop - start)

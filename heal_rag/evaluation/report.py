@@ -47,6 +47,7 @@ class ModelEvaluation:
         classification: Path prediction metrics (``None`` for a lexical baseline).
         document_embeddings: The normalised document vectors (``None`` for a lexical baseline), for the map.
         retrieval_per_query: Each retrieval metric per query (for paired comparisons between models).
+        query_embeddings: The normalised query vectors (``None`` for a lexical baseline), e.g. for reranking.
     """
 
     name: str
@@ -54,6 +55,7 @@ class ModelEvaluation:
     classification: ClassificationReport | None
     document_embeddings: np.ndarray | None
     retrieval_per_query: dict[str, np.ndarray] | None = None
+    query_embeddings: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Metrics as plain JSON."""
@@ -131,7 +133,7 @@ def evaluate_embedding_model(
     retrieval, per_query = _score_rankings(top_k_indices(queries, documents, max(k, context_k)), task, k, context_k)
     predicted = knn_predict_level_ids(documents, documents, task.level_ids, k=knn_k, exclude_self=True)
     classification = hierarchical_classification_report(predicted, task.level_ids)
-    return ModelEvaluation(name, retrieval, classification, documents, per_query)
+    return ModelEvaluation(name, retrieval, classification, documents, per_query, queries)
 
 
 def _score_rankings(
@@ -166,8 +168,21 @@ def bm25_rankings(documents: Sequence[str], queries: Sequence[str], k: int) -> n
 def evaluate_bm25(task: EvaluationTask, *, k: int = 10, context_k: int = 5) -> ModelEvaluation:
     """The lexical baseline: :func:`bm25_rankings` over the corpus."""
     ranked = bm25_rankings(task.corpus.texts, task.query_texts, max(k, context_k))
-    retrieval, per_query = _score_rankings(ranked, task, k, context_k)
-    return ModelEvaluation("bm25", retrieval, None, None, per_query)
+    return evaluate_ranked(ranked, task, "bm25", k=k, context_k=context_k)
+
+
+def evaluate_ranked(
+    ranked: np.ndarray, task: EvaluationTask, name: str, *, k: int = 10, context_k: int = 5
+) -> ModelEvaluation:
+    """Score given rankings (``(Q, ≥ max(k, context_k))`` document indices, best first), e.g. a reranker's output.
+
+    Example:
+        ```python
+        evaluate_ranked(reranked_indices, task, "HEAL + reranker").retrieval.as_dict()["nDCG@10"]
+        ```
+    """
+    retrieval, per_query = _score_rankings(np.asarray(ranked), task, k, context_k)
+    return ModelEvaluation(name, retrieval, None, None, per_query)
 
 
 def write_report(
