@@ -187,7 +187,7 @@ def build_api_docs(
     Returns:
         An :class:`ApiDocs` describing the tree.
     """
-    root = prepare_output_dir(out_dir, overwrite=overwrite, what="API docs folder")
+    root = prepare_output_dir(out_dir, overwrite=overwrite, what="API docs folder", kind="api-docs")
     objects = collect_objects(libraries, min_chars)
     if not objects:
         raise ValueError(f"No documented objects found in {libraries}.")

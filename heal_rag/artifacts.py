@@ -157,18 +157,67 @@ def build_metadata(
     }
 
 
-def read_metadata(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``heal_rag.json`` from a HEAL model directory, with a clear error when it is missing or newer."""
+class MetadataError(ValueError):
+    """A model directory's ``heal_rag.json`` is damaged, not heal_rag's, or no longer matches the model's files."""
+
+
+def read_metadata(model_dir: str | os.PathLike[str], verify_files: bool = False) -> dict[str, Any]:
+    """Read and check ``heal_rag.json`` from a HEAL model directory.
+
+    Args:
+        model_dir: The model directory.
+        verify_files: Also recompute the fingerprint of the model's files and compare it with the recorded one.
+
+    Raises:
+        FileNotFoundError: When there is no ``heal_rag.json``.
+        MetadataError: When it is not valid JSON, lacks what a heal_rag model description holds, was written by a
+            newer heal_rag, or (``verify_files``) the weights or tokenizer changed after it was written.
+    """
     path = Path(model_dir) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(model_dir)!r} has no {METADATA_FILE}: it is not a heal_rag model directory "
             "(train one with heal_rag.fine_tune or `heal-rag train`)."
         )
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer heal_rag (format {payload['format_version']}); upgrade.")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MetadataError(f"{path} is not valid JSON ({exc}); restore it or re-train the model.") from None
+    problem = _metadata_problem(payload)
+    if problem:
+        raise MetadataError(f"{path} is not a heal_rag model description ({problem}); restore it or re-train.")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise MetadataError(f"{path} was written by a newer heal_rag (format {payload['format_version']}); upgrade.")
+    if verify_files and model_fingerprint(model_dir) != payload["fingerprint"]:
+        raise MetadataError(
+            f"The files of {str(model_dir)!r} changed after its {METADATA_FILE} was written: its label tree, "
+            "centroids and fingerprint describe other weights, and a vector store could not tell the two apart. "
+            "Re-train into a new directory, or restore the original files."
+        )
     return payload
+
+
+def _metadata_problem(payload: Any) -> str:
+    """What a ``heal_rag.json`` payload lacks, or ``""``."""
+    if not isinstance(payload, dict):
+        return f"a JSON {type(payload).__name__}, not an object"
+    needed = {"format_version": int, "fingerprint": str, "label_tree": dict, "centroids": dict}
+    for key, kind in needed.items():
+        if not isinstance(payload.get(key), kind):
+            return f"{key!r} missing or not a {kind.__name__}"
+    tree = payload["label_tree"]
+    depth = tree.get("depth")
+    if (
+        not isinstance(depth, int)
+        or depth < 1
+        or not isinstance(tree.get("levels"), list)
+        or len(tree["levels"]) != depth
+    ):
+        return "the label tree's depth and levels disagree"
+    missing = [
+        f"level_{level}" for level in range(depth) if not isinstance(payload["centroids"].get(f"level_{level}"), list)
+    ]
+    return f"centroids for {missing[0]} missing" if missing else ""
 
 
 def centroids_from_metadata(metadata: dict[str, Any]) -> list[np.ndarray]:

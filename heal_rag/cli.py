@@ -331,7 +331,13 @@ def _train(args: argparse.Namespace) -> int:
     from heal_rag.training import DEFAULT_QUERY_GENERATOR, DISCOVERED_LABELS_SETTINGS, fine_tune
 
     overrides = _training_overrides(args)
-    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.data, args.queries], what="--out")
+    prepare_output_dir(
+        args.out,
+        overwrite=args.overwrite,
+        inputs=[args.data, args.queries, args.base_model],
+        what="--out",
+        kind="model",
+    )
     if os.path.isdir(args.data):
         return _train_on_folder(args, overrides)
     corpus = read_corpus(args.data, require_labels=False)
@@ -406,10 +412,14 @@ def _cluster(args: argparse.Namespace) -> int:
     from heal_rag.outputs import prepare_output_file
 
     tree_path = args.tree or os.path.splitext(args.out)[0] + ".tree.json"
-    for path in (args.out, tree_path, os.path.splitext(tree_path)[0] + ".txt"):
+    outputs = (args.out, tree_path, os.path.splitext(tree_path)[0] + ".txt")
+    if len({os.path.abspath(p) for p in outputs}) < len(outputs):
+        raise ValueError(
+            f"The labels ({args.out}), the tree ({tree_path}) and its text view ({outputs[2]}) must be three "
+            "different files; give --tree a name that differs from --out by more than its suffix."
+        )
+    for path in outputs:
         prepare_output_file(path, overwrite=args.overwrite, inputs=[args.data])
-    if len({os.path.abspath(p) for p in (args.out, tree_path)}) < 2:
-        raise ValueError("--out and --tree name the same file; give them different paths.")
     corpus = read_corpus(args.data, require_labels=False)
     hnmfk, labels = discover_labels(
         corpus.texts,
@@ -432,8 +442,10 @@ def _cluster(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     from heal_rag.chroma import build_index, check_collection_name
     from heal_rag.data import read_corpus
+    from heal_rag.outputs import check_not_inputs
 
     check_collection_name(args.collection)
+    check_not_inputs(args.db, [args.data, args.model])
     if os.path.isdir(args.data):
         from heal_rag.documents import chunks_for_model
 
@@ -457,11 +469,13 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from heal_rag.data import read_corpus, read_queries
+    from heal_rag.encoder import count_truncated
     from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model, write_report
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.outputs import prepare_output_dir
 
-    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.data, args.queries], what="--out")
+    inputs = [args.data, args.queries, args.base_model, *args.model]
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what="--out", kind="report")
     corpus = read_corpus(args.data)
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
     task = EvaluationTask.build(corpus, queries)
@@ -477,6 +491,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"[{index + 1}/{len(args.model) + 1}] {name}", flush=True)
         model = load_sentence_transformer(model_path)
         set_max_seq_length(model, args.max_seq_length)
+        if index == 0 and (truncated := count_truncated(model, corpus.texts)):
+            print(
+                f"warning: {truncated} of {len(corpus)} documents are longer than --max-seq-length "
+                f"{args.max_seq_length} tokens and are embedded from their beginning only (chunk long documents).",
+                file=sys.stderr,
+            )
         evaluations.append(evaluate_embedding_model(model, task, name, k=args.k, context_k=args.context_k))
     if args.bm25:
         evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))

@@ -85,6 +85,11 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
         CorpusFormatError: With the file, line number and what to fix.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CorpusFormatError(
+            f"{str(path)!r} is a folder; this takes a JSONL corpus file ({{id, text, labels}} per line). "
+            "`heal-rag train` and `heal-rag index` read folders of documents."
+        )
     if not path.is_file():
         raise CorpusFormatError(f"Corpus file {str(path)!r} does not exist.")
     ids: list[str] = []
@@ -155,6 +160,8 @@ def read_queries(path: str | os.PathLike[str], known_ids: Sequence[str] | None =
         if known is not None and str(doc_id) not in known:
             raise CorpusFormatError(f"{where}: document_id {doc_id!r} is not in the corpus.")
         queries.append(Query(text=text, document_id=str(doc_id)))
+    if not queries:
+        raise CorpusFormatError(f"{path}: the query file holds no queries.")
     return queries
 
 

@@ -130,7 +130,9 @@ def run_demo(
     HEALTrainingConfig(**training_overrides)  # every setting checked before any work
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
-    out = prepare_output_dir(output_dir, overwrite=True, inputs=[data], what="Demo output directory")
+    out = prepare_output_dir(
+        output_dir, overwrite=True, inputs=[data, base_model], what="Demo output directory", kind="demo"
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "demo")
     timer = StageTimer()
@@ -200,6 +202,11 @@ def _read_and_chunk(
     train_ids = {
         i for i, m in zip(chunks.ids, chunks.metadata or [], strict=True) if m[DOCUMENT_ID_KEY] in train_documents
     }
+    if len(train_documents) < 2:
+        raise ValueError(
+            f"test_fraction {test_fraction:g} leaves {len(train_documents)} of {len(documents)} documents to train "
+            "on; lower it (e.g. 0.3) or give more documents."
+        )
     return chunks, train_ids, label_names, overrides
 
 

@@ -196,8 +196,9 @@ def fine_tune_documents(
     prepare_output_dir(
         output_dir,
         overwrite=bool(fine_tune_kwargs.get("overwrite")),
-        inputs=[documents] if isinstance(documents, (str, os.PathLike)) else (),
+        inputs=[documents if isinstance(documents, (str, os.PathLike)) else None, base_model],
         what="Model directory",
+        kind="model",
     )
     docs, report = load_documents(
         documents, path_key=path_key, root=root, max_depth=max_depth, show_progress=show_progress_bar
@@ -257,13 +258,10 @@ def chunks_for_model(
 
     Documents without a label path keep none here; :func:`heal_rag.chroma.build_index` predicts them.
     """
-    from heal_rag.artifacts import METADATA_FILE, read_metadata
     from heal_rag.encoder import HEALEncoder
 
     encoder = HEALEncoder.load(model)
-    recorded: dict[str, Any] = {}
-    if (Path(str(encoder.model_path)) / METADATA_FILE).is_file():
-        recorded = read_metadata(str(encoder.model_path)).get("training", {}).get("chunking") or {}
+    recorded: dict[str, Any] = (encoder.metadata or {}).get("training", {}).get("chunking") or {}
     docs, report = load_documents(data, path_key=path_key, root=root, max_depth=max_depth, show_progress=show_progress)
     if report is not None and show_progress:
         print(report.summary(), flush=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heal_rag._validation import check_int
+from heal_rag._validation import check_int, check_real
 from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
 
 if TYPE_CHECKING:
@@ -140,11 +140,19 @@ class HEALEncoder:
             device: Torch device.
             batch_size: Encoding batch size.
             normalize_embeddings: Return unit-length vectors.
+
+        Raises:
+            heal_rag.models.ModelNotFoundError: When the model is not found locally.
+            heal_rag.models.UnsafeModelError: When its weights are pickles.
+            heal_rag.models.CorruptModelError: When a file of it is damaged.
+            heal_rag.artifacts.MetadataError: When ``heal_rag.json`` is damaged or its files changed after it was
+                written (a retrained or swapped model in the same directory).
         """
-        from heal_rag.models import load_sentence_transformer, resolve_model_path
+        from heal_rag.models import check_model_files, load_sentence_transformer, resolve_model_path
 
         path = resolve_model_path(model)
-        metadata = read_metadata(path) if (Path(path) / METADATA_FILE).is_file() else None
+        check_model_files(path)  # pickles and damaged files are named before heal_rag.json is compared with them
+        metadata = read_metadata(path, verify_files=True) if (Path(path) / METADATA_FILE).is_file() else None
         return cls(
             load_sentence_transformer(path, device=device),
             metadata=metadata,
@@ -211,19 +219,7 @@ class HEALEncoder:
 
     def count_truncated(self, texts: Sequence[str], prompt_name: str = "document") -> int:
         """How many of ``texts`` (with the model's prompt) exceed :attr:`max_seq_length` tokens."""
-        limit = self.max_seq_length
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if not limit or tokenizer is None or not callable(tokenizer):
-            return 0
-        names = ("query",) if prompt_name == "query" else ("document", "passage", "corpus")
-        prompt = next((self.model.prompts[n] for n in names if n in (self.model.prompts or {})), "")
-        # Only texts long enough in bytes can be too long in tokens: every token but the few special ones covers at
-        # least one byte of UTF-8 (WordPiece and byte-level BPE alike), so short texts skip the tokenizer.
-        candidates = [prompt + text for text in texts if len((prompt + text).encode("utf-8")) > limit - 8]
-        if not candidates:
-            return 0
-        lengths = tokenizer(candidates, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        return sum(len(ids) > limit for ids in lengths)
+        return count_truncated(self.model, texts, prompt_name)
 
     def _note_truncation(self, texts: Sequence[str], prompt_name: str) -> None:
         """Count texts cut at ``max_seq_length``; warn the first time, with the count."""
@@ -279,7 +275,12 @@ class HEALEncoder:
         return self.label_tree
 
     def level_probabilities(self, embeddings: np.ndarray, temperature: float = 0.05) -> list[np.ndarray]:
-        """Per level, ``softmax(similarity to each label centroid / temperature)``, shape ``(n, n_labels)``."""
+        """Per level, ``softmax(similarity to each label centroid / temperature)``, shape ``(n, n_labels)``.
+
+        Raises:
+            ValueError: When ``temperature`` is not a finite number > 0.
+        """
+        check_real("temperature", temperature, minimum=0, min_open=True)
         tree = self._require_tree()
         out = []
         for centroids in tree.centroids:
@@ -336,6 +337,27 @@ class HEALEncoder:
             )
             for n, row in enumerate(ids)
         ]
+
+
+def count_truncated(model: Any, texts: Sequence[str], prompt_name: str = "document") -> int:
+    """How many of ``texts`` a SentenceTransformer cuts at its ``max_seq_length`` (with its query/document prompt).
+
+    Returns 0 for models without a token limit or a Hugging Face tokenizer (e.g. ``StaticEmbedding``).
+    """
+    limit = getattr(model, "max_seq_length", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    if not isinstance(limit, int) or limit <= 0 or not callable(tokenizer):
+        return 0
+    prompts = getattr(model, "prompts", None) or {}
+    names = ("query",) if prompt_name == "query" else ("document", "passage", "corpus")
+    prompt = next((prompts[n] for n in names if n in prompts), "")
+    # Only texts long enough in bytes can be too long in tokens: every token but the few special ones covers at
+    # least one byte of UTF-8 (WordPiece and byte-level BPE alike), so short texts skip the tokenizer.
+    candidates = [prompt + text for text in texts if len((prompt + text).encode("utf-8")) > limit - 8]
+    if not candidates:
+        return 0
+    lengths = tokenizer(candidates, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return sum(len(ids) > limit for ids in lengths)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -21,7 +21,11 @@ PairNegatives = Literal["all", "other_leaves"]
 _EPS = 1e-12
 
 
-class NonFiniteLossError(ValueError):
+class TrainingDivergedError(ValueError):
+    """Training diverged (non-finite loss or weights, or collapsed embeddings); nothing is saved."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
     """The loss (or the trained weights) became NaN or infinite; training stops and nothing is saved."""
 
 

@@ -21,8 +21,11 @@ _DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "de
 
 #: File suffixes of pickled weights, which heal_rag never loads (unpickling can run arbitrary code).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-#: Pickled files the trainer writes beside weights that are never loaded as a model.
-_NOT_WEIGHTS = {"training_args.bin"}
+#: Files the trainer writes beside weights in a checkpoint: never loaded as a model, and read back only with
+#: ``torch.load(weights_only=True)`` (a restricted unpickler that runs no code) when a run resumes.
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}
+#: The safetensors files loaders prefer to ``pytorch_model*.bin``.
+_SHARDED_TWINS = {"model.safetensors", "model.safetensors.index.json"}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -40,11 +43,12 @@ class CorruptModelError(ValueError):
 def check_model_files(model_dir: str | os.PathLike[str]) -> None:
     """Refuse pickled weights and damaged safetensors files before anything is loaded.
 
-    Every folder of the model (the root and each module's subfolder) that holds weights must hold them as
-    safetensors: a folder with ``pytorch_model.bin`` (or ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) and no
-    ``.safetensors`` file is refused, because loading it would unpickle the file. Every ``.safetensors`` header is
-    read and checked against the file's size, so a truncated file is named here instead of failing deep inside
-    the loader.
+    Every folder of the model (the root and each module's subfolder, hidden ones too) that holds pickled weights
+    (``pytorch_model.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) must hold the safetensors file the loaders prefer
+    to it (``model.safetensors`` or a sharded ``model.safetensors.index.json`` for ``pytorch_model*.bin``,
+    ``<name>.safetensors`` for ``<name>.bin``); otherwise loading would unpickle the file, and the folder is refused.
+    Every ``.safetensors`` header is read and checked against the file's size, so a truncated file is named here
+    instead of failing deep inside the loader.
 
     Args:
         model_dir: A local model directory.
@@ -56,17 +60,20 @@ def check_model_files(model_dir: str | os.PathLike[str]) -> None:
     from safetensors import SafetensorError, safe_open
 
     root = Path(model_dir)
-    folders = [root, *(p for p in root.rglob("*") if p.is_dir() and not _hidden(p, root))]
-    for folder in folders:
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
         files = [f for f in folder.iterdir() if f.is_file()]
-        pickled = [f for f in files if f.suffix in PICKLE_SUFFIXES and f.name not in _NOT_WEIGHTS]
-        if pickled and not any(f.suffix == ".safetensors" for f in files):
-            raise UnsafeModelError(
-                f"{str(pickled[0])!r} holds pickled weights, which heal_rag never loads (unpickling can run "
-                "arbitrary code), and there is no .safetensors file beside it. Convert the model once, in an "
-                "environment you trust: SentenceTransformer(path).save(new_path) writes safetensors; then use "
-                "new_path."
-            )
+        names = {f.name for f in files}
+        for file in files:
+            if file.suffix not in PICKLE_SUFFIXES or file.name in _NOT_WEIGHTS or file.name.startswith("rng_state"):
+                continue
+            twins = _SHARDED_TWINS if file.name.startswith("pytorch_model") else {f"{file.stem}.safetensors"}
+            if not twins & names:
+                raise UnsafeModelError(
+                    f"{str(file)!r} holds pickled weights, which heal_rag never loads (unpickling can run arbitrary "
+                    f"code), and {' or '.join(sorted(twins))} is not beside it. Convert the model once, in an "
+                    "environment you trust: SentenceTransformer(path).save(new_path) writes safetensors; then use "
+                    "new_path."
+                )
         for file in files:
             if file.suffix != ".safetensors":
                 continue
@@ -78,10 +85,6 @@ def check_model_files(model_dir: str | os.PathLike[str]) -> None:
                     f"{str(file)!r} is damaged and cannot be loaded ({exc}). It may be truncated by an interrupted "
                     "copy or download: copy it again, or re-train the model."
                 ) from None
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def default_model_path() -> Path:
@@ -167,19 +170,46 @@ def load_sentence_transformer(
     check_model_files(resolved)
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(
-        resolved,
-        device=device,
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        model_kwargs={"use_safetensors": True},
-    )
+    try:
+        return SentenceTransformer(
+            resolved,
+            device=device,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"use_safetensors": True},
+        )
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # the loaders raise anything from RuntimeError to a bare Exception for a bad file
+        raise CorruptModelError(
+            f"Could not load the model at {resolved!r}: {type(exc).__name__}: {exc}. A file in it is damaged or does "
+            "not match the others (weights, tokenizer.json, modules.json, config.json): restore the directory or "
+            "re-train the model."
+        ) from exc
+
+
+def position_limit(model: SentenceTransformer) -> int | None:
+    """The most tokens the model's architecture can read (``max_position_embeddings``), if it has such a limit."""
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
 def set_max_seq_length(model: SentenceTransformer, max_seq_length: int | None) -> None:
-    """Set the model's token limit where it has one (``StaticEmbedding`` models have none; they are left alone)."""
+    """Set the model's token limit where it has one (``StaticEmbedding`` models have none; they are left alone).
+
+    Raises:
+        ValueError: When ``max_seq_length`` exceeds what the architecture can read (its position embeddings).
+    """
     if max_seq_length is None:
         return
+    limit = position_limit(model)
+    if limit is not None and max_seq_length > limit:
+        raise ValueError(
+            f"max_seq_length {max_seq_length} exceeds what this model can read ({limit} positions); use at most "
+            f"{limit} (--max-seq-length)."
+        )
     try:
         model.max_seq_length = max_seq_length
     except AttributeError:

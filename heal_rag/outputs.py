@@ -3,9 +3,10 @@
 Rules, shared by every command that writes (``train``, ``demo``, ``cluster``, ``index``, ``eval``) and by
 ``fine_tune(output_dir=...)``:
 
-- An output directory must be new, empty, or a directory heal_rag wrote (it holds ``heal_rag.json`` or the
-  :data:`OUTPUT_MARKER` file). A non-empty directory heal_rag did not write is refused, whatever the flags; one it
-  wrote is replaced only with ``overwrite=True`` (``--overwrite``).
+- An output directory must be new, empty, or a directory heal_rag wrote (judged by content: heal_rag's own
+  :data:`OUTPUT_MARKER` record, or a valid ``heal_rag.json`` model description). A non-empty directory heal_rag did
+  not write is refused, whatever the flags; one it wrote is replaced only with ``overwrite=True`` (``--overwrite``)
+  and only by an output of the same kind (a report never replaces a model).
 - An output never contains, or lies inside, one of the run's inputs (``--out data`` with ``--data data/corpus.jsonl``
   is refused instead of deleting the corpus).
 - The location must be writable, checked by creating (and removing) a probe directory before any training.
@@ -37,10 +38,42 @@ class OutputPathError(ValueError):
     """An output location heal_rag refuses to write: the message names the path and the way out."""
 
 
-def is_heal_rag_output(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory heal_rag wrote (it holds ``heal_rag.json`` or :data:`OUTPUT_MARKER`)."""
+def _json_object(path: Path) -> dict | None:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def output_kind(path: str | os.PathLike[str]) -> str | None:
+    """What heal_rag wrote at ``path`` (``"model"``, ``"report"``, ``"demo"``, ...), or ``None`` if it did not.
+
+    Judged by content, not by file names: :data:`OUTPUT_MARKER` must be heal_rag's own record, and a model
+    directory's ``heal_rag.json`` must be a heal_rag model description (format version, fingerprint, label tree).
+    """
     directory = Path(path)
-    return directory.is_dir() and any((directory / name).is_file() for name in OWNERSHIP_FILES)
+    marker = _json_object(directory / OUTPUT_MARKER)
+    if marker is not None and marker.get("written_by") == "heal_rag" and isinstance(marker.get("kind"), str):
+        return str(marker["kind"])
+    metadata = _json_object(directory / "heal_rag.json")
+    if metadata is not None and {"format_version", "fingerprint", "label_tree"} <= set(metadata):
+        return "model"
+    return None
+
+
+def is_heal_rag_output(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory heal_rag wrote (see :func:`output_kind`)."""
+    return Path(path).is_dir() and output_kind(path) is not None
+
+
+def check_not_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuse an output location that is, contains, or lies inside a folder of one of ``inputs``.
+
+    Raises:
+        OutputPathError: Naming the output and the input.
+    """
+    _check_inputs(Path(path).expanduser().resolve(), str(path), inputs)
 
 
 def _check_inputs(target: Path, shown: str, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
@@ -89,14 +122,18 @@ def prepare_output_dir(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     what: str = "Output directory",
+    kind: str | None = None,
 ) -> Path:
     """Check an output directory before any work, following the rules in the module docstring.
 
     Args:
         path: The directory the output goes to (it need not exist).
         overwrite: Replace a directory heal_rag wrote earlier (never one it did not write).
-        inputs: The run's input files and folders; the output may neither contain them nor lie inside a folder.
+        inputs: The run's input files and folders (a base model, a corpus, ...); the output may neither contain them
+            nor lie inside a folder.
         what: How the error messages name the location.
+        kind: What is about to be written (``"model"``, ``"report"``, ...): an earlier output of another kind is
+            never replaced (a report does not replace a model).
 
     Returns:
         The resolved path.
@@ -110,13 +147,19 @@ def prepare_output_dir(
         raise OutputPathError(f"{what} {shown!r} is an existing file; give a directory path.")
     _check_inputs(target, shown, inputs)
     if target.is_dir() and any(target.iterdir()):
-        if not is_heal_rag_output(target):
+        found = output_kind(target)
+        if found is None:
             names = sorted(entry.name for entry in target.iterdir())
             listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
             raise OutputPathError(
                 f"{what} {shown!r} already exists and holds files heal_rag did not write ({listed}). heal_rag never "
                 "replaces them: choose a new or empty directory (--overwrite only ever replaces a directory heal_rag "
                 "wrote, one holding heal_rag.json)."
+            )
+        if kind is not None and found != kind:
+            raise OutputPathError(
+                f"{what} {shown!r} holds a heal_rag {found}, not a {kind}; heal_rag never replaces one kind of output "
+                "with another. Choose another path."
             )
         if not overwrite:
             raise OutputPathError(
@@ -217,7 +260,7 @@ def atomic_directory(
     Raises:
         OutputPathError: See :func:`prepare_output_dir`.
     """
-    final = prepare_output_dir(final_dir, overwrite=overwrite, inputs=inputs)
+    final = prepare_output_dir(final_dir, overwrite=overwrite, inputs=inputs, kind=kind)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / _staging_name(final, "tmp")
     staging.mkdir()

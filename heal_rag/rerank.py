@@ -118,6 +118,8 @@ class HierarchyScorer:
         weights = [1.0] * tree.depth if level_weights is None else list(level_weights)
         for level, weight in enumerate(weights):
             check_real(f"level_weights[{level}]", weight, minimum=0)
+        if not any(weights):
+            raise ValueError("level_weights are all 0; to turn the hierarchy term off, set beta=0.")
         if len(weights) != tree.depth:
             raise ValueError(f"level_weights needs {tree.depth} values (one per level), got {len(weights)}.")
         self.level_weights = np.asarray(weights, dtype=np.float64)
@@ -149,6 +151,7 @@ class HierarchyScorer:
             top_n: Keep the best ``top_n`` (default: all).
             query_embedding: The query's embedding, when the caller already has it (not embedded again).
         """
+        check_int("top_n", top_n, minimum=1, allow_none=True)
         n = len(texts)
         if n == 0:
             return []

@@ -150,7 +150,7 @@ def test_index_cli(heal_model_copy, tmp_path, capsys):
     ]
     assert main(args) == 0
     assert main(args) == 0  # idempotent
-    assert "24 documents" in capsys.readouterr().out
+    assert "24 records" in capsys.readouterr().out
     assert open_collection(tmp_path / "db", "cli-test").count() == 24
     other = [
         "index",

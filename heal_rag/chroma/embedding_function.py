@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,12 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from heal_rag.artifacts import METADATA_FILE
 from heal_rag.encoder import HEALEncoder
+from heal_rag.stale import FINGERPRINT_KEY, StaleModelError, check_calling_collection
 
-#: Collection metadata key holding the fingerprint of the model that built the collection.
-FINGERPRINT_KEY = "heal_fingerprint"
+__all__ = ["FINGERPRINT_KEY", "HEALEmbeddingFunction", "StaleModelError"]
+
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclidean": "l2"}
 _ENCODERS: dict[tuple[str, int, tuple[int, int] | None], HEALEncoder] = {}
-
-
-class StaleModelError(ValueError):
-    """The model differs from the one a collection was built with (a same-width fine-tune would pass silently)."""
 
 
 def _shared_encoder(model_path: str | None, batch_size: int) -> HEALEncoder:
@@ -34,32 +30,6 @@ def _shared_encoder(model_path: str | None, batch_size: int) -> HEALEncoder:
     if key not in _ENCODERS:
         _ENCODERS[key] = HEALEncoder.load(model_path, batch_size=batch_size)
     return _ENCODERS[key]
-
-
-def _calling_collection() -> Any:
-    """The Chroma collection whose ``_embed`` called the embedding function, if any (best effort).
-
-    Chroma's ``get_collection(name, embedding_function=...)`` compares only function names, so a function for
-    another model of the same name would embed queries silently. Chroma calls the function from the collection's
-    own ``_embed`` method; looking at the few frames above finds that collection and its metadata. When Chroma's
-    internals change and nothing is found, no check happens (the documented safe way to reopen a collection is
-    :func:`heal_rag.chroma.open_collection`).
-    """
-    from chromadb.api.models.CollectionCommon import CollectionCommon
-
-    frame = inspect.currentframe()
-    try:
-        caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
-        for _ in range(4):
-            if caller is None:
-                return None
-            candidate = caller.f_locals.get("self")
-            if isinstance(candidate, CollectionCommon):
-                return candidate
-            caller = caller.f_back
-        return None
-    finally:
-        del frame
 
 
 @register_embedding_function
@@ -117,15 +87,7 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         return list(self.encoder.embed_queries(list(input)))
 
     def _check_calling_collection(self) -> None:
-        collection = _calling_collection()
-        expected = (collection.metadata or {}).get(FINGERPRINT_KEY) if collection is not None else None
-        if expected is not None and expected != self.encoder.fingerprint:
-            raise StaleModelError(
-                f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…) than "
-                f"{self.model_path!r} ({self.encoder.fingerprint[:19]}…); its vectors are not comparable with this "
-                "model's. Reopen it with heal_rag.chroma.open_collection(path, name), or with Chroma's "
-                "get_collection(name) without an embedding_function: both restore the model that built it."
-            )
+        check_calling_collection(self.encoder.fingerprint, self.model_path)
 
     @staticmethod
     def name() -> str:

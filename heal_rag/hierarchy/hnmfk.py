@@ -444,7 +444,7 @@ class HNMFk(BaseEstimator):
         check_real("membership_threshold", self.membership_threshold, minimum=0, maximum=1, allow_none=True)
         check_int("random_state", self.random_state, minimum=0)
         if self.n_jobs is not None:
-            check_int("n_jobs", self.n_jobs)
+            check_int("n_jobs", self.n_jobs, minimum=-1)
             if self.n_jobs == 0:
                 raise ValueError("n_jobs must be a positive number of jobs, or -1 for all cores; got 0.")
 

@@ -9,6 +9,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
+from heal_rag.stale import check_calling_collection
 
 
 class HEALEmbeddings(BaseModel, Embeddings):
@@ -63,11 +64,18 @@ class HEALEmbeddings(BaseModel, Embeddings):
         return self._encoder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents (batched) as lists of Python floats."""
+        """Embed documents (batched) as lists of Python floats.
+
+        Raises:
+            heal_rag.chroma.StaleModelError: When a Chroma store built by another model calls (best effort, see
+                :mod:`heal_rag.stale`).
+        """
+        check_calling_collection(self._encoder.fingerprint, self._encoder.model_path)
         return self._encoder.embed_documents(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one query as a list of Python floats."""
+        """Embed one query as a list of Python floats (checked like :meth:`embed_documents`)."""
+        check_calling_collection(self._encoder.fingerprint, self._encoder.model_path)
         return self._encoder.embed_query(text).tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -1,0 +1,68 @@
+"""Refusing a vector store built by another model: the error, and a best-effort check from inside the embedders.
+
+A collection records the fingerprint of the model that built it. Where heal_rag opens the store itself
+(:func:`heal_rag.chroma.open_collection`, the framework helpers) the check is explicit. Where a framework calls our
+embeddings directly (Chroma's ``get_collection(name, embedding_function=...)``, a ``langchain_chroma.Chroma`` built by
+hand), the embedder looks a few frames up the call stack for the Chroma collection that called it and compares
+fingerprints. When a framework calls from elsewhere (LlamaIndex embeds queries in its retriever, away from the
+store), nothing is found and nothing is checked: open such stores with the heal_rag helpers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+#: Collection metadata key holding the fingerprint of the model that built the collection.
+FINGERPRINT_KEY = "heal_fingerprint"
+#: Stack frames searched for a calling collection.
+_MAX_FRAMES = 8
+#: Modules whose objects hold a Chroma collection in ``_collection``.
+_STORE_MODULES = ("langchain_chroma", "llama_index.vector_stores.chroma")
+
+
+class StaleModelError(ValueError):
+    """The model differs from the one a collection was built with (a same-width fine-tune would pass silently)."""
+
+
+def calling_collection() -> Any:
+    """The Chroma collection on the call stack (a collection, or a LangChain/LlamaIndex store holding one), if any."""
+    try:
+        from chromadb.api.models.CollectionCommon import CollectionCommon
+    except ImportError:  # pragma: no cover - without chromadb there is no collection to find
+        return None
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back if frame is not None else None
+        for _ in range(_MAX_FRAMES):
+            if caller is None:
+                return None
+            candidate = caller.f_locals.get("self")
+            if isinstance(candidate, CollectionCommon):
+                return candidate
+            if type(candidate).__module__.startswith(_STORE_MODULES):
+                held = candidate.__dict__.get("_chroma_collection") or candidate.__dict__.get("_collection")
+                if isinstance(held, CollectionCommon):
+                    return held
+            caller = caller.f_back
+        return None
+    finally:
+        del frame
+
+
+def check_calling_collection(fingerprint: str, model_path: Any) -> None:
+    """Raise :class:`StaleModelError` when a collection built by another model called the embedder.
+
+    Args:
+        fingerprint: The embedder's model fingerprint.
+        model_path: The embedder's model path, for the message.
+    """
+    collection = calling_collection()
+    expected = (collection.metadata or {}).get(FINGERPRINT_KEY) if collection is not None else None
+    if expected is not None and expected != fingerprint:
+        raise StaleModelError(
+            f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…) than "
+            f"{str(model_path)!r} ({fingerprint[:19]}…); its vectors are not comparable with this model's. Reopen it "
+            "with heal_rag.chroma.open_collection, or the heal_rag.langchain / heal_rag.llamaindex Chroma helpers, "
+            "with the model that built it."
+        )
