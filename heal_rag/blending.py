@@ -16,6 +16,8 @@ says why in ``heal_rag.json`` (``training.blend_selection.fallback``).
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,6 +92,24 @@ class BlendSelection:
             "validation_queries": self.n_queries,
             "validation_documents": self.n_documents,
         }
+
+
+def announce(message: str, show: bool) -> None:
+    """Say what a long step is doing: always to the log, and on stderr when progress is shown."""
+    logger.info(message)
+    if show:
+        tqdm.write(message, file=sys.stderr)
+
+
+def estimate_encoding(model: SentenceTransformer, texts: Sequence[str], passes: int = 1, sample: int = 32) -> str:
+    """About how long ``passes`` encodings of ``texts`` take, timed on a sample (``"about 2 min"``)."""
+    picked = list(texts[:sample])
+    if not picked:
+        return "no time"
+    started = time.perf_counter()
+    model.encode_document(picked, batch_size=len(picked), show_progress_bar=False)
+    seconds = (time.perf_counter() - started) / len(picked) * len(texts) * passes
+    return f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
 
 
 def check_candidate_shares(shares: Sequence[float]) -> tuple[float, ...]:
@@ -216,6 +236,12 @@ def select_base_weight_share(
         main_score_function="cosine",
     )
     tuned_state = copy_weights(model)
+    announce(
+        f"choosing base_weight_share among {len(candidates)} candidates on {len(validation.queries)} held-out queries "
+        f"and {len(validation.corpus)} documents: {estimate_encoding(model, validation.corpus, len(candidates))} "
+        "(pass a number, e.g. base_weight_share=0.4 / --base-weight-share 0.4, to skip)",
+        show_progress_bar,
+    )
     validation_mrr: dict[float, float] = {}
     for share in tqdm(candidates, desc="Choosing base_weight_share", disable=not show_progress_bar):
         model.load_state_dict(tuned_state)

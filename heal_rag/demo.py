@@ -17,6 +17,7 @@ part of the passage); the gold passage is the document's first chunk.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -35,8 +36,12 @@ from heal_rag.queries import Query
 
 #: Token limit of the demo's chunks and training (the model reads 256; 128 keeps the demo inside 10 minutes).
 DEMO_MAX_SEQ_LENGTH = 128
-#: Chunks kept per document (the first ones: signature, description, parameters), to keep the demo inside 10 minutes.
+#: The demo's size, chosen so that it finishes inside 10 minutes on 2 slow CPU cores (~25 chunks/s to encode, ~7 s
+#: per training step): a hashed sample of the documents, their first chunks (signature, description, parameters),
+#: and one epoch. ``heal-rag train --data runs/demo/api_docs`` takes the whole tree.
+DEMO_DOCUMENTS = 800
 DEMO_CHUNKS_PER_DOCUMENT = 2
+DEMO_EPOCHS = 1.0
 #: Questions the demo's chatbot answers over the API documentation.
 DEMO_QUESTIONS = (
     "How do I export a decision tree so that Graphviz can draw it?",
@@ -100,6 +105,7 @@ def run_demo(
     output_dir: str | os.PathLike[str] = "runs/demo",
     base_model: str | None = None,
     test_fraction: float = 0.3,
+    documents: int | None = DEMO_DOCUMENTS,
     chunks_per_document: int | None = DEMO_CHUNKS_PER_DOCUMENT,
     questions: Sequence[str] | None = None,
     libraries: tuple[str, ...] | None = None,
@@ -114,6 +120,7 @@ def run_demo(
         output_dir: New, empty, or an earlier demo run (replaced); a directory heal_rag did not write is refused.
         base_model: Base model (default: the embedded all-MiniLM-L6-v2).
         test_fraction: Share of documents held out (by hashed id), in ``(0, 1)``.
+        documents: Use at most this many documents, a deterministic sample by hashed id (``None``: all).
         chunks_per_document: Keep the first chunks of each document only (``None``: all).
         questions: Questions for the chatbot (default: :data:`DEMO_QUESTIONS` for the API docs, else three
             held-out queries).
@@ -140,7 +147,7 @@ def run_demo(
         source, corpus_info = _corpus_source(data, out, libraries)
     with timer.stage("read and chunk"):
         chunks, train_ids, label_names, overrides = _read_and_chunk(
-            source, base_model, chunks_per_document, test_fraction, show_progress_bar
+            source, base_model, documents, chunks_per_document, test_fraction, show_progress_bar
         )
         training_overrides = {**overrides, **training_overrides}
         task = _evaluation_task(chunks, train_ids)
@@ -171,7 +178,12 @@ def _corpus_source(
 
 
 def _read_and_chunk(
-    source: Path, base_model: str | None, chunks_per_document: int | None, test_fraction: float, progress: bool
+    source: Path,
+    base_model: str | None,
+    max_documents: int | None,
+    chunks_per_document: int | None,
+    test_fraction: float,
+    progress: bool,
 ) -> tuple[Corpus, set[str], dict[str, str] | None, dict[str, Any]]:
     """Chunks of every document, the ids of the training chunks, discovered label names and their settings."""
     from heal_rag.chunking import ChunkingConfig, chunk_documents
@@ -182,6 +194,10 @@ def _read_and_chunk(
     docs, report = load_documents(source, show_progress=progress)
     if report is not None:
         print(report.summary(), flush=True)
+    if max_documents is not None and len(docs) > max_documents:
+        order = sorted(range(len(docs)), key=lambda i: hashlib.sha1(f"heal_rag-demo:{docs[i].id}".encode()).digest())
+        docs = [docs[i] for i in sorted(order[:max_documents])]
+        print(f"the demo uses a hashed sample of {len(docs)} documents (--documents)", flush=True)
     label_names, overrides = None, {}
     if all(d.path is None for d in docs):
         print("The documents have no label paths: discovering a hierarchy with HNMFk", flush=True)
@@ -254,6 +270,7 @@ def _tune_evaluate_index_answer(
     with timer.stage("fine-tune"):
         train = chunks.subset([i for i, chunk_id in enumerate(chunks.ids) if chunk_id in train_ids])
         training_overrides.setdefault("max_seq_length", DEMO_MAX_SEQ_LENGTH)
+        training_overrides.setdefault("epochs", DEMO_EPOCHS)
         result = fine_tune(
             train.texts,
             train.labels,

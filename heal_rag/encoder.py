@@ -65,6 +65,17 @@ class LabelTree:
         """The label path (prefix) of label ``label_id`` at ``level``."""
         return tuple(self.levels[level]["paths"][label_id])
 
+    def leaf_path(self, label_id: int) -> tuple[str, ...]:
+        """The path of leaf ``label_id`` as people wrote it, without the padding of shorter paths.
+
+        A path shorter than the tree is padded with its leaf (``("sklearn", "tree", "tree")``); this gives it back as
+        written (``("sklearn", "tree")``).
+        """
+        path = self.path_of(self.depth - 1, label_id)
+        while len(path) > 1 and path[-1] == path[-2]:
+            path = path[:-1]
+        return path
+
     def display_name(self, level: int, label_id: int) -> str:
         """Readable name of a label (HNMFk names for discovered hierarchies, else the label itself)."""
         names = self.levels[level].get("display_names")
@@ -331,7 +342,7 @@ class HEALEncoder:
         ids, probabilities = self.predict_level_ids(embeddings, temperature, consistent)
         return [
             PathPrediction(
-                path=tree.path_of(tree.depth - 1, int(row[-1])),
+                path=tree.leaf_path(int(row[-1])),
                 level_ids=tuple(int(i) for i in row),
                 probabilities=tuple(float(probabilities[level][n, row[level]]) for level in range(tree.depth)),
             )

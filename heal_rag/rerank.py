@@ -196,7 +196,7 @@ class HierarchyScorer:
                 similarity=float(sims[i]),
                 hierarchy_score=float(hierarchy_scores[i]),
                 level_matches=tuple(bool(m) for m in matches[i]),
-                path=self.tree.path_of(self.tree.depth - 1, int(label_ids[i, -1])),
+                path=tuple(paths[i]) if paths[i] else self.tree.leaf_path(int(label_ids[i, -1])),
                 routed=bool(routed[i]),
             )
             for i in order

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -31,7 +33,9 @@ from heal_rag.blending import (
     FIXED_SHARE,
     BlendValidation,
     HoldOutTooSmallError,
+    announce,
     check_candidate_shares,
+    estimate_encoding,
     hold_out_pairs,
     select_base_weight_share,
 )
@@ -609,9 +613,16 @@ def _train(
     with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
         args_kwargs["output_dir"] = str(checkpoints) if checkpoints is not None else scratch
         args = SentenceTransformerTrainingArguments(**args_kwargs)
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
-        )
+        # Quiet means quiet: without progress bars the trainer would print its loss logs instead (PrinterCallback)
+        # and the model card its widget examples; both go.
+        with contextlib.redirect_stderr(io.StringIO()) if not show_progress_bar else contextlib.nullcontext():
+            trainer = SentenceTransformerTrainer(
+                model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
+            )
+        if not show_progress_bar:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
 
 
@@ -843,6 +854,10 @@ def save_heal_model(
         heal_rag.outputs.OutputPathError: When ``output_dir`` may not be written.
     """
     prepare_output_dir(output_dir, overwrite=overwrite, what="Model directory", kind="model")
+    announce(
+        f"computing label centroids on {len(documents)} documents: {estimate_encoding(model, documents)}",
+        show_progress_bar,
+    )
     embeddings = model.encode_document(
         list(documents), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar
     )

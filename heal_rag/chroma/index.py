@@ -304,8 +304,7 @@ def build_index(
             ids, _ = encoder.predict_level_ids(vectors)
             tree = encoder.label_tree
             batch_paths = [
-                p if p is not None else tree.path_of(tree.depth - 1, int(row[-1]))
-                for p, row in zip(batch_paths, ids, strict=True)
+                p if p is not None else tree.leaf_path(int(row[-1])) for p, row in zip(batch_paths, ids, strict=True)
             ]
         metadatas = [
             _chroma_metadata(path, title, extra)

@@ -101,9 +101,7 @@ class HEALRetriever(BaseRetriever):
         tree = self.encoder.label_tree
         if missing and tree is not None:
             ids, _ = self.encoder.predict_level_ids(self._embeddings[missing])
-            predicted = {
-                index: tree.path_of(tree.depth - 1, int(row[-1])) for index, row in zip(missing, ids, strict=True)
-            }
+            predicted = {index: tree.leaf_path(int(row[-1])) for index, row in zip(missing, ids, strict=True)}
         out = []
         for index, doc in enumerate(documents):
             path = path_from_metadata(doc.metadata) or predicted.get(index)

@@ -83,7 +83,7 @@ class HEALRetriever(BaseRetriever):
         predicted: dict[int, tuple[str, ...]] = {}
         if missing and tree is not None:
             ids, _ = self.encoder.predict_level_ids(self._embeddings[missing])
-            predicted = {i: tree.path_of(tree.depth - 1, int(row[-1])) for i, row in zip(missing, ids, strict=True)}
+            predicted = {i: tree.leaf_path(int(row[-1])) for i, row in zip(missing, ids, strict=True)}
         for index, node in enumerate(self._nodes):
             path = path_from_metadata(node.metadata) or predicted.get(index)
             if path:
