@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -236,7 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval", help="compare models on a labelled corpus: Markdown/HTML report with plots (extra 'eval')"
     )
-    evaluate.add_argument("--data", required=True, help="JSONL corpus: {id, text, labels[, title]} per line")
+    evaluate.add_argument("--data", default=None, help="JSONL corpus: {id, text, labels[, title]} per line")
+    evaluate.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="REPORT",
+        help="combine earlier reports (their saved per-query scores) into one, instead of evaluating",
+    )
+    evaluate.add_argument(
+        "--reference", default=None, help="the model the others are compared with (default: the first)"
+    )
     evaluate.add_argument(
         "--queries", default=None, help="JSONL queries {query, document_id} (default: titles as queries)"
     )
@@ -256,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--context-k", type=_positive_int, default=5, help="passages handed to a generator")
     evaluate.add_argument("--map", choices=["tsne", "pca"], default="tsne", help="2-D map method")
+    for command in (demo, train, cluster, index, evaluate):
+        command.add_argument(
+            "-q", "--quiet", action="store_true", help="print nothing but warnings and errors (no progress, no logs)"
+        )
     return parser
 
 
@@ -304,32 +320,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    quiet = bool(getattr(args, "quiet", False))
+    if quiet:
+        _silence_progress_bars()
     try:
-        if args.command == "demo":
-            from heal_rag.demo import run_demo
-
-            run_demo(
-                data=args.data,
-                output_dir=args.out,
-                base_model=args.base_model,
-                test_fraction=args.test_fraction,
-                documents=args.documents,
-                chunks_per_document=args.chunks_per_document,
-                questions=args.question,
-                **_training_overrides(args),
-            )
-        elif args.command == "train":
-            return _train(args)
-        elif args.command == "cluster":
-            return _cluster(args)
-        elif args.command == "index":
-            return _index(args)
-        elif args.command == "eval":
-            return _eval(args)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            return _run(args, show_progress=not quiet)
     except (ValueError, OSError) as exc:  # bad input, settings, paths or model files: a message, no traceback
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+
+
+def _silence_progress_bars() -> None:
+    """Turn off the progress bars of the libraries heal_rag calls (transformers, huggingface_hub, datasets)."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+
+
+def _run(args: argparse.Namespace, show_progress: bool) -> int:
+    """Run one command; ``show_progress=False`` for ``--quiet``."""
+    args.show_progress = show_progress
+    if args.command == "demo":
+        from heal_rag.demo import run_demo
+
+        run_demo(
+            data=args.data,
+            output_dir=args.out,
+            base_model=args.base_model,
+            test_fraction=args.test_fraction,
+            documents=args.documents,
+            chunks_per_document=args.chunks_per_document,
+            questions=args.question,
+            show_progress_bar=show_progress,
+            **_training_overrides(args),
+        )
+        return 0
+    commands = {"train": _train, "cluster": _cluster, "index": _index, "eval": _eval}
+    return commands[args.command](args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -353,7 +386,9 @@ def _train(args: argparse.Namespace) -> int:
         from heal_rag.hierarchy.discover import discover_labels
 
         print(f"{args.data} has no labels: discovering a {args.hierarchy_depth}-level hierarchy (HNMFk)", flush=True)
-        hnmfk, labels = discover_labels(corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0)
+        hnmfk, labels = discover_labels(
+            corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0, show_progress=args.show_progress
+        )
         label_names = hnmfk.node_names()
         print(hnmfk.format_tree(max_children=8), flush=True)
     if label_names is not None:  # discovered labels: their own measured settings, unless given
@@ -373,6 +408,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_steps=args.checkpoint_steps,
         resume_from_checkpoint=bool(args.resume),
         base_model=args.base_model,
+        show_progress_bar=args.show_progress,
         **overrides,
     )
     print(f"saved to {result.output_dir} ({result.global_steps} steps, mean loss {result.train_loss:.4f})")
@@ -402,6 +438,7 @@ def _train_on_folder(args: argparse.Namespace, overrides: dict[str, Any]) -> int
         checkpoint_dir=args.checkpoints,
         checkpoint_steps=args.checkpoint_steps,
         resume_from_checkpoint=bool(args.resume),
+        show_progress_bar=args.show_progress,
         **overrides,
     )
     print(
@@ -438,6 +475,7 @@ def _cluster(args: argparse.Namespace) -> int:
         min_node_size=args.min_node_size,
         membership_threshold=args.membership_threshold,
         n_jobs=args.n_jobs,
+        show_progress=args.show_progress,
     )
     write_labels_jsonl(args.out, corpus.ids, labels, hnmfk.node_names(), hnmfk.multi_memberships_)
     write_tree(hnmfk, tree_path)
@@ -466,7 +504,13 @@ def _index(args: argparse.Namespace) -> int:
     else:
         corpus = read_corpus(args.data, require_labels=False)
     collection = build_index(
-        args.model, corpus, args.db, collection_name=args.collection, batch_size=args.batch_size, rebuild=args.rebuild
+        args.model,
+        corpus,
+        args.db,
+        collection_name=args.collection,
+        batch_size=args.batch_size,
+        rebuild=args.rebuild,
+        show_progress=args.show_progress,
     )
     print(f"collection {args.collection!r} in {args.db}: {collection.count()} records")
     return 0
@@ -481,6 +525,10 @@ def _eval(args: argparse.Namespace) -> int:
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.outputs import prepare_output_dir
 
+    if args.compare:
+        return _compare(args)
+    if args.data is None:
+        raise ValueError("heal-rag eval needs --data (a labelled JSONL corpus), or --compare REPORT [REPORT ...].")
     inputs = [args.data, args.queries, args.base_model, *args.model]
     prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what="--out", kind="report")
     corpus = read_corpus(args.data)
@@ -489,10 +537,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{len(corpus)} documents, {len(task.query_texts)} queries", flush=True)
     evaluations = []
     for index, model_path in enumerate([args.base_model, *args.model]):
-        path = Path(model_path or "")
-        name = (
-            "untouched" if index == 0 else (f"{path.parent.name}/{path.name}" if path.name == "model" else path.name)
-        )
+        name = _model_name(model_path)
         if name in {e.name for e in evaluations}:
             name = f"{name}#{index}"
         print(f"[{index + 1}/{len(args.model) + 1}] {name}", flush=True)
@@ -504,9 +549,18 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{args.max_seq_length} tokens and are embedded from their beginning only (chunk long documents).",
                 file=sys.stderr,
             )
-        evaluations.append(evaluate_embedding_model(model, task, name, k=args.k, context_k=args.context_k))
+        evaluations.append(
+            evaluate_embedding_model(
+                model, task, name, k=args.k, context_k=args.context_k, show_progress_bar=args.show_progress
+            )
+        )
     if args.bm25:
         evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))
+    if args.reference is not None:
+        names = [e.name for e in evaluations]
+        if args.reference not in names:
+            raise ValueError(f"--reference {args.reference!r} is none of the evaluated models: {names}.")
+        evaluations.sort(key=lambda e: e.name != args.reference)
     print("writing the report (plots, 2-D maps)", flush=True)
     out = write_report(
         evaluations,
@@ -516,6 +570,27 @@ def _eval(args: argparse.Namespace) -> int:
         map_method=args.map,
         overwrite=args.overwrite,
     )
+    print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
+    print(f"report: {out / 'report.html'} and {out / 'report.md'} (per-query scores in metrics.json)")
+    return 0
+
+
+def _model_name(model_path: str | None) -> str:
+    """A model's name in a report: its folder (``run/model`` for a folder named ``model``), or the default's name."""
+    from pathlib import Path
+
+    if model_path is None or model_path in ("default", "all-MiniLM-L6-v2"):
+        return "all-MiniLM-L6-v2"
+    path = Path(model_path)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" and path.parent.name else path.name
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from heal_rag.evaluation.report import compare_reports
+    from heal_rag.outputs import prepare_output_dir
+
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=args.compare, what="--out", kind="report")
+    out = compare_reports(args.compare, args.out, reference=args.reference, overwrite=args.overwrite)
     print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
     print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     return 0

@@ -52,19 +52,19 @@ def test_cli_eval_writes_a_complete_ab_report(corpus_file, tiny_model_dir, tiny_
     assert (out / "levels.png").read_bytes().startswith(PNG_MAGIC)
     assert (out / "map.png").read_bytes().startswith(PNG_MAGIC)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["untouched", "tiny-heal", "bm25"]
+    assert list(metrics["models"]) == ["tiny-static", "tiny-heal", "bm25"]
     assert metrics["models"]["bm25"]["classification"] is None
     assert set(metrics["models"]["tiny-heal"]["classification"]) == {"acc/L0", "acc/L1", "hP", "hR", "hF1"}
     paired = metrics["minus_reference"]
     assert set(paired) == {"tiny-heal", "bm25"}
     heal_mrr = paired["tiny-heal"]["MRR@10"]
     expected = (
-        metrics["models"]["tiny-heal"]["retrieval"]["MRR@10"] - metrics["models"]["untouched"]["retrieval"]["MRR@10"]
+        metrics["models"]["tiny-heal"]["retrieval"]["MRR@10"] - metrics["models"]["tiny-static"]["retrieval"]["MRR@10"]
     )
     assert heal_mrr["mean"] == pytest.approx(expected)
     assert heal_mrr["low"] <= heal_mrr["mean"] <= heal_mrr["high"]
     markdown = (out / "report.md").read_text()
-    assert "| tiny-heal − untouched |" in markdown.replace(" | bm25 − untouched", "")
+    assert "| tiny-heal − tiny-static |" in markdown.replace(" | bm25 − tiny-static", "")
     mrr_row = next(line for line in markdown.splitlines() if line.startswith("| MRR@10 |"))
     assert f"{heal_mrr['mean']:+.4f} [{heal_mrr['low']:+.4f}, {heal_mrr['high']:+.4f}]" in mrr_row
     assert "![per-level metrics](levels.png)" in markdown
@@ -121,3 +121,55 @@ def test_tsne_map(corpus_file, tiny_model, tmp_path):
     result = evaluate_embedding_model(tiny_model, task, "tiny", show_progress_bar=False)
     write_report([result], task, tmp_path / "r", map_method="tsne")
     assert (tmp_path / "r" / "map.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_per_query_scores_are_saved_and_reports_compare_any_models(corpus_file, tiny_model_dir, tmp_path, capsys):
+    from heal_rag.evaluation.report import compare_reports
+
+    model_a = tmp_path / "run-a" / "model"
+    model_b = tmp_path / "run-b" / "model"
+    from conftest import train_tiny_heal_model
+
+    train_tiny_heal_model(model_a, seed=1)
+    train_tiny_heal_model(model_b, seed=2)
+    base = ["eval", "--data", str(corpus_file), "--base-model", str(tiny_model_dir), "--map", "pca"]
+    assert main([*base, "--model", str(model_a), "--out", str(tmp_path / "ra")]) == 0
+    assert main([*base, "--model", str(model_b), "--out", str(tmp_path / "rb")]) == 0
+    saved = json.loads((tmp_path / "ra" / "metrics.json").read_text())
+    assert list(saved["per_query"]) == ["tiny-static", "run-a/model"]  # named by their directories
+    assert len(saved["per_query"]["run-a/model"]["MRR@10"]) == 24
+    capsys.readouterr()
+    # Compare the two tuned models with each other, from the saved scores, nothing re-encoded.
+    code = main(["eval", "--compare", str(tmp_path / "ra"), str(tmp_path / "rb"), "--reference", "run-a/model",
+                 "--out", str(tmp_path / "ab")])  # fmt: skip
+    assert code == 0
+    combined = json.loads((tmp_path / "ab" / "metrics.json").read_text())
+    assert combined["reference"] == "run-a/model"
+    assert list(combined["models"]) == ["run-a/model", "tiny-static", "run-b/model"]
+    a = np.asarray(saved["per_query"]["run-a/model"]["nDCG@10"])
+    b = np.asarray(json.loads((tmp_path / "rb" / "metrics.json").read_text())["per_query"]["run-b/model"]["nDCG@10"])
+    assert combined["minus_reference"]["run-b/model"]["nDCG@10"]["mean"] == pytest.approx((b - a).mean(), abs=1e-5)
+    assert "| run-b/model − run-a/model |" in (tmp_path / "ab" / "report.md").read_text().replace(
+        " | tiny-static − run-a/model", ""
+    )
+    other = write_corpus_jsonl(tmp_path / "other.jsonl", ["x y", "z w"], [["A"], ["B"]], ["x", "z"])
+    assert main(["eval", "--data", str(other), "--base-model", str(tiny_model_dir), "--out", str(tmp_path / "ro"),
+                 "--map", "pca"]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="different corpora or queries"):
+        compare_reports([tmp_path / "ra", tmp_path / "ro"], tmp_path / "bad")
+
+
+def test_quiet_means_quiet(corpus_file, tiny_model_dir, tmp_path, capfd):
+    from heal_rag.training import fine_tune
+
+    assert main(["eval", "--quiet", "--data", str(corpus_file), "--base-model", str(tiny_model_dir), "--map", "pca",
+                 "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    assert main(["train", "--quiet", "--data", str(corpus_file), "--base-model", str(tiny_model_dir), "--max-steps",
+                 "2", "--batch-size", "8", "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    texts, paths = read_corpus(corpus_file).texts, read_corpus(corpus_file).labels.paths
+    fine_tune(texts, paths, output_dir=tmp_path / "m2", base_model=tiny_model_dir, max_steps=2, batch_size=8,
+              show_progress_bar=False)  # fmt: skip
+    captured = capfd.readouterr()
+    assert "loss" not in captured.out and "loss" not in captured.err and "widget" not in captured.err

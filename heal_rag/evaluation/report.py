@@ -10,7 +10,9 @@ top-level label).
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,34 +209,138 @@ def write_report(
     Returns:
         The report directory.
     """
-    from heal_rag.evaluation.plots import plot_embedding_maps, plot_level_metrics
+    from heal_rag.evaluation.plots import plot_embedding_maps
 
     labels = task.corpus.labels
     assert labels is not None  # EvaluationTask.build checked it
     names_by_id = labels.level_names(0)
     top_names = [names_by_id[i] for i in task.level_ids[:, 0]]
+    summary = (
+        f"{len(task.corpus)} documents, {len(task.query_texts)} queries, {labels.depth} levels "
+        f"({' → '.join(str(labels.n_labels(level)) for level in range(labels.depth))} labels)"
+    )
     with atomic_directory(out_dir, overwrite=overwrite, kind="report") as staging:
-        plot_level_metrics(evaluations, staging / "levels.png")
         mapped = [e for e in evaluations if e.document_embeddings is not None]
         if mapped:
             plot_embedding_maps(
                 mapped, top_names, staging / "map.png", method=map_method, max_points=map_points, seed=seed
             )
-        tables = _tables(evaluations)
-        summary = (
-            f"{len(task.corpus)} documents, {len(task.query_texts)} queries, {labels.depth} levels "
-            f"({' → '.join(str(labels.n_labels(level)) for level in range(labels.depth))} labels)"
-        )
-        write_text_atomic(staging / "report.md", _markdown(title, summary, tables, has_map=bool(mapped)))
-        write_text_atomic(staging / "report.html", _html(title, summary, tables, has_map=bool(mapped)))
-        write_json_atomic(
-            staging / "metrics.json",
-            {
-                "summary": summary,
-                "models": {e.name: e.as_dict() for e in evaluations},
-                "minus_reference": paired_differences(evaluations),
+        _write_report_files(staging, evaluations, title, summary, task_fingerprint(task), has_map=bool(mapped))
+    return Path(out_dir)
+
+
+def task_fingerprint(task: EvaluationTask) -> str:
+    """SHA-256 of what makes two evaluations comparable query by query: the corpus, queries and gold documents."""
+    digest = hashlib.sha256()
+    for doc_id, text in zip(task.corpus.ids, task.corpus.texts, strict=True):
+        digest.update(f"{doc_id}\0{text}\0".encode())
+    for query, gold in zip(task.query_texts, task.gold.tolist(), strict=True):
+        digest.update(f"{query}\0{gold}\0".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _write_report_files(
+    directory: Path, evaluations: Sequence[ModelEvaluation], title: str, summary: str, fingerprint: str, has_map: bool
+) -> None:
+    """report.md, report.html, levels.png and metrics.json (with every model's per-query scores)."""
+    from heal_rag.evaluation.plots import plot_level_metrics
+
+    plot_level_metrics(evaluations, directory / "levels.png")
+    tables = _tables(evaluations)
+    write_text_atomic(directory / "report.md", _markdown(title, summary, tables, has_map=has_map))
+    write_text_atomic(directory / "report.html", _html(title, summary, tables, has_map=has_map))
+    write_json_atomic(
+        directory / "metrics.json",
+        {
+            "summary": summary,
+            "task_fingerprint": fingerprint,
+            "reference": evaluations[0].name if evaluations else None,
+            "models": {e.name: e.as_dict() for e in evaluations},
+            "minus_reference": paired_differences(evaluations),
+            "per_query": {
+                e.name: {metric: np.round(values, 6).tolist() for metric, values in e.retrieval_per_query.items()}
+                for e in evaluations
+                if e.retrieval_per_query is not None
             },
+        },
+    )
+
+
+def compare_reports(
+    report_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    reference: str | None = None,
+    title: str = "heal_rag comparison",
+    overwrite: bool = False,
+) -> Path:
+    """One report comparing the models of earlier reports, from their saved per-query scores (nothing re-encoded).
+
+    The reports must come from the same corpus and queries (their task fingerprints must agree). A model that
+    appears in several reports with the same scores is taken once; different models with the same name get the
+    report's folder name.
+
+    Args:
+        report_dirs: Folders written by ``heal-rag eval`` (or :func:`write_report`).
+        out_dir: Where the comparison goes (new, empty, or an earlier heal_rag report with ``overwrite=True``).
+        reference: The model the others are compared with (default: the first model of the first report).
+        title: Report title.
+        overwrite: Replace an earlier report at ``out_dir``.
+
+    Raises:
+        ValueError: When a folder holds no per-query scores, or the reports were made on different tasks.
+    """
+    from heal_rag.evaluation.classification import ClassificationReport
+
+    loaded = []
+    for folder in report_dirs:
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise ValueError(f"{str(folder)!r} holds no metrics.json: give folders written by `heal-rag eval`.")
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if "per_query" not in payload:
+            raise ValueError(f"{path} has no per-query scores (written by an older heal_rag): re-run the evaluation.")
+        loaded.append((Path(folder), payload))
+    fingerprints = {payload.get("task_fingerprint") for _, payload in loaded}
+    if len(fingerprints) != 1:
+        raise ValueError(
+            "The reports were made on different corpora or queries, so their scores cannot be compared query by "
+            "query: evaluate every model on the same --data and --queries."
         )
+    evaluations: dict[str, ModelEvaluation] = {}
+    for folder, payload in loaded:
+        k = int(next(key for key in next(iter(payload["per_query"].values())) if key.startswith("MRR@")).split("@")[1])
+        for name, scores in payload["per_query"].items():
+            per_query = {metric: np.asarray(values) for metric, values in scores.items()}
+            earlier = evaluations.get(name)
+            if earlier is not None and all(
+                np.array_equal(earlier.retrieval_per_query[m], per_query[m]) for m in per_query
+            ):
+                continue  # the same model, evaluated again
+            shown = name if earlier is None else f"{name} ({folder.name})"
+            context_k = int(next(m for m in per_query if m.startswith("context-miss@")).split("@")[1])
+            recall_at = tuple(sorted(int(m.split("@")[1]) for m in per_query if m.startswith("Recall@")))
+            retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=recall_at, context_k=context_k)
+            classification = (payload["models"].get(name) or {}).get("classification")
+            report = None
+            if classification:
+                levels = sorted(int(key[5:]) for key in classification if key.startswith("acc/L"))
+                report = ClassificationReport(
+                    [classification[f"acc/L{level}"] for level in levels],
+                    classification["hP"],
+                    classification["hR"],
+                    classification["hF1"],
+                    len(next(iter(per_query.values()))),
+                )
+            evaluations[shown] = ModelEvaluation(shown, retrieval, report, None, per_query)
+    ordered = list(evaluations.values())
+    if reference is not None:
+        if reference not in evaluations:
+            raise ValueError(f"No model {reference!r} in these reports; they hold {list(evaluations)}.")
+        ordered = [evaluations[reference]] + [e for e in ordered if e.name != reference]
+    summary = loaded[0][1]["summary"] + f"; compared from {len(loaded)} reports"
+    with atomic_directory(out_dir, overwrite=overwrite, kind="report") as staging:
+        _write_report_files(staging, ordered, title, summary, next(iter(fingerprints)), has_map=False)
     return Path(out_dir)
 
 

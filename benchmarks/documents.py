@@ -1,0 +1,280 @@
+"""The user's path on real data: a folder tree → chunks → tune → index, against the untouched model and MNRL.
+
+Folder trees are built from ../shared/data (outside the repository, written under runs/, never committed):
+
+- 20 Newsgroups as ``<group>/<newsgroup>/<id>.txt``, the subject line first (queries: the subject);
+- MedQuAD as ``<collection>/<focus>/<id>.md``, the question as the heading, the answer below (queries: the question).
+
+Each dataset is cut by hashed document id into a training tree and a held-out tree (MedQuAD by source document, so a
+focus keeps its question-answer pairs on one side). Every trained method starts from all-MiniLM-L6-v2 and gets the same
+training chunks and queries, the same step budget (``--steps`` of batch 32, 128 tokens, seed 42):
+
+- ``untouched``: the base model; ``bm25``: bm25s on the same chunks;
+- ``mnrl``: MultipleNegativesRankingLoss on the (query, chunk) pairs HEAL trains on (lr 1e-4, its usual rate);
+- ``heal``: ``fine_tune_documents`` on the training folder with its defaults (source document as the finest level);
+- ``heal-no-source``: the same without the source-document level (the ablation the issue asks for);
+- ``heal-headings`` / ``heal-generator-free``: MedQuAD only, training queries from the headings (the default) or
+  from key sentences alone (no headings), reported separately.
+
+Evaluation: each held-out document's query (subject / question) searched among all held-out chunks, cut as the model
+was tuned; the gold passage is the document's first chunk; nDCG@10 graded by shared path, MRR@10, hP@10 per level,
+off-topic@5 and context-miss@5, with 95 % paired bootstrap intervals against HEAL; wall time of every stage.
+
+    python benchmarks/documents.py [--datasets 20newsgroups medquad] [--steps 100] [--methods ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from shared import SHARED_DATA  # noqa: E402
+
+from heal_rag.artifacts import write_json_atomic  # noqa: E402
+from heal_rag.evaluation.retrieval import format_paired, paired_difference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "runs" / "bench-documents"
+RESULTS = Path(__file__).parent / "results" / "documents.json"
+SOURCES = {
+    "20newsgroups": ("20newsgroups/20newsgroups.jsonl", "title", "labels", None, ".txt"),
+    "medquad": ("medquad/medquad_qa.jsonl", "question", "labels", "doc_id", ".md"),
+}
+METHODS = ("untouched", "bm25", "mnrl", "heal", "heal-no-source", "heal-generator-free")
+METRICS = ("nDCG@10", "MRR@10", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
+CHUNK_SIZE = 126  # tokens: a chunk fits the 128 tokens every method trains and evaluates with
+
+
+def _hash(value: str) -> bytes:
+    return hashlib.sha1(f"documents:{value}".encode()).digest()
+
+
+def _folder_name(text: str) -> str:
+    return re.sub(r"[/\\:*?\"<>|]+", "-", text).strip(" .") or "unnamed"
+
+
+def build_trees(name: str, train_docs: int, test_docs: int) -> tuple[Path, Path, dict[str, str]] | None:
+    """Write the training and held-out folder trees; return them and each held-out document's query."""
+    relative, query_field, label_field, group_field, suffix = SOURCES[name]
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        print(f"[{name}] {path} not found: skipped", flush=True)
+        return None
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        query = re.sub(r"^(re:\s*)+", "", str(record.get(query_field) or "").strip(), flags=re.I).strip()
+        if query and str(record.get("text", "")).strip():
+            records.append(record | {"_query": query})
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record[group_field]) if group_field else record["id"], []).append(record)
+    train, test = [], []
+    for key in sorted(groups, key=_hash):  # whole groups, hashed order, alternately filling each side
+        side = test if (len(test) * train_docs < len(train) * test_docs) else train
+        side.extend(groups[key])
+        if len(train) >= train_docs and len(test) >= test_docs:
+            break
+    base = WORK / name
+    shutil.rmtree(base, ignore_errors=True)
+    queries = {}
+    for side, records_of_side in (("train", train[:train_docs]), ("test", test[:test_docs])):
+        for record in records_of_side:
+            labels = [_folder_name(str(part)) for part in record[label_field]]
+            file = base / side / Path(*labels) / f"{_folder_name(record['id'])}{suffix}"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            body = record["text"].strip()
+            content = f"{record['_query']}\n\n{body}\n" if suffix == ".txt" else f"# {record['_query']}\n\n{body}\n"
+            file.write_text(content, encoding="utf-8")
+            if side == "test":
+                queries[file.relative_to(base / side).as_posix()] = record["_query"]
+    return base / "train", base / "test", queries
+
+
+def train_mnrl(chunks: Any, steps: int, output_dir: Path) -> Any:
+    """MultipleNegativesRankingLoss on the same (query, chunk) pairs HEAL trains on."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR
+
+    queries = DEFAULT_QUERY_GENERATOR(chunks.texts, chunks.titles)
+    pairs = [(q, t) for q, t in zip(queries, chunks.texts, strict=True) if q]
+    model = load_sentence_transformer(None)
+    set_max_seq_length(model, 128)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=32,
+        learning_rate=1e-4,
+        warmup_steps=0.1,
+        seed=42,
+        data_seed=42,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    dataset = Dataset.from_dict({"query": [q for q, _ in pairs], "document": [t for _, t in pairs]})
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
+    ).train()
+    return model
+
+
+def heal_settings(method: str, steps: int) -> dict[str, Any]:
+    from heal_rag.queries import KeySentenceQueryGenerator
+
+    settings: dict[str, Any] = {"max_steps": steps, "max_seq_length": 128, "chunk_size": CHUNK_SIZE}
+    if method == "heal-no-source":
+        settings["source_level"] = False
+    if method == "heal-generator-free":
+        settings["query_generator"] = KeySentenceQueryGenerator(use_titles=False)
+    return settings
+
+
+def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: int) -> dict[str, Any] | None:
+    from heal_rag.chunking import CHUNK_INDEX_KEY, DOCUMENT_ID_KEY, chunk_documents
+    from heal_rag.documents import fine_tune_documents, load_documents
+    from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+    from heal_rag.queries import Query
+
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    trees = build_trees(name, train_docs, test_docs)
+    if trees is None:
+        return None
+    train_tree, test_tree, held_out_queries = trees
+    times["build trees"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    tokenizer = load_sentence_transformer(None)
+    set_max_seq_length(tokenizer, 128)
+    test_docs_read, _ = load_documents(test_tree, show_progress=False)
+    test_chunks = chunk_documents(test_docs_read, tokenizer, chunk_size=CHUNK_SIZE, show_progress=False)
+    train_docs_read, _ = load_documents(train_tree, show_progress=False)
+    train_chunks = chunk_documents(train_docs_read, tokenizer, chunk_size=CHUNK_SIZE, show_progress=False)
+    first = {
+        m[DOCUMENT_ID_KEY]: cid
+        for cid, m in zip(test_chunks.ids, test_chunks.metadata, strict=True)
+        if m[CHUNK_INDEX_KEY] == 0
+    }
+    task = EvaluationTask.build(
+        test_chunks, [Query(q, first[doc]) for doc, q in held_out_queries.items() if doc in first]
+    )
+    times["read and chunk"] = time.perf_counter() - started
+    sizes = f"held out {len(test_docs_read)} → {len(test_chunks)} chunks, {len(task.query_texts)} queries"
+    print(f"[{name}] train {len(train_docs_read)} documents → {len(train_chunks)} chunks; {sizes}", flush=True)
+
+    evaluations, summary = {}, {}
+    for method in methods:
+        if method == "heal-generator-free" and name != "medquad":
+            continue
+        started = time.perf_counter()
+        if method == "untouched":
+            model = tokenizer
+        elif method == "bm25":
+            evaluations[method] = evaluate_bm25(task)
+            times[method] = time.perf_counter() - started
+            continue
+        elif method == "mnrl":
+            model = train_mnrl(train_chunks, steps, WORK / name / "mnrl")
+        else:
+            result = fine_tune_documents(
+                train_tree, output_dir=WORK / name / method, overwrite=True, show_progress_bar=False,
+                **heal_settings(method, steps),
+            )  # fmt: skip
+            model = result.model
+            set_max_seq_length(model, 128)
+            summary[method] = {
+                k: result.metadata["training"].get(k) for k in ("blend_selection", "chunks", "global_steps")
+            }
+        trained = time.perf_counter() - started
+        evaluations[method] = evaluate_embedding_model(model, task, method, show_progress_bar=False)
+        times[method] = time.perf_counter() - started
+        times[f"{method} (encode held-out)"] = times[method] - trained
+        values = {m: round(evaluations[method].retrieval.as_dict()[m], 4) for m in METRICS}
+        print(f"[{name}] {method}: {json.dumps(values)}", flush=True)
+    reference = evaluations.get("heal")
+    differences = {}
+    if reference is not None:
+        for method, evaluation in evaluations.items():
+            if method != "heal":
+                differences[f"heal - {method}"] = {
+                    m: paired_difference(reference.retrieval_per_query[m], evaluation.retrieval_per_query[m]).as_dict()
+                    for m in METRICS
+                }
+    return {
+        "train_documents": len(train_docs_read),
+        "train_chunks": len(train_chunks),
+        "test_documents": len(test_docs_read),
+        "test_chunks": len(test_chunks),
+        "queries": len(task.query_texts),
+        "steps": steps,
+        "metrics": {method: e.retrieval.as_dict() for method, e in evaluations.items()},
+        "differences": differences,
+        "heal_runs": summary,
+        "seconds": times,
+    }
+
+
+def format_tables(name: str, result: dict[str, Any]) -> str:
+    lines = [
+        f"### {name}: {result['train_documents']} training documents ({result['train_chunks']} chunks), "
+        f"{result['queries']} held-out queries over {result['test_chunks']} chunks, {result['steps']} steps",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for method, values in result["metrics"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
+    lines += ["", "| HEAL − | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for comparison, values in result["differences"].items():
+        lines.append(
+            f"| {comparison.split(' - ')[1]} | " + " | ".join(format_paired(values[m]) for m in METRICS) + " |"
+        )
+    lines += ["", "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--train-docs", type=int, default=2000)
+    parser.add_argument("--test-docs", type=int, default=600)
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in args.datasets:
+        result = run(name, args.methods, args.steps, args.train_docs, args.test_docs)
+        if result is None:
+            continue
+        results[name] = result
+        write_json_atomic(RESULTS, results)
+        print(format_tables(name, result), flush=True)
+    if not results:
+        print("nothing measured (no shared data)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
