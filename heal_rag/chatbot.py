@@ -11,7 +11,7 @@ Example:
     from heal_rag.encoder import HEALEncoder
 
     encoder = HEALEncoder.load("runs/demo/model")
-    bot = Chatbot(encoder, open_collection("runs/demo/chroma", "api-docs"))
+    bot = Chatbot(encoder, open_collection("runs/demo/chroma", "heal-demo"))   # what `make demo` builds
     answer, sources = bot.ask("How do I export a decision tree?")
     print(answer)
     print(citations(sources))

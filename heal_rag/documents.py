@@ -182,11 +182,15 @@ def fine_tune_documents(
 
     Example:
         ```python
-        from langchain_community.document_loaders import DirectoryLoader   # or any LangChain loader
+        from langchain_core.documents import Document
         from heal_rag.documents import fine_tune_documents
 
-        docs = DirectoryLoader("manuals/").load()                        # metadata["source"]: file paths
-        result = fine_tune_documents(docs, root="manuals/", output_dir="models/manuals")
+        docs = [  # as any LangChain loader gives them: metadata["source"] holds the file path
+            Document("Bolt the pump to a level base ...", metadata={"source": "manuals/pump/setup/install.md"}),
+            Document("Replace the mechanical seal ...", metadata={"source": "manuals/pump/repair/seal.md"}),
+            Document("Grease the valve stem ...", metadata={"source": "manuals/valve/upkeep.md"}),
+        ]
+        result = fine_tune_documents(docs, root="manuals/", output_dir="models/manuals", max_steps=10)
         ```
     """
     from heal_rag.models import load_sentence_transformer

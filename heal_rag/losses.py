@@ -163,7 +163,7 @@ class HEALLoss(nn.Module):
         from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
         from heal_rag import HEALLoss, LabelPaths
 
-        model = SentenceTransformer("path/to/model")
+        model = SentenceTransformer("models/heal-minilm")   # any sentence-transformers model directory
         labels = LabelPaths([["Physics", "Optics"], ["Physics", "Optics"], ["Physics", "Plasma"], ["Maths", "Logic"]])
         dataset = Dataset.from_dict({"text": ["...", "...", "...", "..."], "label": labels.to_label_rows()})
         trainer = SentenceTransformerTrainer(model=model, train_dataset=dataset, loss=HEALLoss(model))

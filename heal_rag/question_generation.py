@@ -73,7 +73,7 @@ def parse_questions(answer: str, n_questions: int) -> list[str]:
 
 
 class LLMQuestionGenerator:
-    """Training questions for chunks, written by an LLM.
+    r"""Training questions for chunks, written by an LLM.
 
     Args:
         llm: A LangChain chat model or LLM (anything with ``invoke``), a LlamaIndex LLM (anything with
@@ -86,10 +86,11 @@ class LLMQuestionGenerator:
 
     Example:
         ```python
-        from langchain_openai import ChatOpenAI   # any LangChain chat model, or a LlamaIndex LLM
+        from langchain_core.language_models import FakeListChatModel   # stands in for ChatOpenAI, ChatOllama, ...
         from heal_rag.question_generation import LLMQuestionGenerator
 
-        generator = LLMQuestionGenerator(ChatOpenAI(model="gpt-4o-mini"), n_questions=2, cache_path="questions.jsonl")
+        chat_model = FakeListChatModel(responses=["1. How do pumps fail?\n2. What is priming?"])
+        generator = LLMQuestionGenerator(chat_model, n_questions=2, cache_path="questions.jsonl")
         queries = generator.generate(chunk_texts, chunk_ids)   # [Query(text, document_id), ...]
         ```
     """

@@ -442,7 +442,7 @@ def fine_tune(
         result = fine_tune(
             ["Qubits decohere ...", "Cooper pairs ...", "Prime gaps ..."],
             [["Physics", "Quantum"], ["Physics", "Superconductivity"], ["Maths", "Number theory"]],
-            output_dir="models/heal-minilm",
+            output_dir="models/heal-example",
             max_steps=60,
         )
         result.model.encode_query("error correction for qubits")
@@ -499,11 +499,12 @@ def fine_tune(
     model.model_card_data.generate_widget_examples = False
     fixed_share = config.blend_fallback_share if choose_share else float(config.base_weight_share)
     base_state = copy_weights(model) if validation is not None or fixed_share > 0 else None
+    base_spread = _spread(model, documents)[1]
 
     train_output = _train(
         model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
     )
-    _check_trained_model(model, documents)
+    _check_trained_model(model, documents, base_spread)
     set_max_seq_length(model, deployed_max_seq_length)
     settings = {
         **config.as_dict(),
@@ -745,8 +746,20 @@ def _warn_truncated(model: SentenceTransformer, documents: Sequence[str], max_se
         )
 
 
-def _check_trained_model(model: SentenceTransformer, documents: Sequence[str]) -> None:
+def _spread(model: SentenceTransformer, documents: Sequence[str]) -> tuple[np.ndarray, float]:
+    """Embeddings of a sample of ``documents`` and how different they are (1 - the largest pairwise cosine)."""
+    sample = list(dict.fromkeys(documents))[:16]
+    embeddings = np.asarray(model.encode_document(sample, convert_to_numpy=True, show_progress_bar=False))
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1), 1e-12)[:, None]
+    cosines = (unit @ unit.T)[~np.eye(len(sample), dtype=bool)]
+    return embeddings, 1.0 - float(cosines.max()) if cosines.size else 1.0
+
+
+def _check_trained_model(model: SentenceTransformer, documents: Sequence[str], base_spread: float) -> None:
     """Refuse to save a model whose training diverged: non-finite weights, or embeddings that collapsed.
+
+    Collapse means the tuned model gives (nearly) one embedding to documents the base model told apart
+    (``base_spread``, see :func:`_spread`).
 
     Raises:
         heal_rag.losses.TrainingDivergedError: Naming what went wrong; nothing is saved.
@@ -761,15 +774,13 @@ def _check_trained_model(model: SentenceTransformer, documents: Sequence[str]) -
                 f"Training left non-finite values in {name!r}; the model is not saved. Lower learning_rate or "
                 "check the settings and data."
             )
-    sample = list(dict.fromkeys(documents))[:16]
-    embeddings = np.asarray(model.encode_document(sample, convert_to_numpy=True, show_progress_bar=False))
+    embeddings, spread = _spread(model, documents)
+    collapsed = base_spread > 1e-3 and spread < 1e-5
     norms = np.linalg.norm(embeddings, axis=1)
-    unit = embeddings / np.maximum(norms, 1e-12)[:, None]
-    collapsed = len(sample) > 1 and float((unit @ unit.T).min()) > 0.9999
-    if not np.isfinite(embeddings).all() or float(norms.min()) < 1e-6 or collapsed:
+    if not np.isfinite(embeddings).all() or float(norms.min(initial=1.0)) < 1e-6 or collapsed:
         raise TrainingDivergedError(
             "Training diverged: the tuned model gives "
-            + ("zero or non-finite embeddings" if not collapsed else "the same embedding for different texts")
+            + ("zero or non-finite embeddings" if not collapsed else "the same embedding to different texts")
             + "; the model is not saved. Lower learning_rate (default 2e-4)."
         )
 

@@ -94,7 +94,7 @@ def _shared_settings(folder: Path) -> tuple[str, Settings]:
         if settings.is_persistent and settings.persist_directory:
             if Path(settings.persist_directory).expanduser().resolve() == resolved:
                 return settings.persist_directory, settings
-    return str(folder), Settings()
+    return str(resolved), Settings()  # absolute: Chroma keys its shared clients by this string
 
 
 def open_collection(

@@ -47,8 +47,10 @@ def to_documents(chunks: Corpus) -> list[Document]:
 
     Example:
         ```python
+        from heal_rag.documents import fine_tune_documents
         from heal_rag.langchain import HEALEmbeddings, chroma_vectorstore, to_documents
 
+        result = fine_tune_documents("manuals", output_dir="models/manuals")
         store = chroma_vectorstore("chroma_db", "manuals", HEALEmbeddings(model="models/manuals"))
         store.add_documents(to_documents(result.chunks), ids=result.chunks.ids)
         ```

@@ -30,12 +30,15 @@ class HierarchyReranker(BaseDocumentCompressor):
 
     Example:
         ```python
-        from langchain_classic.retrievers import ContextualCompressionRetriever
-        from heal_rag.langchain import HEALRetriever, HierarchyReranker
+        from heal_rag.langchain import HierarchyReranker
 
         reranker = HierarchyReranker.from_model("models/heal-minilm", top_n=4)
-        retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+        docs = reranker.compress_documents(base_retriever.invoke(question), question)   # any LangChain retriever
         ```
+
+        As a retriever, with ``ContextualCompressionRetriever`` from ``langchain-classic`` (not part of the
+        ``langchain`` extra: ``pip install langchain-classic``):
+        ``ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)``.
     """
 
     encoder: Any

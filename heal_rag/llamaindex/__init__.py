@@ -5,11 +5,13 @@ Install with ``pip install "heal_rag[llamaindex]"``.
 Example:
     ```python
     from llama_index.core import Settings, VectorStoreIndex
+    from llama_index.core.llms import MockLLM   # stands in for your LLM
     from heal_rag.llamaindex import HEALEmbedding, HierarchyNodePostprocessor
 
     Settings.embed_model = HEALEmbedding(model="models/heal-minilm")
     index = VectorStoreIndex(nodes)
-    engine = index.as_query_engine(node_postprocessors=[HierarchyNodePostprocessor.from_model("models/heal-minilm")])
+    postprocessor = HierarchyNodePostprocessor.from_model("models/heal-minilm")
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=10, node_postprocessors=[postprocessor])
     ```
 """
 

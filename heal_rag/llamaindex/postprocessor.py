@@ -26,8 +26,13 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
 
     Example:
         ```python
+        from llama_index.core import VectorStoreIndex
+        from heal_rag.llamaindex import HEALEmbedding
+
+        index = VectorStoreIndex(nodes, embed_model=HEALEmbedding(model="models/heal-minilm"))
         postprocessor = HierarchyNodePostprocessor.from_model("models/heal-minilm", top_n=4)
-        engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[postprocessor])
+        retriever = index.as_retriever(similarity_top_k=10)   # or index.as_query_engine(node_postprocessors=[...])
+        nodes = postprocessor.postprocess_nodes(retriever.retrieve(question), query_str=question)
         ```
     """
 
