@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,7 @@ class Split:
     test_level_ids: np.ndarray
     train_level_ids: np.ndarray
     sizes: tuple[int, int] = DEFAULT_SIZES  # the requested (train, test) sample sizes
+    test_paths: list[tuple[str, ...]] = field(default_factory=list)  # the held-out documents' label paths
     heal_labels: str = "true"  # "true", or "hnmfk-N": HEAL trains on labels HNMFk discovers at depth N
 
 
@@ -224,6 +225,7 @@ def load_split(name: str, train_docs: int, test_docs: int) -> Split | None:
         test_level_ids=level_ids[len(train) :],
         train_level_ids=level_ids[: len(train)],
         sizes=(train_docs, test_docs),
+        test_paths=[tuple(p) for p in labels.paths[len(train) :]],
     )
 
 

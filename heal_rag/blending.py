@@ -60,12 +60,14 @@ class BlendValidation:
         gold: For each query, the index of its document in ``corpus``.
         corpus: Document texts: the held-out documents first, then training documents as distractors.
         held_out_documents: Indices (into the training input) of the documents kept out of training.
+        corpus_documents: For each entry of ``corpus``, its index in the training input (held-out, then distractors).
     """
 
     queries: list[str]
     gold: list[int]
     corpus: list[str]
     held_out_documents: list[int] = field(default_factory=list)
+    corpus_documents: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ def hold_out_pairs(
         gold=gold,
         corpus=[documents[d] for d in held_out + distractors],
         held_out_documents=held_out,
+        corpus_documents=held_out + distractors,
     )
     return kept_rows, validation
 

@@ -526,6 +526,10 @@ def fine_tune(
         if choose_share:
             settings["blend_selection"] = {"share": fixed_share, "fallback": fallback_reason}
 
+    document_embeddings = _embed_documents(model, documents, show_progress_bar)
+    centroids = label_centroids(document_embeddings, labels)
+    if validation is not None:
+        settings["reranker"] = _choose_reranker(model, validation, labels, document_embeddings, centroids)
     metadata = save_heal_model(
         model,
         output_dir,
@@ -536,6 +540,7 @@ def fine_tune(
         label_names=label_names,
         show_progress_bar=show_progress_bar,
         overwrite=overwrite,
+        centroids=centroids,
     )
     return FineTuneResult(
         model=model,
@@ -693,6 +698,41 @@ def _checkpoint_location(
     return location
 
 
+def _embed_documents(
+    model: SentenceTransformer, documents: Sequence[str], show_progress_bar: bool, batch_size: int = 64
+) -> np.ndarray:
+    """The saved model's normalised document vectors (for the label centroids and the reranker's choice)."""
+    announce(
+        f"computing label centroids on {len(documents)} documents: {estimate_encoding(model, documents)}",
+        show_progress_bar,
+    )
+    return np.asarray(
+        model.encode_document(
+            list(documents), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar
+        )
+    )
+
+
+def _choose_reranker(
+    model: SentenceTransformer,
+    validation: BlendValidation,
+    labels: LabelPaths,
+    document_embeddings: np.ndarray,
+    centroids: list[np.ndarray],
+) -> dict[str, Any]:
+    """The reranker's settings for this model, chosen on the held-out queries.
+
+    See :func:`heal_rag.rerank.choose_settings`; the held-out documents' vectors are reused, only queries are embedded.
+    """
+    from heal_rag.rerank import choose_settings
+
+    queries = np.asarray(model.encode_query(validation.queries, normalize_embeddings=True, show_progress_bar=False))
+    corpus = validation.corpus_documents
+    return choose_settings(
+        queries, document_embeddings[corpus], validation.gold, labels.level_ids()[corpus], centroids
+    )
+
+
 def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -> None:
     """Settings that depend on the labels, checked before any model is loaded."""
     from heal_rag.losses import level_weight_schedule
@@ -841,6 +881,7 @@ def save_heal_model(
     batch_size: int = 64,
     show_progress_bar: bool = False,
     overwrite: bool = False,
+    centroids: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Save ``model`` as a plain sentence-transformers directory plus ``heal_rag.json``, atomically.
 
@@ -857,6 +898,7 @@ def save_heal_model(
         batch_size: Encoding batch size for the centroids.
         show_progress_bar: Progress bar while encoding.
         overwrite: Replace an earlier heal_rag model directory.
+        centroids: The label centroids, when the caller computed them (else from ``documents``).
 
     Returns:
         The ``heal_rag.json`` payload.
@@ -865,14 +907,8 @@ def save_heal_model(
         heal_rag.outputs.OutputPathError: When ``output_dir`` may not be written.
     """
     prepare_output_dir(output_dir, overwrite=overwrite, what="Model directory", kind="model")
-    announce(
-        f"computing label centroids on {len(documents)} documents: {estimate_encoding(model, documents)}",
-        show_progress_bar,
-    )
-    embeddings = model.encode_document(
-        list(documents), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=show_progress_bar
-    )
-    centroids = label_centroids(np.asarray(embeddings), labels)
+    if centroids is None:
+        centroids = label_centroids(_embed_documents(model, documents, show_progress_bar, batch_size), labels)
     with atomic_directory(output_dir, overwrite=overwrite, kind="model") as staging:
         model.save(str(staging))
         metadata = build_metadata(

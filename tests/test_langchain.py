@@ -135,14 +135,15 @@ def test_reranker_returns_new_documents_with_scores(encoder):
     query = "laser light lens beam"
     retrieved = retriever.invoke(query)
     snapshot = [dict(d.metadata) for d in retrieved]
-    reranker = HierarchyReranker(encoder=encoder, top_n=4, beta=0.5)
+    reranker = HierarchyReranker(encoder=encoder, top_n=4, margin=0.5)
     reranked = reranker.compress_documents(retrieved, query)
     assert len(reranked) == 4
     assert [d.metadata for d in retrieved] == snapshot, "inputs must not be mutated"
     scores = [d.metadata["relevance_score"] for d in reranked]
     assert scores == sorted(scores, reverse=True)
     for doc in reranked:
-        assert doc.metadata["relevance_score"] <= doc.metadata["score"] + 1e-9  # the hierarchy term is <= 0
+        bonus = doc.metadata["relevance_score"] - doc.metadata["score"]
+        assert -1e-9 <= bonus <= 0.5 + 1e-9  # the hierarchy term lies in [0, margin]
         assert doc.metadata["heal_level_match"] in (0, 1, 2) and "title" in doc.metadata
     assert reranker.compress_documents([], query) == []
     assert len(asyncio.run(reranker.acompress_documents(retrieved, query))) == 4
@@ -152,7 +153,9 @@ def test_reranker_prefers_documents_in_the_querys_subtree(encoder):
     """With a large β the hierarchy decides: documents whose labels match the query's come first."""
     documents = corpus_documents()
     query = documents[0].page_content
-    reranked = HierarchyReranker(encoder=encoder, top_n=len(documents), beta=10.0).compress_documents(documents, query)
+    reranked = HierarchyReranker(
+        encoder=encoder, top_n=len(documents), margin=1.0, confidence_floor=0.0
+    ).compress_documents(documents, query)
     full = [d.metadata["heal_level_match"] == 2 for d in reranked]
     n_full = sum(full)
     assert n_full >= 1 and all(full[:n_full]) and not any(full[n_full:])

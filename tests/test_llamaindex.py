@@ -118,13 +118,13 @@ def test_retriever_predicts_paths_for_unlabelled_nodes(encoder):
 def test_postprocessor_reranks_keeps_scores_and_copies(encoder, nodes):
     hits = HEALRetriever(nodes, encoder, similarity_top_k=10).retrieve("laser light lens")
     before = [(h.node.node_id, h.score, dict(h.node.metadata)) for h in hits]
-    post = HierarchyNodePostprocessor(encoder, top_n=3, beta=0.5)
+    post = HierarchyNodePostprocessor(encoder, top_n=3, margin=0.5)
     out = post.postprocess_nodes(hits, query_str="laser light lens")
     assert len(out) == 3
     assert [h.score for h in out] == sorted((h.score for h in out), reverse=True)
     for hit in out:
         assert hit.node.metadata["retrieval_score"] is not None
-        assert hit.score <= hit.node.metadata["retrieval_score"] + 1e-9
+        assert -1e-9 <= hit.score - hit.node.metadata["retrieval_score"] <= 0.5 + 1e-9
         assert hit.node.metadata["heal_level_match"] in (0, 1, 2)
     assert [(h.node.node_id, h.score, dict(h.node.metadata)) for h in hits] == before
     assert post.postprocess_nodes([], query_str="x") == []
@@ -135,7 +135,7 @@ def test_postprocessor_reranks_keeps_scores_and_copies(encoder, nodes):
 
 def test_postprocessor_without_retrieval_scores_computes_similarity(encoder, nodes):
     unscored = [NodeWithScore(node=n, score=None) for n in nodes[:8]]  # two leaves, 4 nodes each
-    out = HierarchyNodePostprocessor(encoder, top_n=8, beta=0.0).postprocess_nodes(unscored, query_str=nodes[2].text)
+    out = HierarchyNodePostprocessor(encoder, top_n=8, margin=0.0).postprocess_nodes(unscored, query_str=nodes[2].text)
     assert {h.node.metadata["heal_l1"] for h in out[:4]} == {nodes[2].metadata["heal_path"][1]}
     assert all(h.node.metadata["retrieval_score"] is None for h in out)
 

@@ -19,8 +19,9 @@ from heal_rag.rerank import HierarchyScorer, RerankMode
 class HierarchyReranker(BaseDocumentCompressor):
     """Rerank retrieved documents by similarity plus agreement with the query's place in the label hierarchy.
 
-    Returns new documents (the inputs are never changed) with deep-copied metadata plus ``relevance_score``
-    (``cosine + β·Σ_l λ_l·log p_l(doc label | query)``: at most the cosine similarity, higher is better), the
+    Returns new documents (the inputs are never changed) with deep-copied metadata plus ``relevance_score`` (the
+    cosine similarity plus a hierarchy term in ``[0, margin]`` that only breaks near-ties, and only where the query is
+    sure of its branch; see :mod:`heal_rag.rerank`; higher is better), the
     number of levels, from the top, at which the document agrees with the query's most likely labels
     (``heal_level_match``) and the label path (``heal_path`` as ``"A > B"``, ``heal_l0``, ...: flat values any vector
     store accepts). A document's path comes from its metadata (``path_key``: our ``heal_path``, or your own key, e.g.
@@ -45,12 +46,14 @@ class HierarchyReranker(BaseDocumentCompressor):
     """The :class:`~heal_rag.encoder.HEALEncoder` of a HEAL model (shared with the other adapters)."""
     top_n: int = Field(default=4, gt=0)
     """Number of documents to return."""
-    beta: float = Field(default=0.01, ge=0)
-    """Weight of the hierarchy term."""
-    temperature: float = Field(default=0.05, gt=0)
-    """Softmax temperature over label-centroid similarities."""
+    margin: float | None = Field(default=None, ge=0, le=1)
+    """The most the hierarchy term adds to a similarity (``None``: the value chosen for the model at training)."""
+    temperature: float | None = Field(default=None, gt=0)
+    """Softmax temperature over label-centroid similarities (``None``: the model's chosen value)."""
+    confidence_floor: float | None = Field(default=None, ge=0, lt=1)
+    """Query certainties under this count as 0 (``None``: the model's chosen value)."""
     mode: RerankMode = "rescore"
-    """``"rescore"``, or ``"route"`` (documents in the query's most likely subtrees first)."""
+    """``"rescore"``, or ``"route"`` (documents in the query's confident branch first)."""
     score_key: str = "score"
     """Metadata key holding the retrieval similarity, if any."""
     relevance_key: str = "relevance_score"
@@ -65,7 +68,13 @@ class HierarchyReranker(BaseDocumentCompressor):
         """Build the scoring core."""
         if not isinstance(self.encoder, HEALEncoder):
             raise TypeError(f"encoder must be a HEALEncoder, got {type(self.encoder).__name__}.")
-        self._scorer = HierarchyScorer(self.encoder, beta=self.beta, temperature=self.temperature, mode=self.mode)
+        self._scorer = HierarchyScorer(
+            self.encoder,
+            margin=self.margin,
+            temperature=self.temperature,
+            confidence_floor=self.confidence_floor,
+            mode=self.mode,
+        )
 
     @classmethod
     def from_model(cls, model: str, **kwargs: Any) -> HierarchyReranker:

@@ -18,11 +18,11 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     """Rerank nodes by similarity plus agreement with the query's place in the label hierarchy.
 
     The node's retrieval score (cosine similarity) is used as the similarity when present and kept in
-    ``metadata["retrieval_score"]`` (``keep_retrieval_score``); ``NodeWithScore.score`` becomes the rerank score
-    ``cosine + β·Σ_l λ_l·log p_l(node label | query)`` (at most the cosine similarity; higher is better). Each node
-    also gets ``heal_level_match`` (levels, from the top, that agree with the query's most likely labels) and its
-    label path in flat metadata (kept out of embedded and LLM text). A node's path is read from ``path_key`` (ours,
-    or your own key such as ``"category"``) or predicted, so nodes from your own vector store work as they are.
+    ``metadata["retrieval_score"]`` (``keep_retrieval_score``); ``NodeWithScore.score`` becomes the rerank score:
+    the cosine similarity plus a hierarchy term in ``[0, margin]`` (see :mod:`heal_rag.rerank`; higher is better).
+    Each node also gets ``heal_level_match`` (levels, from the top, that agree with the query's most likely labels)
+    and its label path in flat metadata (kept out of embedded and LLM text). A node's path is read from ``path_key``
+    (ours, or your own key such as ``"category"``) or predicted, so nodes from your own vector store work as they are.
 
     Example:
         ```python
@@ -37,9 +37,16 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     """
 
     top_n: int = Field(default=4, gt=0, description="Number of nodes to return.")
-    beta: float = Field(default=0.01, ge=0, description="Weight of the hierarchy term.")
-    temperature: float = Field(default=0.05, gt=0, description="Softmax temperature over label centroids.")
-    mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (query's subtrees first).")
+    margin: float | None = Field(
+        default=None, ge=0, le=1, description="Most the hierarchy term adds (None: the model's chosen value)."
+    )
+    temperature: float | None = Field(
+        default=None, gt=0, description="Softmax temperature over label centroids (None: the model's chosen value)."
+    )
+    confidence_floor: float | None = Field(
+        default=None, ge=0, lt=1, description="Query certainties under this count as 0 (None: the model's value)."
+    )
+    mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (the confident branch first).")
     keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
     path_key: str = Field(
         default=PATH_KEY, description="Metadata key of a node's label path ('A > B' or a list); else predicted."
@@ -50,7 +57,13 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
         if not isinstance(encoder, HEALEncoder):
             raise TypeError(f"encoder must be a HEALEncoder, got {type(encoder).__name__}.")
         super().__init__(**kwargs)
-        self._scorer = HierarchyScorer(encoder, beta=self.beta, temperature=self.temperature, mode=self.mode)
+        self._scorer = HierarchyScorer(
+            encoder,
+            margin=self.margin,
+            temperature=self.temperature,
+            confidence_floor=self.confidence_floor,
+            mode=self.mode,
+        )
 
     @classmethod
     def from_model(cls, model: str, **kwargs: Any) -> HierarchyNodePostprocessor:

@@ -252,7 +252,7 @@ def test_python_api_settings_are_checked():
     for top_n in (0, -1):
         with pytest.raises(ValueError, match="top_n"):
             scorer.rerank("laser", ["laser light", "gene dna"], top_n=top_n)
-    with pytest.raises(ValueError, match="beta=0"):
+    with pytest.raises(ValueError, match="margin=0"):
         HierarchyScorer(encoder, level_weights=[0, 0])
 
 

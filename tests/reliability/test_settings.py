@@ -202,12 +202,13 @@ def test_heal_rag_json_can_never_hold_nan(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"beta": NAN}, "beta"),
-        ({"beta": -0.1}, "beta"),
+        ({"margin": NAN}, "margin"),
+        ({"margin": -0.1}, "margin"),
+        ({"margin": 1.5}, "margin"),
+        ({"confidence_floor": 1.0}, "confidence_floor"),
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": INF}, "temperature"),
         ({"level_weights": [1.0, NAN]}, "level_weights"),
-        ({"route_width": 0}, "route_width"),
         ({"mode": "sideways"}, "mode"),
     ],
 )
