@@ -78,7 +78,8 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root).as_posix()
-        if relative in _FINGERPRINT_EXCLUDE or any(part.startswith(".") for part in file.relative_to(root).parts):
+        parts = file.relative_to(root).parts
+        if relative in _FINGERPRINT_EXCLUDE or parts[0] == "exports" or any(p.startswith(".") for p in parts):
             continue
         digest.update(relative.encode())
         with file.open("rb") as handle:

@@ -232,8 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
     index.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"],
+        default="torch",
+        help="encode with an exported backend (heal-rag export)",
+    )
+    index.add_argument(
         "--rebuild", action="store_true", help="drop an existing heal_rag collection of that name first"
     )
+
+    export = sub.add_parser(
+        "export", help="export a model for fast CPU serving (ONNX Runtime or OpenVINO), checked against PyTorch"
+    )
+    export.add_argument("--model", required=True, help="heal_rag model directory (the export goes into it)")
+    export.add_argument("--backend", choices=["onnx", "openvino"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same kind")
 
     evaluate = sub.add_parser(
         "eval", help="compare models on a labelled corpus: Markdown/HTML report with plots (extra 'eval')"
@@ -268,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--context-k", type=_positive_int, default=5, help="passages handed to a generator")
     evaluate.add_argument("--map", choices=["tsne", "pca"], default="tsne", help="2-D map method")
-    for command in (demo, train, cluster, index, evaluate):
+    for command in (demo, train, cluster, index, evaluate, export):
         command.add_argument(
             "-q", "--quiet", action="store_true", help="print nothing but warnings and errors (no progress, no logs)"
         )
@@ -361,7 +375,7 @@ def _run(args: argparse.Namespace, show_progress: bool) -> int:
             **_training_overrides(args),
         )
         return 0
-    commands = {"train": _train, "cluster": _cluster, "index": _index, "eval": _eval}
+    commands = {"train": _train, "cluster": _cluster, "index": _index, "eval": _eval, "export": _export}
     return commands[args.command](args)
 
 
@@ -450,6 +464,18 @@ def _train_on_folder(args: argparse.Namespace, overrides: dict[str, Any]) -> int
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from heal_rag.backends import export_model
+
+    record = export_model(args.model, args.backend, args.quantize, overwrite=args.overwrite)
+    print(
+        f"{record.backend}: {record.file} written into {args.model}; least cosine to PyTorch on "
+        f"{record.texts_checked} texts {record.min_cosine:.6f}. Use it with backend={record.backend!r} "
+        f"(--backend {record.backend})."
+    )
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus
     from heal_rag.hierarchy.discover import discover_labels, write_labels_jsonl, write_tree
@@ -511,6 +537,7 @@ def _index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         rebuild=args.rebuild,
         show_progress=args.show_progress,
+        backend=args.backend,
     )
     print(f"collection {args.collection!r} in {args.db}: {collection.count()} records")
     return 0

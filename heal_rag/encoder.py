@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heal_rag._validation import check_int, check_real
+from heal_rag._validation import check_choice, check_int, check_real
 from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class HEALEncoder:
         model_path: Where the model was loaded from (kept for configs and error messages).
         batch_size: Encoding batch size.
         normalize_embeddings: Return unit-length vectors (cosine similarity = dot product).
+        runtime: An exported backend to encode with (see :mod:`heal_rag.backends`); ``None``: PyTorch.
 
     Example:
         ```python
@@ -123,8 +124,11 @@ class HEALEncoder:
         model_path: str | None = None,
         batch_size: int = 32,
         normalize_embeddings: bool = True,
+        runtime: Any = None,
     ) -> None:
         check_int("batch_size", batch_size, minimum=1)
+        self.runtime = runtime
+        self.backend = "torch" if runtime is None else runtime.backend
         self.model = model
         self.metadata = metadata
         self.model_path = model_path
@@ -143,6 +147,7 @@ class HEALEncoder:
         device: str | None = None,
         batch_size: int = 32,
         normalize_embeddings: bool = True,
+        backend: str = "torch",
     ) -> HEALEncoder:
         """Load a model directory written by :func:`heal_rag.fine_tune` (or any sentence-transformers model).
 
@@ -151,6 +156,8 @@ class HEALEncoder:
             device: Torch device.
             batch_size: Encoding batch size.
             normalize_embeddings: Return unit-length vectors.
+            backend: ``"torch"`` (default), or an exported backend (``"onnx"``, ``"onnx-int8"``, ``"openvino"``,
+                ``"openvino-int8"``; see :mod:`heal_rag.backends` and ``heal-rag export``).
 
         Raises:
             heal_rag.models.ModelNotFoundError: When the model is not found locally.
@@ -158,19 +165,38 @@ class HEALEncoder:
             heal_rag.models.CorruptModelError: When a file of it is damaged.
             heal_rag.artifacts.MetadataError: When ``heal_rag.json`` is damaged or its files changed after it was
                 written (a retrained or swapped model in the same directory).
+            heal_rag.backends.ExportError: When the backend was not exported, or its file changed since.
         """
+        from heal_rag.backends import BACKENDS, ExportError, RuntimeEncoder
         from heal_rag.models import check_model_files, load_sentence_transformer, resolve_model_path
 
+        check_choice("backend", backend, BACKENDS)
         path = resolve_model_path(model)
         check_model_files(path)  # pickles and damaged files are named before heal_rag.json is compared with them
         metadata = read_metadata(path, verify_files=True) if (Path(path) / METADATA_FILE).is_file() else None
+        loaded = load_sentence_transformer(path, device=device)
+        runtime = None
+        if backend != "torch":
+            record = ((metadata or {}).get("exports") or {}).get(backend)
+            if record is None:
+                raise ExportError(
+                    f"{path!r} has no checked {backend} export: run `heal-rag export --model {path} --backend "
+                    f"{backend.split('-')[0]}{' --quantize int8' if backend.endswith('int8') else ''}` first."
+                )
+            runtime = RuntimeEncoder(loaded, path, backend, expected_sha256=record["sha256"])
         return cls(
-            load_sentence_transformer(path, device=device),
+            loaded,
             metadata=metadata,
             model_path=path,
             batch_size=batch_size,
             normalize_embeddings=normalize_embeddings,
+            runtime=runtime,
         )
+
+    def _prompt(self, prompt_name: str) -> str:
+        prompts = getattr(self.model, "prompts", None) or {}
+        names = ("query",) if prompt_name == "query" else ("document", "passage", "corpus")
+        return next((prompts[n] for n in names if prompts.get(n)), "")
 
     # ------------------------------------------------------------------ embeddings
     def embed_documents(self, texts: Sequence[str], show_progress_bar: bool = False) -> np.ndarray:
@@ -179,6 +205,8 @@ class HEALEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         self._note_truncation(texts, "document")
+        if self.runtime is not None:
+            return self.runtime.encode(texts, self._prompt("document"), self.batch_size)
         return np.asarray(
             self.model.encode_document(
                 texts,
@@ -198,6 +226,8 @@ class HEALEncoder:
         if len(texts) == 1 and texts[0] in self._query_cache:
             return self.embed_query(texts[0])[None, :]
         self._note_truncation(texts, "query")
+        if self.runtime is not None:
+            return self.runtime.encode(texts, self._prompt("query"), self.batch_size)
         return np.asarray(
             self.model.encode_query(
                 texts,
@@ -262,9 +292,17 @@ class HEALEncoder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Content fingerprint of the model files (from ``heal_rag.json``, or computed for a plain model dir)."""
+        """Content fingerprint of what gives the vectors: the model files, and an int8 backend's file.
+
+        The model files' fingerprint comes from ``heal_rag.json`` (computed for a plain model directory). fp32
+        backends give PyTorch's vectors to within :data:`heal_rag.backends.FP32_TOLERANCE`, so they share the model's
+        fingerprint; int8 vectors differ more, so a collection built with one accepts only it.
+        """
         if self.metadata is not None:
-            return str(self.metadata["fingerprint"])
+            base = str(self.metadata["fingerprint"])
+            if self.backend.endswith("int8"):
+                return f"{base}|{self.backend}|{self.metadata['exports'][self.backend]['sha256']}"
+            return base
         if self.model_path and Path(self.model_path).is_dir():
             return model_fingerprint(self.model_path)
         return f"name:{self.model_path}"

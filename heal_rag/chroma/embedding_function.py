@@ -16,19 +16,19 @@ from heal_rag.stale import FINGERPRINT_KEY, StaleModelError, check_calling_colle
 __all__ = ["FINGERPRINT_KEY", "HEALEmbeddingFunction", "StaleModelError"]
 
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclidean": "l2"}
-_ENCODERS: dict[tuple[str, int, tuple[int, int] | None], HEALEncoder] = {}
+_ENCODERS: dict[tuple[str, int, tuple[int, int] | None, str], HEALEncoder] = {}
 
 
-def _shared_encoder(model_path: str | None, batch_size: int) -> HEALEncoder:
+def _shared_encoder(model_path: str | None, batch_size: int, backend: str = "torch") -> HEALEncoder:
     """One encoder per model directory and batch size, reloaded when the model's heal_rag.json changes."""
     metadata_file = Path(model_path) / METADATA_FILE if model_path else None
     state = None
     if metadata_file is not None and metadata_file.is_file():
         stat = metadata_file.stat()
         state = (stat.st_mtime_ns, stat.st_size)
-    key = (str(model_path), batch_size, state)
+    key = (str(model_path), batch_size, state, backend)
     if key not in _ENCODERS:
-        _ENCODERS[key] = HEALEncoder.load(model_path, batch_size=batch_size)
+        _ENCODERS[key] = HEALEncoder.load(model_path, batch_size=batch_size, backend=backend)
     return _ENCODERS[key]
 
 
@@ -46,6 +46,8 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         batch_size: Encoding batch size.
         fingerprint: Expected model fingerprint (set when rebuilt from a stored config).
         encoder: An already loaded encoder to share (its path and fingerprint are used).
+        backend: ``"torch"`` or an exported backend (see :mod:`heal_rag.backends`); stored in the collection's
+            configuration, so a reopened collection uses it again.
     """
 
     def __init__(
@@ -54,10 +56,11 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         batch_size: int = 32,
         fingerprint: str | None = None,
         encoder: HEALEncoder | None = None,
+        backend: str = "torch",
     ) -> None:
         if encoder is None:
             model_path = str(Path(model_path).resolve()) if model_path else None
-            encoder = _shared_encoder(model_path, batch_size)
+            encoder = _shared_encoder(model_path, batch_size, backend)
         self.encoder = encoder
         self.model_path = encoder.model_path
         self.batch_size = batch_size
@@ -109,6 +112,7 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
             "fingerprint": self.encoder.fingerprint,
             "batch_size": self.batch_size,
             "dimension": self.encoder.dimension,
+            "backend": self.encoder.backend,
         }
 
     @staticmethod
@@ -116,7 +120,10 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         """Rebuild from a stored configuration, refusing a model whose fingerprint changed."""
         HEALEmbeddingFunction.validate_config(config)
         return HEALEmbeddingFunction(
-            model_path=config["model_path"], batch_size=int(config["batch_size"]), fingerprint=config["fingerprint"]
+            model_path=config["model_path"],
+            batch_size=int(config["batch_size"]),
+            fingerprint=config["fingerprint"],
+            backend=str(config.get("backend", "torch")),
         )
 
     @staticmethod

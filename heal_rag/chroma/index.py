@@ -243,6 +243,7 @@ def build_index(
     show_progress: bool = True,
     client: Any = None,
     embeddings: Any = None,
+    backend: str = "torch",
 ) -> Any:
     """Embed ``corpus`` with a HEAL model and upsert it into a persistent Chroma collection.
 
@@ -264,6 +265,7 @@ def build_index(
         rebuild: Drop an existing heal_rag collection of that name first.
         show_progress: Progress bar.
         client: An open Chroma client to use instead of opening ``db_path`` (e.g. one shared with LangChain).
+        backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
         embeddings: The corpus's document vectors, already computed with this model (``(len(corpus), dimension)``,
             normalised), e.g. by an evaluation; they are stored as given instead of being computed again.
 
@@ -279,7 +281,7 @@ def build_index(
     check_int("batch_size", batch_size, minimum=1)
     if embeddings is not None and len(embeddings) != len(corpus):
         raise ValueError(f"Got {len(embeddings)} embeddings for {len(corpus)} documents.")
-    encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model)
+    encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model, backend=backend)
     function = HEALEmbeddingFunction(encoder=encoder)
     client = client if client is not None else open_client(db_path)
     collection = _prepare_collection(client, collection_name, function, db_path, rebuild)

@@ -35,6 +35,8 @@ class HEALEmbeddings(BaseModel, Embeddings):
     """Texts per encoding batch."""
     device: str | None = None
     """Torch device (default: CUDA when available, else CPU)."""
+    backend: str = "torch"
+    """``"torch"``, or an exported backend: ``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-int8"``."""
     encoder: Any = Field(default=None, exclude=True)
     """An already loaded :class:`~heal_rag.encoder.HEALEncoder` to share with other adapters (overrides the rest)."""
 
@@ -49,7 +51,10 @@ class HEALEmbeddings(BaseModel, Embeddings):
                 data.get("model", data.get("model_path")),
                 device=data.get("device"),
                 batch_size=data.get("batch_size", 32),
+                backend=data.get("backend", "torch"),
             )
+        elif isinstance(data["encoder"], HEALEncoder):
+            data["backend"] = data["encoder"].backend
         super().__init__(**data)
 
     def model_post_init(self, context: Any, /) -> None:

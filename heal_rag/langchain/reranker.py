@@ -77,9 +77,9 @@ class HierarchyReranker(BaseDocumentCompressor):
         )
 
     @classmethod
-    def from_model(cls, model: str, **kwargs: Any) -> HierarchyReranker:
-        """Load a HEAL model directory and build the reranker."""
-        return cls(encoder=HEALEncoder.load(model), **kwargs)
+    def from_model(cls, model: str, backend: str = "torch", **kwargs: Any) -> HierarchyReranker:
+        """Load a HEAL model directory (with ``backend``, see :mod:`heal_rag.backends`) and build the reranker."""
+        return cls(encoder=HEALEncoder.load(model, backend=backend), **kwargs)
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None

@@ -87,12 +87,13 @@ class HEALRetriever(BaseRetriever):
         *,
         model: str | None = None,
         encoder: HEALEncoder | None = None,
+        backend: str = "torch",
         **kwargs: Any,
     ) -> HEALRetriever:
-        """Build a retriever over LangChain documents."""
+        """Build a retriever over LangChain documents (``backend``: see :mod:`heal_rag.backends`)."""
         documents = list(documents)
         check_unique_ids((doc.id for doc in documents if doc.id is not None), "document ids")
-        encoder = encoder or HEALEncoder.load(model)
+        encoder = encoder or HEALEncoder.load(model, backend=backend)
         return cls(encoder=encoder, documents=documents, **kwargs)
 
     def _with_paths(self, documents: list[Document]) -> list[Document]:

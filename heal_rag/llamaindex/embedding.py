@@ -21,6 +21,7 @@ class HEALEmbedding(BaseEmbedding):
 
     Args:
         model: Model directory (``None``: the embedded all-MiniLM-L6-v2).
+        backend: ``"torch"`` or an exported backend (see :mod:`heal_rag.backends`).
         model_name: The same as ``model``, under LlamaIndex's field name, so ``HEALEmbedding.from_dict(e.to_dict())``
             (how storage contexts and pipelines serialise embeddings) rebuilds an equal embedding.
         embed_batch_size: Texts per batch.
@@ -38,6 +39,7 @@ class HEALEmbedding(BaseEmbedding):
     """
 
     device: str | None = Field(default=None, description="Torch device.")
+    backend: str = Field(default="torch", description="'torch', 'onnx', 'onnx-int8', 'openvino' or 'openvino-int8'.")
     _encoder: HEALEncoder = PrivateAttr()
 
     def __init__(
@@ -48,6 +50,7 @@ class HEALEmbedding(BaseEmbedding):
         encoder: HEALEncoder | None = None,
         callback_manager: CallbackManager | None = None,
         model_name: str | None = None,
+        backend: str = "torch",
         **kwargs: Any,
     ) -> None:
         if encoder is not None and not isinstance(encoder, HEALEncoder):
@@ -55,11 +58,12 @@ class HEALEmbedding(BaseEmbedding):
         if model is not None and model_name is not None and str(model) != str(model_name):
             raise ValueError(f"Give the model once: model={model!r} and model_name={model_name!r} differ.")
         model = model if model is not None else model_name
-        encoder = encoder or HEALEncoder.load(model, device=device, batch_size=embed_batch_size)
+        encoder = encoder or HEALEncoder.load(model, device=device, batch_size=embed_batch_size, backend=backend)
         super().__init__(
             model_name=str(encoder.model_path or model or "all-MiniLM-L6-v2"),
             embed_batch_size=embed_batch_size,
             device=device,
+            backend=encoder.backend,
             callback_manager=callback_manager,
             **kwargs,
         )

@@ -66,9 +66,9 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
         )
 
     @classmethod
-    def from_model(cls, model: str, **kwargs: Any) -> HierarchyNodePostprocessor:
-        """Load a HEAL model directory and build the postprocessor."""
-        return cls(HEALEncoder.load(model), **kwargs)
+    def from_model(cls, model: str, backend: str = "torch", **kwargs: Any) -> HierarchyNodePostprocessor:
+        """Load a HEAL model directory (with ``backend``, see :mod:`heal_rag.backends`) and build the postprocessor."""
+        return cls(HEALEncoder.load(model, backend=backend), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:

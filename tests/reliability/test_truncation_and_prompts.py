@@ -21,8 +21,8 @@ def wordpiece_model(tmp_path, max_seq_length=32, prompts=None):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "query", "passage", ":", *_vocabulary()]
-    (tmp_path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(dict.fromkeys(vocab))})
+    assert "[UNK]" not in tokenizer.tokenize("query: laser light"), "the test tokenizer lost its vocabulary"
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=16,

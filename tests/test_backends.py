@@ -1,0 +1,233 @@
+"""Exported backends (ONNX Runtime, OpenVINO, int8): export, agreement with PyTorch, fingerprints, refusals.
+
+The model is a 1-layer BERT built in the test, fine-tuned for one HEAL step, so every check runs the real export and
+the real runtimes on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_corpus
+from reliability.test_truncation_and_prompts import wordpiece_model
+
+from heal_rag.artifacts import METADATA_FILE, MetadataError
+from heal_rag.backends import EXPORT_DIR, ExportError, export_model
+from heal_rag.encoder import HEALEncoder
+
+pytestmark = pytest.mark.filterwarnings("ignore::heal_rag.encoder.TruncationWarning")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def bert_heal_model(tmp_path_factory):
+    """A tiny transformer HEAL model with query/document prompts (so prompts must reach the exported path too)."""
+    from heal_rag.training import fine_tune
+
+    base = tmp_path_factory.mktemp("bert")
+    prompts = {"query": "query: ", "document": "passage: "}
+    texts, labels, titles = make_corpus()
+    out = base / "heal"
+    fine_tune(
+        texts,
+        labels,
+        titles=titles,
+        output_dir=out,
+        base_model=wordpiece_model(base, max_seq_length=32, prompts=prompts),
+        max_steps=1,
+        batch_size=8,
+        samples_per_leaf=2,
+        seed=0,
+        show_progress_bar=False,
+    )
+    return out
+
+
+@pytest.fixture()
+def model_dir(bert_heal_model, tmp_path):
+    """A private copy, so tests that export or tamper do not affect each other."""
+    return shutil.copytree(bert_heal_model, tmp_path / "model")
+
+
+def _texts() -> list[str]:
+    texts, _, _ = make_corpus()
+    return texts[:12] + ["", "a", " ".join(texts) * 3]  # empty, one token, and one past the token limit
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_fp32_backends_give_pytorchs_vectors_and_share_its_fingerprint(model_dir, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    record = export_model(model_dir, backend)
+    assert record.min_cosine > 1 - 1e-4
+    assert (model_dir / record.file).is_file()
+    torch_encoder = HEALEncoder.load(model_dir)
+    runtime_encoder = HEALEncoder.load(model_dir, backend=backend)
+    texts = _texts()
+    np.testing.assert_allclose(
+        runtime_encoder.embed_documents(texts), torch_encoder.embed_documents(texts), atol=2e-4, rtol=0
+    )
+    # Queries get the query prompt, documents the document prompt, on the exported path as on PyTorch's.
+    np.testing.assert_allclose(runtime_encoder.embed_queries(texts), torch_encoder.embed_queries(texts), atol=2e-4)
+    assert not np.allclose(runtime_encoder.embed_queries(texts[:3]), runtime_encoder.embed_documents(texts[:3]))
+    assert runtime_encoder.fingerprint == torch_encoder.fingerprint
+    # The export sits outside the model's fingerprint: the directory still verifies and loads in PyTorch.
+    assert HEALEncoder.load(model_dir).fingerprint == torch_encoder.fingerprint
+
+
+def test_int8_agrees_closely_and_has_its_own_fingerprint(model_dir):
+    record = export_model(model_dir, "onnx", quantize="int8")
+    assert record.backend == "onnx-int8"
+    torch_encoder = HEALEncoder.load(model_dir)
+    int8 = HEALEncoder.load(model_dir, backend="onnx-int8")
+    cosines = (int8.embed_documents(_texts()) * torch_encoder.embed_documents(_texts())).sum(axis=1)
+    assert cosines.min() > 0.95
+    assert int8.fingerprint != torch_encoder.fingerprint
+    assert int8.fingerprint.startswith(torch_encoder.fingerprint)
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    assert set(metadata["exports"]) == {"onnx-int8"}
+
+
+def test_a_collection_built_with_int8_refuses_the_fp32_encoder_and_the_other_way_round(model_dir, tmp_path):
+    from conftest import write_corpus_jsonl
+
+    from heal_rag.chroma import build_index, open_collection
+    from heal_rag.data import read_corpus
+    from heal_rag.stale import StaleModelError
+
+    export_model(model_dir, "onnx")
+    export_model(model_dir, "onnx", quantize="int8")
+    texts, labels, titles = make_corpus()
+    corpus = read_corpus(write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, labels, titles))
+    build_index(model_dir, corpus, tmp_path / "db", "int8", backend="onnx-int8", show_progress=False)
+    build_index(model_dir, corpus, tmp_path / "db", "fp32", backend="onnx", show_progress=False)
+
+    int8_collection = open_collection(tmp_path / "db", "int8")
+    assert int8_collection.query(query_texts=[texts[0]], n_results=1)["ids"][0] == ["d0"]
+    fp32_collection = open_collection(tmp_path / "db", "fp32")
+    assert fp32_collection.query(query_texts=[texts[0]], n_results=1)["ids"][0] == ["d0"]
+
+    with pytest.raises(StaleModelError):
+        open_collection(tmp_path / "db", "int8", model=HEALEncoder.load(model_dir))
+    with pytest.raises(StaleModelError):
+        open_collection(tmp_path / "db", "fp32", model=HEALEncoder.load(model_dir, backend="onnx-int8"))
+    # fp32 ONNX and PyTorch give the same vectors, so they may share a collection.
+    open_collection(tmp_path / "db", "fp32", model=HEALEncoder.load(model_dir))
+
+
+def test_a_backend_that_was_not_exported_is_named_with_the_command_to_run(model_dir):
+    with pytest.raises(ExportError, match=r"heal-rag export --model .* --backend onnx --quantize int8"):
+        HEALEncoder.load(model_dir, backend="onnx-int8")
+    with pytest.raises(ValueError, match="backend"):
+        HEALEncoder.load(model_dir, backend="tensorrt")
+
+
+def test_a_changed_export_file_is_refused(model_dir):
+    record = export_model(model_dir, "onnx", quantize="int8")
+    path = model_dir / record.file
+    path.write_bytes(path.read_bytes()[:-16] + b"\0" * 16)
+    with pytest.raises(ExportError, match="changed after it was exported"):
+        HEALEncoder.load(model_dir, backend="onnx-int8")
+
+
+def test_exporting_twice_needs_overwrite_and_leaves_no_staging_files(model_dir):
+    export_model(model_dir, "onnx")
+    with pytest.raises(ExportError, match="overwrite"):
+        export_model(model_dir, "onnx")
+    export_model(model_dir, "onnx", overwrite=True)
+    assert sorted(p.name for p in (model_dir / EXPORT_DIR).iterdir()) == ["model.onnx"]
+
+
+def test_a_retrained_model_in_the_same_directory_is_not_served_by_the_old_export(model_dir):
+    """The weights the export came from changed: the model fails its own check before the export is used."""
+    export_model(model_dir, "onnx")
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\1" * 8
+    weights.write_bytes(bytes(data))
+    with pytest.raises((MetadataError, ValueError)):
+        HEALEncoder.load(model_dir, backend="onnx")
+
+
+def test_a_model_that_cannot_be_exported_is_refused_before_anything_is_written(tmp_path):
+    from conftest import build_tiny_heal_model
+
+    model = shutil.copytree(build_tiny_heal_model(), tmp_path / "static")
+    with pytest.raises(ExportError, match="Transformer"):
+        export_model(model, "onnx")
+    assert not (model / EXPORT_DIR).exists()
+
+
+def test_the_cli_exports_and_indexes_with_a_backend(model_dir, tmp_path, capsys):
+    from conftest import write_corpus_jsonl
+
+    from heal_rag.cli import main
+
+    assert main(["export", "--model", str(model_dir), "--backend", "onnx", "--quantize", "int8"]) == 0
+    assert "onnx-int8" in capsys.readouterr().out
+    texts, labels, titles = make_corpus()
+    data = write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, labels, titles)
+    args = ["index", "--model", str(model_dir), "--data", str(data), "--db", str(tmp_path / "db"), "--quiet"]
+    assert main([*args, "--backend", "onnx-int8"]) == 0
+    from heal_rag.chroma import open_collection
+
+    collection = open_collection(tmp_path / "db", "heal_rag")
+    assert collection.count() == len(texts)
+    assert collection.configuration_json["embedding_function"]["config"]["backend"] == "onnx-int8"
+
+
+def test_every_adapter_takes_the_backend_and_encodes_through_it(model_dir):
+    """LangChain embeddings and reranker, LlamaIndex embedding and postprocessor, and the Chroma function."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from heal_rag.chroma import HEALEmbeddingFunction
+    from heal_rag.langchain import HEALEmbeddings, HierarchyReranker
+    from heal_rag.llamaindex import HEALEmbedding, HierarchyNodePostprocessor
+
+    export_model(model_dir, "onnx", quantize="int8")
+    reference = HEALEncoder.load(model_dir, backend="onnx-int8")
+    query, document = "laser beam optics", "photon lens mirror"
+    expected_query = reference.embed_query(query)
+    expected_document = reference.embed_documents([document])[0]
+    torch_query = HEALEncoder.load(model_dir).embed_query(query)
+    assert not np.allclose(expected_query, torch_query, atol=1e-6)  # so agreeing below means the int8 path ran
+
+    langchain = HEALEmbeddings(model=str(model_dir), backend="onnx-int8")
+    np.testing.assert_allclose(langchain.embed_query(query), expected_query, atol=1e-6)
+    np.testing.assert_allclose(langchain.embed_documents([document])[0], expected_document, atol=1e-6)
+    assert HEALEmbeddings(encoder=reference).backend == "onnx-int8"
+
+    llama = HEALEmbedding(model=str(model_dir), backend="onnx-int8")
+    np.testing.assert_allclose(llama.get_query_embedding(query), expected_query, atol=1e-6)
+    rebuilt = HEALEmbedding.from_dict(llama.to_dict())
+    assert rebuilt.backend == "onnx-int8"
+    np.testing.assert_allclose(rebuilt.get_text_embedding(document), expected_document, atol=1e-6)
+
+    function = HEALEmbeddingFunction(model_dir, backend="onnx-int8")
+    np.testing.assert_allclose(function([document])[0], expected_document, atol=1e-6)
+    again = HEALEmbeddingFunction.build_from_config(function.get_config())
+    assert again.encoder.backend == "onnx-int8"
+
+    assert HierarchyReranker.from_model(str(model_dir), backend="onnx-int8").encoder.backend == "onnx-int8"
+    postprocessor = HierarchyNodePostprocessor.from_model(str(model_dir), backend="onnx-int8")
+    assert postprocessor._scorer.encoder.backend == "onnx-int8"
+
+
+def test_a_missing_extra_is_named_with_the_install_command(model_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_openvino)
+    with pytest.raises(ImportError, match=r"pip install 'heal_rag\[openvino\]'"):
+        export_model(model_dir, "openvino")
+    assert not (model_dir / EXPORT_DIR).exists()
