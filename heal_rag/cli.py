@@ -228,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "{id, text[, labels][, title]} per line",
     )
     _add_folder_options(index)
-    index.add_argument("--db", required=True, help="Chroma persistence directory")
+    where = index.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="Chroma database folder")
+    where.add_argument("--chroma-host", help="a Chroma server's host (started with `chroma run`), instead of --db")
+    index.add_argument("--chroma-port", type=_positive_int, default=8000, help="the Chroma server's port (8000)")
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
     index.add_argument(
@@ -516,7 +519,13 @@ def _index(args: argparse.Namespace) -> int:
     from heal_rag.outputs import check_not_inputs
 
     check_collection_name(args.collection)
-    check_not_inputs(args.db, [args.data, args.model])
+    client = None
+    if args.chroma_host:
+        from heal_rag.chroma import connect
+
+        client = connect(args.chroma_host, args.chroma_port)  # fails before any work when no server answers
+    else:
+        check_not_inputs(args.db, [args.data, args.model])
     if os.path.isdir(args.data):
         from heal_rag.documents import chunks_for_model
 
@@ -538,8 +547,10 @@ def _index(args: argparse.Namespace) -> int:
         rebuild=args.rebuild,
         show_progress=args.show_progress,
         backend=args.backend,
+        client=client,
     )
-    print(f"collection {args.collection!r} in {args.db}: {collection.count()} records")
+    where = args.db if client is None else f"the Chroma server at {args.chroma_host}:{args.chroma_port}"
+    print(f"collection {args.collection!r} in {where}: {collection.count()} records")
     return 0
 
 

@@ -33,6 +33,7 @@ from heal_rag.chroma.index import (
     build_index,
     check_collection,
     check_collection_name,
+    connect,
     open_client,
     open_collection,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "build_index",
     "check_collection",
     "check_collection_name",
+    "connect",
     "open_client",
     "open_collection",
 ]

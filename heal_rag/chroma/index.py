@@ -97,10 +97,60 @@ def _shared_settings(folder: Path) -> tuple[str, Settings]:
     return str(resolved), Settings()  # absolute: Chroma keys its shared clients by this string
 
 
+def connect(
+    host: str = "localhost", port: int = 8000, *, ssl: bool = False, headers: dict[str, str] | None = None
+) -> Any:
+    """A client of a Chroma server (``chroma run --path DIR --port 8000``), checked to answer before it is returned.
+
+    Pass it as ``client=`` to :func:`build_index`, :func:`open_collection` and the LangChain / LlamaIndex store
+    helpers: several app instances then share one index. The collection records the model path and fingerprint, so
+    each instance needs the same model at the same path (the stale-model check runs on the client side, where the
+    model is). Telemetry stays off unless the environment says otherwise.
+
+    Args:
+        host: The server's host name.
+        port: Its port.
+        ssl: Use HTTPS.
+        headers: Extra HTTP headers (e.g. an authentication token).
+
+    Raises:
+        ConnectionError: When no Chroma server answers at ``host:port``, with the command that starts one.
+    """
+    check_int("port", port, minimum=1)
+    try:
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=headers, settings=Settings())
+        client.heartbeat()
+    except Exception as exc:  # chromadb raises several transport errors (httpx, ValueError) for a dead server
+        raise ConnectionError(
+            f"No Chroma server answers at {host}:{port} ({type(exc).__name__}: {exc}). Start one with "
+            f"`chroma run --path chroma_db --port {port}`, or use a local database folder instead."
+        ) from exc
+    return client
+
+
+def _client(db_path: str | os.PathLike[str] | None, client: Any, create: bool) -> Any:
+    """``client`` when given (a server's, or one the caller opened), else the shared client of ``db_path``."""
+    if client is not None:
+        if db_path is not None:
+            raise ValueError("Give a database folder (db_path) or a Chroma client (client=), not both.")
+        return client
+    if db_path is None:
+        raise ValueError(
+            "Give a database folder (db_path) or a Chroma client (client=, e.g. heal_rag.chroma.connect(host, port))."
+        )
+    return open_client(db_path, create=create)
+
+
+def _where(db_path: str | os.PathLike[str] | None) -> str:
+    return repr(str(db_path)) if db_path is not None else "the Chroma server"
+
+
 def open_collection(
-    db_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str] | None,
     collection_name: str,
     model: str | os.PathLike[str] | HEALEncoder | None = None,
+    *,
+    client: Any = None,
 ) -> Any:
     """Reopen a collection built by :func:`build_index`, refusing a model other than the one that built it.
 
@@ -109,21 +159,22 @@ def open_collection(
     before any query. Nothing is created: a missing database or collection is an error.
 
     Args:
-        db_path: The Chroma database folder.
+        db_path: The Chroma database folder (``None`` with ``client``).
         collection_name: The collection.
         model: Optionally the model you mean to query with (a directory or a loaded encoder): it must be the one
             that built the collection.
+        client: A Chroma client instead of a folder, e.g. :func:`connect` for a server.
 
     Raises:
         FileNotFoundError: When there is no database at ``db_path``.
         ValueError: When the collection does not exist (the message lists those that do).
         StaleModelError: When the model differs from the one that built the collection.
     """
-    client = open_client(db_path, create=False)
+    client = _client(db_path, client, create=False)
     names = sorted(c.name for c in client.list_collections())
     if collection_name not in names:
         raise ValueError(
-            f"No collection {collection_name!r} in {str(db_path)!r}; it holds {names or 'no collections'}."
+            f"No collection {collection_name!r} in {_where(db_path)}; it holds {names or 'no collections'}."
         )
     stored = client.get_collection(collection_name, embedding_function=None)
     ef_config = (stored.configuration_json or {}).get("embedding_function") or {}
@@ -214,14 +265,14 @@ def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction,
         stored = client.get_collection(name, embedding_function=None).metadata or {}
         if FINGERPRINT_KEY not in stored:
             raise StaleModelError(
-                f"Collection {name!r} in {str(db_path)!r} was not built by heal_rag; heal_rag neither adds to it nor "
+                f"Collection {name!r} in {_where(db_path)} was not built by heal_rag; heal_rag neither adds to it nor "
                 "drops it. Index into another collection name."
             )
         if rebuild:
             client.delete_collection(name)
         elif stored[FINGERPRINT_KEY] != function.fingerprint:
             raise StaleModelError(
-                f"Collection {name!r} in {str(db_path)!r} was built by a different model (fingerprint "
+                f"Collection {name!r} in {_where(db_path)} was built by a different model (fingerprint "
                 f"{str(stored.get(FINGERPRINT_KEY))[:19]}…); {function.model_path!r} is {function.fingerprint[:19]}…. "
                 "Vectors of different models are not comparable, even at the same width: index into a new "
                 "collection, or rebuild this one (--rebuild / rebuild=True)."
@@ -236,7 +287,7 @@ def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction,
 def build_index(
     model: str | os.PathLike[str] | HEALEncoder | None,
     corpus: Corpus,
-    db_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str] | None,
     collection_name: str = "heal_rag",
     batch_size: int = 256,
     rebuild: bool = False,
@@ -264,7 +315,8 @@ def build_index(
         batch_size: Documents per upsert (≥ 1).
         rebuild: Drop an existing heal_rag collection of that name first.
         show_progress: Progress bar.
-        client: An open Chroma client to use instead of opening ``db_path`` (e.g. one shared with LangChain).
+        client: A Chroma client instead of ``db_path`` (``None`` then): a server's (:func:`connect`), or one shared
+            with LangChain.
         backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
         embeddings: The corpus's document vectors, already computed with this model (``(len(corpus), dimension)``,
             normalised), e.g. by an evaluation; they are stored as given instead of being computed again.
@@ -283,7 +335,7 @@ def build_index(
         raise ValueError(f"Got {len(embeddings)} embeddings for {len(corpus)} documents.")
     encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model, backend=backend)
     function = HEALEmbeddingFunction(encoder=encoder)
-    client = client if client is not None else open_client(db_path)
+    client = _client(db_path, client, create=True)
     collection = _prepare_collection(client, collection_name, function, db_path, rebuild)
 
     paths: list[Sequence[str] | None] = [None] * len(corpus)

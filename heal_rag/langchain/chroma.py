@@ -22,9 +22,11 @@ def cosine_relevance_score(distance: float) -> float:
 
 
 def chroma_vectorstore(
-    db_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str] | None,
     collection_name: str,
     embeddings: HEALEmbeddings,
+    *,
+    client: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Open (or start) a heal_rag collection as a ``langchain_chroma.Chroma`` vector store.
@@ -36,9 +38,10 @@ def chroma_vectorstore(
     opens are checked too.
 
     Args:
-        db_path: The Chroma database folder.
+        db_path: The Chroma database folder (``None`` with ``client``).
         collection_name: The collection (e.g. one built with ``heal-rag index``).
         embeddings: The :class:`~heal_rag.langchain.HEALEmbeddings` of the model that built it.
+        client: A Chroma client instead of a folder, e.g. ``heal_rag.chroma.connect(host, port)`` for a server.
         **kwargs: Passed to ``langchain_chroma.Chroma`` (e.g. ``collection_configuration``).
 
     Example:
@@ -58,10 +61,10 @@ def chroma_vectorstore(
     except ImportError as exc:
         raise ImportError("chroma_vectorstore needs langchain-chroma: pip install langchain-chroma") from exc
     from heal_rag.chroma import check_collection_name
-    from heal_rag.chroma.index import open_client, prepare_collection_for
+    from heal_rag.chroma.index import _client, prepare_collection_for
 
     check_collection_name(collection_name)
-    client = open_client(db_path)
+    client = _client(db_path, client, create=True)
     prepare_collection_for(client, collection_name, embeddings.heal_encoder)
     kwargs.setdefault("relevance_score_fn", cosine_relevance_score)
     return Chroma(

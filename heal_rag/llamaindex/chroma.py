@@ -11,7 +11,9 @@ from typing import Any
 from heal_rag.llamaindex.embedding import HEALEmbedding
 
 
-def chroma_vector_store(db_path: str | os.PathLike[str], collection_name: str, embed_model: HEALEmbedding) -> Any:
+def chroma_vector_store(
+    db_path: str | os.PathLike[str] | None, collection_name: str, embed_model: HEALEmbedding, *, client: Any = None
+) -> Any:
     """Open (or start) a heal_rag collection as a LlamaIndex ``ChromaVectorStore``.
 
     The store shares the Chroma client :mod:`heal_rag.chroma` uses for ``db_path``, and ``embed_model`` must be the
@@ -20,9 +22,10 @@ def chroma_vector_store(db_path: str | os.PathLike[str], collection_name: str, e
     node's score, not the cosine similarity.
 
     Args:
-        db_path: The Chroma database folder.
+        db_path: The Chroma database folder (``None`` with ``client``).
         collection_name: The collection (e.g. one built with ``heal-rag index``).
         embed_model: The :class:`~heal_rag.llamaindex.HEALEmbedding` of the model that built it.
+        client: A Chroma client instead of a folder, e.g. ``heal_rag.chroma.connect(host, port)`` for a server.
 
     Example:
         ```python
@@ -45,8 +48,10 @@ def chroma_vector_store(db_path: str | os.PathLike[str], collection_name: str, e
             "chroma_vector_store needs llama-index-vector-stores-chroma: pip install llama-index-vector-stores-chroma"
         ) from exc
     from heal_rag.chroma import check_collection_name
-    from heal_rag.chroma.index import open_client, prepare_collection_for
+    from heal_rag.chroma.index import _client, prepare_collection_for
 
     check_collection_name(collection_name)
-    collection = prepare_collection_for(open_client(db_path), collection_name, embed_model.heal_encoder)
+    collection = prepare_collection_for(
+        _client(db_path, client, create=True), collection_name, embed_model.heal_encoder
+    )
     return ChromaVectorStore(chroma_collection=collection)
