@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import math
 import os
 import sys
@@ -515,7 +516,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     from heal_rag.chroma import build_index, check_collection_name
-    from heal_rag.data import read_corpus
+    from heal_rag.data import iter_corpus
     from heal_rag.outputs import check_not_inputs
 
     check_collection_name(args.collection)
@@ -537,7 +538,14 @@ def _index(args: argparse.Namespace) -> int:
             chunk_overlap=args.chunk_overlap,
         )
     else:
-        corpus = read_corpus(args.data, require_labels=False)
+        for _ in iter_corpus(args.data, batch_size=4096):  # check the whole file before any work (reads only)
+            pass
+        corpus = iter_corpus(args.data, batch_size=4096)  # then stream it: texts are never all in memory
+    if not args.quiet:  # "N embedded, M already stored": what a re-run after an interruption saved
+        log = logging.getLogger("heal_rag.chroma.index")
+        log.setLevel(logging.INFO)
+        if not log.handlers:
+            log.addHandler(logging.StreamHandler(sys.stdout))
     collection = build_index(
         args.model,
         corpus,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heal_rag._validation import check_unique_ids
+from heal_rag._validation import check_int, check_unique_ids
 from heal_rag.labels import LabelPathError, LabelPaths
 from heal_rag.queries import Query
 
@@ -84,6 +84,76 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
     Raises:
         CorpusFormatError: With the file, line number and what to fix.
     """
+    path = _corpus_file(path)
+    records = list(_documents(path))
+    if not records:
+        raise CorpusFormatError(f"{path}: the corpus has no records.")
+    return _corpus_of(records, path, require_labels, where=str(path))
+
+
+def iter_corpus(
+    path: str | os.PathLike[str], batch_size: int = 1024, require_labels: bool = False
+) -> Iterator[Corpus]:
+    """Read a JSONL corpus (the format of :func:`read_corpus`) in batches, never holding the whole file.
+
+    Each batch is checked as it is read: ids must be unique across the whole file (only the ids are kept), and a
+    file must not mix labelled and unlabelled records. For indexing corpora that do not fit in memory at once
+    (:func:`heal_rag.chroma.build_index` takes these batches).
+
+    Args:
+        path: The JSONL file.
+        batch_size: Records per batch (>= 1).
+        require_labels: Fail on a record without ``labels``.
+
+    Yields:
+        :class:`Corpus` batches of up to ``batch_size`` documents, in file order.
+
+    Raises:
+        CorpusFormatError: With the file, line number and what to fix, when the batch holding it is read.
+    """
+    check_int("batch_size", batch_size, minimum=1)
+    path = _corpus_file(path)
+    labelled: bool | None = None
+    batch: list[_Document] = []
+    first_line = 1
+    empty = True
+    for document in _documents(path):
+        batch.append(document)
+        if len(batch) == batch_size:
+            corpus = _corpus_of(batch, path, require_labels, where=f"{path} (records from line {first_line})")
+            labelled = _check_consistent_labels(path, labelled, corpus)
+            yield corpus
+            empty = False
+            first_line = document.line + 1
+            batch = []
+    if batch:
+        corpus = _corpus_of(batch, path, require_labels, where=f"{path} (records from line {first_line})")
+        _check_consistent_labels(path, labelled, corpus)
+        yield corpus
+    elif empty:
+        raise CorpusFormatError(f"{path}: the corpus has no records.")
+
+
+def _check_consistent_labels(path: Path, labelled: bool | None, corpus: Corpus) -> bool:
+    now = corpus.labels is not None
+    if labelled is not None and labelled != now:
+        raise CorpusFormatError(
+            f"{path}: some records have 'labels' and others do not. Give every record a label path, or none."
+        )
+    return now
+
+
+@dataclass(frozen=True)
+class _Document:
+    line: int
+    doc_id: str
+    text: str
+    title: str | None
+    labels: list[str] | None
+    metadata: dict[str, Any]
+
+
+def _corpus_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise CorpusFormatError(
@@ -92,14 +162,13 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
         )
     if not path.is_file():
         raise CorpusFormatError(f"Corpus file {str(path)!r} does not exist.")
-    ids: list[str] = []
-    texts: list[str] = []
-    titles: list[str | None] = []
-    paths: list[list[str]] = []
-    metadata: list[dict[str, Any]] = []
-    unlabelled = 0
+    return path
+
+
+def _documents(path: Path) -> Iterator[_Document]:
+    """The file's records, each checked (id present and unique, text non-empty, metadata an object)."""
     seen: set[str] = set()
-    for where, record in _json_records(path):
+    for where, record in _json_records(path):  # where: "file:line"
         doc_id = record.get("id")
         text = record.get("text")
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
@@ -111,33 +180,36 @@ def read_corpus(path: str | os.PathLike[str], require_labels: bool = True) -> Co
         if not isinstance(text, str) or not text.strip():
             raise CorpusFormatError(f"{where}: 'text' must be a non-empty string.")
         labels = record.get("labels")
-        if labels is None:
-            unlabelled += 1
-        else:
-            if isinstance(labels, str):
-                labels = [labels]
-            paths.append(labels)
+        if isinstance(labels, str):
+            labels = [labels]
         title = record.get("title")
         extra = record.get("metadata") or {}
         if not isinstance(extra, dict):
             raise CorpusFormatError(f"{where}: 'metadata' must be a JSON object.")
-        ids.append(doc_id)
-        texts.append(text)
-        titles.append(str(title) if title else None)
-        metadata.append({**{k: v for k, v in record.items() if k not in _RECORD_FIELDS}, **extra})
-    if not ids:
-        raise CorpusFormatError(f"{path}: the corpus has no records.")
+        metadata = {**{k: v for k, v in record.items() if k not in _RECORD_FIELDS}, **extra}
+        line = int(where.rsplit(":", 1)[1])
+        yield _Document(line, doc_id, text, str(title) if title else None, labels, metadata)
+
+
+def _corpus_of(documents: list[_Document], path: Path, require_labels: bool, where: str) -> Corpus:
+    paths = [d.labels for d in documents if d.labels is not None]
+    unlabelled = len(documents) - len(paths)
     if unlabelled and (require_labels or paths):
         raise CorpusFormatError(
-            f"{path}: {unlabelled} of {len(ids)} records have no 'labels'. Give every record a label path, "
+            f"{where}: {unlabelled} of {len(documents)} records have no 'labels'. Give every record a label path, "
             'e.g. "labels": ["Physics", "Optics"]' + ("." if paths else ", or cluster the corpus first.")
         )
     try:
         label_paths = LabelPaths(paths) if paths else None
     except LabelPathError as exc:
         raise CorpusFormatError(f"{path}: {exc}") from None
+    metadata = [d.metadata for d in documents]
     return Corpus(
-        ids=ids, texts=texts, titles=titles, labels=label_paths, metadata=metadata if any(metadata) else None
+        ids=[d.doc_id for d in documents],
+        texts=[d.text for d in documents],
+        titles=[d.title for d in documents],
+        labels=label_paths,
+        metadata=metadata if any(metadata) else None,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,12 @@ from heal_rag.encoder import HEALEncoder, TruncationWarning
 from heal_rag.metadata import PATH_KEY, flatten_metadata, path_metadata
 from heal_rag.outputs import OutputPathError, check_writable
 
+logger = logging.getLogger(__name__)
+
 #: The file that marks a directory as a Chroma database.
 DATABASE_FILE = "chroma.sqlite3"
+#: Record metadata key holding :func:`content_hash`, which lets a re-run skip documents already stored unchanged.
+CONTENT_KEY = "heal_content_sha"
 # Chroma 1.x's own rule for collection names (its Rust validator is not exposed to Python).
 _NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _IPV4 = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
@@ -286,7 +293,7 @@ def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction,
 
 def build_index(
     model: str | os.PathLike[str] | HEALEncoder | None,
-    corpus: Corpus,
+    corpus: Corpus | Iterable[Corpus],
     db_path: str | os.PathLike[str] | None,
     collection_name: str = "heal_rag",
     batch_size: int = 256,
@@ -300,8 +307,10 @@ def build_index(
 
     Everything is checked before the database is touched: the collection name, the batch size, the ids (unique,
     see :class:`~heal_rag.data.Corpus`), the database folder and the model files. Upserts go by document id in
-    batches, so re-running is idempotent. Each record's metadata holds the document's own metadata (flattened where a
-    vector store would refuse it, see :func:`heal_rag.metadata.flatten_metadata`), the title, and the label path
+    batches, so re-running is idempotent; a re-run (after an interruption, or on a grown corpus) does not embed again
+    a document already stored with the same content (text, title, label path and metadata, compared by the hash kept
+    in ``heal_content_sha``). Each record's metadata holds the document's own metadata (flattened where a vector
+    store would refuse it, see :func:`heal_rag.metadata.flatten_metadata`), the title, and the label path
     (``heal_path`` as ``"A > B"`` and flat ``heal_l0``, ``heal_l1``, ...; predicted by the model when the corpus has
     no labels). The collection records the model fingerprint; a collection built by a different model is refused
     with :class:`~heal_rag.chroma.StaleModelError` unless ``rebuild=True``, which drops it first (only a collection
@@ -309,76 +318,133 @@ def build_index(
 
     Args:
         model: Model directory or loaded encoder.
-        corpus: Documents to index.
-        db_path: Chroma persistence directory (new, empty, or an existing Chroma database).
+        corpus: Documents to index: a :class:`~heal_rag.data.Corpus`, or batches of them (e.g.
+            :func:`heal_rag.data.iter_corpus`), so a corpus larger than memory streams through; only the ids are
+            kept across batches (to refuse duplicates).
+        db_path: Chroma persistence directory (new, empty, or an existing Chroma database); ``None`` with ``client``.
         collection_name: 3–512 characters of ``[a-zA-Z0-9._-]``.
         batch_size: Documents per upsert (≥ 1).
         rebuild: Drop an existing heal_rag collection of that name first.
         show_progress: Progress bar.
         client: A Chroma client instead of ``db_path`` (``None`` then): a server's (:func:`connect`), or one shared
             with LangChain.
-        backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
         embeddings: The corpus's document vectors, already computed with this model (``(len(corpus), dimension)``,
-            normalised), e.g. by an evaluation; they are stored as given instead of being computed again.
+            normalised), e.g. by an evaluation; they are stored as given instead of being computed again. Only with
+            a single ``Corpus``.
+        backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
 
     Returns:
-        The Chroma collection.
+        The Chroma collection. How many documents were embedded and how many were already stored is logged (logger
+        ``heal_rag.chroma.index``, level INFO) and shown on the progress bar.
 
     Raises:
-        ValueError: For a bad name or batch size.
+        ValueError: For a bad name or batch size, or duplicate ids (also across batches).
         heal_rag.outputs.OutputPathError: When ``db_path`` is not a database and not empty, or not writable.
         StaleModelError: When the collection was built by another model, or not by heal_rag.
     """
     check_collection_name(collection_name)
     check_int("batch_size", batch_size, minimum=1)
-    if embeddings is not None and len(embeddings) != len(corpus):
-        raise ValueError(f"Got {len(embeddings)} embeddings for {len(corpus)} documents.")
+    single = isinstance(corpus, Corpus)
+    if embeddings is not None and (not single or len(embeddings) != len(corpus)):
+        raise ValueError(
+            f"Got {len(embeddings)} embeddings for {len(corpus) if single else 'a stream of'} documents; "
+            "embeddings= needs one vector per document of a single Corpus."
+        )
     encoder = model if isinstance(model, HEALEncoder) else HEALEncoder.load(model, backend=backend)
     function = HEALEmbeddingFunction(encoder=encoder)
     client = _client(db_path, client, create=True)
     collection = _prepare_collection(client, collection_name, function, db_path, rebuild)
 
-    paths: list[Sequence[str] | None] = [None] * len(corpus)
-    if corpus.labels is not None:
-        paths = list(corpus.labels.paths)
-    extras = corpus.metadata or [None] * len(corpus)
     truncated_before = encoder.truncated_texts
-    progress = tqdm(total=len(corpus), desc="indexing", unit="doc", disable=not show_progress)
-    for start in range(0, len(corpus), batch_size):
-        stop = min(start + batch_size, len(corpus))
-        texts = corpus.texts[start:stop]
-        if embeddings is not None:
-            vectors = np.asarray(embeddings[start:stop], dtype=np.float32)
-        else:
-            with warnings.catch_warnings():  # one warning with the total, at the end, instead of the encoder's
-                warnings.simplefilter("ignore", TruncationWarning)
-                vectors = function.embed_as_array(texts)
-        batch_paths = paths[start:stop]
-        if encoder.label_tree is not None and any(p is None for p in batch_paths):
-            ids, _ = encoder.predict_level_ids(vectors)
-            tree = encoder.label_tree
-            batch_paths = [
-                p if p is not None else tree.leaf_path(int(row[-1])) for p, row in zip(batch_paths, ids, strict=True)
-            ]
-        metadatas = [
-            _chroma_metadata(path, title, extra)
-            for path, title, extra in zip(batch_paths, corpus.titles[start:stop], extras[start:stop], strict=True)
-        ]
-        collection.upsert(
-            ids=corpus.ids[start:stop],
-            documents=texts,
-            embeddings=vectors,
-            metadatas=[m or None for m in metadatas],
-        )
-        progress.update(stop - start)
+    counts = {"embedded": 0, "already stored": 0}
+    seen: set[str] = set()
+    progress = tqdm(total=len(corpus) if single else None, desc="indexing", unit="doc", disable=not show_progress)
+    for part in [corpus] if single else corpus:
+        _check_new_ids(part.ids, seen)
+        for start in range(0, len(part), batch_size):
+            stop = min(start + batch_size, len(part))
+            vectors = None if embeddings is None else np.asarray(embeddings[start:stop], dtype=np.float32)
+            embedded = _upsert_batch(collection, function, encoder, part, start, stop, vectors)
+            counts["embedded"] += embedded
+            counts["already stored"] += stop - start - embedded
+            progress.update(stop - start)
+            progress.set_postfix(counts, refresh=False)
     progress.close()
+    total = counts["embedded"] + counts["already stored"]
+    logger.info(
+        "%s: %d documents embedded, %d already stored with the same content",
+        collection_name,
+        counts["embedded"],
+        counts["already stored"],
+    )
     truncated = encoder.truncated_texts - truncated_before
     if truncated:
         warnings.warn(
-            f"{truncated} of {len(corpus)} documents were longer than the model's max_seq_length "
+            f"{truncated} of {total} documents were longer than the model's max_seq_length "
             f"({encoder.max_seq_length} tokens) and were embedded from their beginning only. Split long documents "
             "into chunks (heal_rag.documents, or `heal-rag index --data DIR`, which chunks for you).",
             TruncationWarning,
             stacklevel=2,
         )
     return collection
+
+
+def _check_new_ids(ids: Sequence[str], seen: set[str]) -> None:
+    """Refuse an id seen in an earlier batch of the same build (within a batch, Corpus already checks)."""
+    repeated = next((doc_id for doc_id in ids if doc_id in seen), None)
+    if repeated is not None:
+        raise ValueError(f"Duplicate document id {repeated!r} across corpus batches; ids must be unique.")
+    seen.update(ids)
+
+
+def content_hash(text: str, title: str | None, path: Sequence[str] | None, metadata: dict[str, Any] | None) -> str:
+    """A short hash of what a record stores besides its vector (16 hex digits of SHA-256)."""
+    payload = json.dumps([text, title, list(path) if path else None, metadata or {}], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _upsert_batch(
+    collection: Any,
+    function: HEALEmbeddingFunction,
+    encoder: HEALEncoder,
+    corpus: Corpus,
+    start: int,
+    stop: int,
+    vectors: np.ndarray | None,
+) -> int:
+    """Embed and upsert ``corpus[start:stop]``, skipping records stored with the same content.
+
+    Returns:
+        How many documents were embedded (the rest were already stored unchanged).
+    """
+    ids = corpus.ids[start:stop]
+    paths = list(corpus.labels.paths[start:stop]) if corpus.labels is not None else [None] * (stop - start)
+    extras = corpus.metadata[start:stop] if corpus.metadata else [None] * (stop - start)
+    titles = corpus.titles[start:stop]
+    texts = corpus.texts[start:stop]
+    hashes = [content_hash(*fields) for fields in zip(texts, titles, paths, extras, strict=True)]
+    stored = collection.get(ids=ids, include=["metadatas"])
+    known = {i: (m or {}).get(CONTENT_KEY) for i, m in zip(stored["ids"], stored["metadatas"], strict=True)}
+    todo = [row for row, (doc_id, digest) in enumerate(zip(ids, hashes, strict=True)) if known.get(doc_id) != digest]
+    if not todo:
+        return 0
+    texts = [texts[row] for row in todo]
+    if vectors is not None:
+        vectors = vectors[todo]
+    else:
+        with warnings.catch_warnings():  # one warning with the total, at the end, instead of the encoder's
+            warnings.simplefilter("ignore", TruncationWarning)
+            vectors = function.embed_as_array(texts)
+    batch_paths = [paths[row] for row in todo]
+    if encoder.label_tree is not None and any(p is None for p in batch_paths):
+        level_ids, _ = encoder.predict_level_ids(vectors)
+        tree = encoder.label_tree
+        batch_paths = [
+            p if p is not None else tree.leaf_path(int(row[-1])) for p, row in zip(batch_paths, level_ids, strict=True)
+        ]
+    metadatas = [
+        {**_chroma_metadata(path, titles[row], extras[row]), CONTENT_KEY: hashes[row]}
+        for path, row in zip(batch_paths, todo, strict=True)
+    ]
+    collection.upsert(ids=[ids[row] for row in todo], documents=texts, embeddings=vectors, metadatas=metadatas)
+    return len(todo)

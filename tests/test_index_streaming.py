@@ -1,0 +1,103 @@
+"""Index builds that stream a corpus in batches and, re-run after an interruption, embed only what is missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from conftest import build_tiny_heal_model, make_corpus, write_corpus_jsonl
+
+from heal_rag.chroma import build_index, open_collection
+from heal_rag.data import CorpusFormatError, iter_corpus, read_corpus
+
+
+@pytest.fixture()
+def corpus_file(tmp_path):
+    texts, paths, titles = make_corpus()
+    return write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, paths, titles)
+
+
+def _counts(caplog) -> tuple[int, int]:
+    """(embedded, already stored) from build_index's log line."""
+    line = [r.getMessage() for r in caplog.records if "already stored" in r.getMessage()][-1]
+    numbers = [int(word) for word in line.replace(",", " ").split() if word.isdigit()]
+    return numbers[0], numbers[1]
+
+
+def test_streamed_batches_build_the_same_collection_as_the_whole_corpus(corpus_file, tmp_path):
+    model = build_tiny_heal_model()
+    whole = build_index(model, read_corpus(corpus_file), tmp_path / "db", "whole", show_progress=False)
+    streamed = build_index(model, iter_corpus(corpus_file, batch_size=5), tmp_path / "db", "streamed",
+                           batch_size=3, show_progress=False)  # fmt: skip
+    a = whole.get(include=["embeddings", "metadatas", "documents"])
+    b = streamed.get(include=["embeddings", "metadatas", "documents"])
+    order_a, order_b = (
+        sorted(range(len(a["ids"])), key=a["ids"].__getitem__),
+        sorted(range(len(b["ids"])), key=b["ids"].__getitem__),
+    )
+    assert [a["ids"][i] for i in order_a] == [b["ids"][i] for i in order_b]
+    assert [a["metadatas"][i] for i in order_a] == [b["metadatas"][i] for i in order_b]
+    assert (a["embeddings"][order_a] == b["embeddings"][order_b]).all()
+
+
+def test_iter_corpus_refuses_duplicate_ids_across_batches_and_mixed_labels(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "text": f"text {i}"}) for i in ["a", "b", "c", "a"]) + "\n")
+    batches = iter_corpus(path, batch_size=2)
+    assert next(batches).ids == ["a", "b"]
+    with pytest.raises(CorpusFormatError, match=r"dup.jsonl:4: duplicate id 'a'"):
+        next(batches)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        json.dumps({"id": "a", "text": "x", "labels": ["A"]}) + "\n" + json.dumps({"id": "b", "text": "y"}) + "\n"
+    )
+    with pytest.raises(CorpusFormatError, match="some records have 'labels' and others do not"):
+        list(iter_corpus(mixed, batch_size=1))
+
+
+def test_a_rerun_embeds_only_what_is_missing_or_changed(corpus_file, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="heal_rag.chroma.index")
+    model = shutil.copytree(build_tiny_heal_model(), tmp_path / "model")
+    corpus = read_corpus(corpus_file)
+    half = len(corpus) // 2
+    # An interrupted build: the first half stored.
+    build_index(model, corpus.subset(range(half)), tmp_path / "db", "papers", show_progress=False)
+    assert _counts(caplog) == (half, 0)
+    build_index(model, corpus, tmp_path / "db", "papers", show_progress=False)
+    assert _counts(caplog) == (len(corpus) - half, half)
+    # A changed document (text, or its label path) is embedded again; the rest is not.
+    records = [json.loads(line) for line in corpus_file.read_text().splitlines()]
+    records[0]["text"] += " revised"
+    records[1]["labels"] = records[-1]["labels"]
+    corpus_file.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    collection = build_index(model, iter_corpus(corpus_file, batch_size=4), tmp_path / "db", "papers",
+                             show_progress=False)  # fmt: skip
+    assert _counts(caplog) == (2, len(corpus) - 2)
+    stored = collection.get(ids=["d0", "d1"], include=["documents", "metadatas"])
+    by_id = dict(zip(stored["ids"], zip(stored["documents"], stored["metadatas"], strict=True), strict=True))
+    assert by_id["d0"][0].endswith(" revised")
+    assert by_id["d1"][1]["heal_path"] == " > ".join(records[-1]["labels"])
+    assert open_collection(tmp_path / "db", "papers").count() == len(corpus)
+
+
+def test_the_cli_streams_a_jsonl_file_and_reports_what_a_rerun_saved(corpus_file, tmp_path, capsys):
+    from heal_rag.cli import main
+
+    model = shutil.copytree(build_tiny_heal_model(), tmp_path / "model")
+    args = ["index", "--model", str(model), "--data", str(corpus_file), "--db", str(tmp_path / "db")]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "0 documents embedded, 24 already stored" in capsys.readouterr().out
+
+
+def test_a_bad_line_late_in_the_file_fails_before_anything_is_indexed(corpus_file, tmp_path, capsys):
+    from heal_rag.cli import main
+
+    with corpus_file.open("a") as handle:
+        handle.write('{"id": "broken", "text": ""}\n')
+    model = shutil.copytree(build_tiny_heal_model(), tmp_path / "model")
+    assert main(["index", "--model", str(model), "--data", str(corpus_file), "--db", str(tmp_path / "db")]) != 0
+    assert "corpus.jsonl:25: 'text' must be a non-empty string" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()
