@@ -541,22 +541,29 @@ def _index(args: argparse.Namespace) -> int:
         for _ in iter_corpus(args.data, batch_size=4096):  # check the whole file before any work (reads only)
             pass
         corpus = iter_corpus(args.data, batch_size=4096)  # then stream it: texts are never all in memory
-    if not args.quiet:  # "N embedded, M already stored": what a re-run after an interruption saved
-        log = logging.getLogger("heal_rag.chroma.index")
+    # "N embedded, M already stored": what a re-run after an interruption saved. The handler lives for this
+    # call only, so repeated calls in one process (tests, notebooks) neither duplicate nor write to a closed stream.
+    log = logging.getLogger("heal_rag.chroma.index")
+    handler = logging.StreamHandler(sys.stdout)
+    previous_level = log.level
+    if not args.quiet:
+        log.addHandler(handler)
         log.setLevel(logging.INFO)
-        if not log.handlers:
-            log.addHandler(logging.StreamHandler(sys.stdout))
-    collection = build_index(
-        args.model,
-        corpus,
-        args.db,
-        collection_name=args.collection,
-        batch_size=args.batch_size,
-        rebuild=args.rebuild,
-        show_progress=args.show_progress,
-        backend=args.backend,
-        client=client,
-    )
+    try:
+        collection = build_index(
+            args.model,
+            corpus,
+            args.db,
+            collection_name=args.collection,
+            batch_size=args.batch_size,
+            rebuild=args.rebuild,
+            show_progress=args.show_progress,
+            backend=args.backend,
+            client=client,
+        )
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
     where = args.db if client is None else f"the Chroma server at {args.chroma_host}:{args.chroma_port}"
     print(f"collection {args.collection!r} in {where}: {collection.count()} records")
     return 0

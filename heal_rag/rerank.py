@@ -305,7 +305,7 @@ def _quality(ranked: np.ndarray, gold: np.ndarray, gains: np.ndarray, leaf_match
     """MRR@10, nDCG@10, context-miss@5 and off-topic@5 of document rankings (numpy; no evaluation extra)."""
     hits = ranked[:, :10] == gold[:, None]
     first = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
-    mrr = np.where(first >= 0, 1.0 / (first + 1), 0.0).mean()
+    mrr = np.where(first >= 0, 1.0 / (np.maximum(first, 0) + 1), 0.0).mean()
     discounts = 1.0 / np.log2(np.arange(2, 12))
     dcg = (np.take_along_axis(gains, ranked[:, :10], axis=1) * discounts).sum(axis=1)
     ideal = (-np.sort(-gains, axis=1)[:, :10] * discounts).sum(axis=1)
