@@ -338,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    quiet = bool(getattr(args, "quiet", False))
+    from heal_rag.distributed import is_main_process
+
+    # under torchrun / accelerate launch, rank 0 alone prints (errors still reach stderr from every rank)
+    quiet = bool(getattr(args, "quiet", False)) or not is_main_process()
     if quiet:
         _silence_progress_bars()
     try:

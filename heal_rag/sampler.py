@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from heal_rag.distributed import get_world_size
+
 
 class HierarchicalBatchSampler(DefaultBatchSampler):
     """Batches made of groups of ``samples_per_leaf`` texts from the same leaf, with sibling leaves together.
@@ -20,6 +22,14 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
     next parent. Groups are never split, so a batch can be a few rows short of ``batch_size``; every row is used
     once per epoch (``drop_last`` drops only a final batch under half full). Shuffling is deterministic for a
     given ``seed`` and epoch.
+
+    In a multi-process run (``torchrun``, ``accelerate launch``) every rank plans the same epoch and accelerate
+    deals whole batches round-robin (batch ``i`` to rank ``i mod world_size``). So that every rank gets the same
+    number of batches (a rank with one batch more would wait forever on the others' gradients) and every row is
+    still used once per epoch, the sampler then splits its largest batches between two groups until the count is a
+    multiple of the world size; only when fewer groups than ranks are left does it repeat batches from the start of
+    the epoch. The sampler then reports ``batch_size=None`` (batches of varying length), which tells accelerate not
+    to wait for full-size batches.
 
     The sampler reads the ``label`` column (rows from :meth:`heal_rag.LabelPaths.to_label_rows`).
 
@@ -40,6 +50,8 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
             ``fine_tune(source_ids=...)``): rows sharing it are placed next to each other before a leaf is cut into
             groups, so a group holds chunks of one document where it has several (positives at that level).
             ``None``: no grouping.
+        world_size: Number of processes the batches are dealt to (``None``: the running process group's size, 1
+            outside a multi-process run).
 
     Example:
         ```python
@@ -68,6 +80,7 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
         samples_per_leaf: int = 2,
         leaves_per_parent: int = 4,
         keep_together_level: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__(
             dataset,
@@ -92,6 +105,14 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
             column = keep_together_level % (n_levels if n_levels is not None else len(rows[0]))
             self.together_of_row = {index: int(round(row[column])) for index, row in enumerate(rows)}
         self.n_samples = sum(len(v) for v in self.leaf_groups.values())
+        self.max_batch_size = batch_size
+        self.world_size = get_world_size() if world_size is None else int(world_size)
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}.")
+        if self.world_size > 1:
+            # accelerate's BatchSamplerShard treats a batch shorter than batch_size as the end of the epoch unless
+            # the sampler declares batches of varying length (batch_size None); ours are, since groups are whole.
+            self.batch_size = None  # type: ignore[assignment]
 
     @classmethod
     def from_label_rows(
@@ -139,16 +160,46 @@ class HierarchicalBatchSampler(DefaultBatchSampler):
             if not any(groups_by_parent[parent].values()):
                 parents.remove(parent)
 
-        batches: list[list[int]] = []
-        batch: list[int] = []
+        batches: list[list[list[int]]] = []  # each batch as its groups, so it can be split between two
+        batch: list[list[int]] = []
         for group in ordered_groups:
-            if batch and len(batch) + len(group) > self.batch_size:
+            if batch and sum(map(len, batch)) + len(group) > self.max_batch_size:
                 batches.append(batch)
                 batch = []
-            batch.extend(group[: self.batch_size])
-        if batch and not (self.drop_last and len(batch) < self.batch_size // 2):
+            batch.append(group[: self.max_batch_size])
+        if batch and not (self.drop_last and sum(map(len, batch)) < self.max_batch_size // 2):
             batches.append(batch)
-        return batches
+        batches = deal_evenly(batches, self.world_size)
+        return [[row for group in groups for row in group] for groups in batches]
+
+
+def deal_evenly(batches: list[list[list[int]]], world_size: int) -> list[list[list[int]]]:
+    """Make the number of batches a multiple of ``world_size``, keeping every row exactly once where possible.
+
+    The batch with the most groups is split between two groups (halves of a batch keep sibling leaves together)
+    until the count divides evenly; when no batch has two groups left (fewer groups than ranks), batches from the
+    start are repeated instead, as ``torch.utils.data.DistributedSampler`` pads.
+
+    Args:
+        batches: Batches, each a list of groups (lists of row indices).
+        world_size: Number of ranks the batches will be dealt to round-robin.
+
+    Returns:
+        The batches, as many as a multiple of ``world_size`` (unchanged when it already is).
+    """
+    batches = list(batches)
+    original = len(batches)
+    repeated = 0
+    while batches and len(batches) % world_size:
+        largest = max(range(len(batches)), key=lambda i: (len(batches[i]), -i))
+        groups = batches[largest]
+        if len(groups) > 1:
+            half = len(groups) // 2
+            batches[largest : largest + 1] = [groups[:half], groups[half:]]
+        else:
+            batches.append(batches[repeated % original])
+            repeated += 1
+    return batches
 
 
 def group_rows_by_leaf(

@@ -39,6 +39,7 @@ from heal_rag.blending import (
     hold_out_pairs,
     select_base_weight_share,
 )
+from heal_rag.distributed import get_world_size, is_main_process
 from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.models import set_max_seq_length
@@ -426,6 +427,12 @@ def fine_tune(
         device: Torch device for a model loaded here.
         **config_overrides: Any :class:`HEALTrainingConfig` field, e.g. ``max_steps=60, learning_rate=5e-5``.
 
+    Multi-process training: run the same script under ``torchrun --nproc_per_node N`` (or ``accelerate launch``);
+    each rank trains on its share of the batches (see :class:`HierarchicalBatchSampler`) and gradients are averaged
+    (``DistributedDataParallel``), so ``batch_size`` is per process and ``max_steps`` counts optimiser steps. Only
+    rank 0 chooses the blend share, computes the centroids and writes ``output_dir``; the other ranks return right
+    after training, with their (identical, unblended) weights and empty ``metadata``.
+
     Returns:
         A :class:`FineTuneResult` with the tuned model and where it was saved.
 
@@ -504,6 +511,15 @@ def fine_tune(
     train_output = _train(
         model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
     )
+    if not is_main_process():  # rank 0 alone chooses the blend and writes; the weights are the same on every rank
+        return FineTuneResult(
+            model=model,
+            output_dir=output_dir,
+            metadata={},
+            train_loss=float(train_output.training_loss),
+            train_runtime_s=float(train_output.metrics.get("train_runtime", float("nan"))),
+            global_steps=int(train_output.global_step),
+        )
     _check_trained_model(model, documents, base_spread)
     set_max_seq_length(model, deployed_max_seq_length)
     settings = {
@@ -615,10 +631,19 @@ def _train(
     }
     if checkpoints is not None:
         args_kwargs.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=2)
+    if get_world_size() > 1 and not torch.cuda.is_available():
+        # accelerate treats a CPU-only torchrun launch as one process per copy unless told to use the CPU, and
+        # every rank would then train alone on all the data: use_cpu makes it one gloo process group
+        args_kwargs["use_cpu"] = True
     args_kwargs.update(training_args or {})
     with tempfile.TemporaryDirectory(prefix="heal_rag-trainer-") as scratch:
         args_kwargs["output_dir"] = str(checkpoints) if checkpoints is not None else scratch
-        args = SentenceTransformerTrainingArguments(**args_kwargs)
+        with _quiet_logger("sentence_transformers.base.training_args", get_world_size() > 1):
+            args = SentenceTransformerTrainingArguments(**args_kwargs)
+        if "dataloader_drop_last" not in (training_args or {}):
+            # sentence-transformers turns drop_last on under DDP so that no rank waits on an uneven last batch;
+            # HierarchicalBatchSampler already deals every rank the same number of batches, and keeps every row
+            args.dataloader_drop_last = False
         # Quiet means quiet: without progress bars the trainer would print its loss logs instead (PrinterCallback)
         # and the model card its widget examples; both go.
         with contextlib.redirect_stderr(io.StringIO()) if not show_progress_bar else contextlib.nullcontext():
@@ -630,6 +655,19 @@ def _train(
 
             trainer.remove_callback(PrinterCallback)
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, quiet: bool) -> Any:
+    """Silence one library logger's warnings for a moment (a warning about a setting heal_rag then changes back)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _training_prompts(model: SentenceTransformer) -> dict[str, str]:

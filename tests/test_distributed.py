@@ -1,0 +1,133 @@
+"""Multi-process training: the sampler deals every rank the same number of batches with every row once per epoch,
+and ``torchrun --nproc_per_node 2`` (gloo, CPU) trains one model that only rank 0 writes (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_model, make_corpus, write_corpus_jsonl
+
+from heal_rag.labels import LabelPaths
+from heal_rag.sampler import HierarchicalBatchSampler, deal_evenly
+
+SCRIPT = Path(__file__).parent / "scripts" / "distributed_fine_tune.py"
+
+
+def _label_rows(per_leaf: int) -> list[list[float]]:
+    _, labels, _ = make_corpus(per_leaf)
+    return LabelPaths(labels).to_label_rows()
+
+
+def _shards(sampler: HierarchicalBatchSampler, world_size: int) -> list[list[list[int]]]:
+    from accelerate.data_loader import BatchSamplerShard
+
+    return [
+        list(BatchSamplerShard(sampler, num_processes=world_size, process_index=rank, even_batches=False))
+        for rank in range(world_size)
+    ]
+
+
+def test_deal_evenly_splits_batches_between_groups_and_pads_only_when_it_must():
+    batches = [[[0, 1], [2, 3], [4, 5]], [[6, 7]], [[8, 9], [10, 11]]]
+    dealt = deal_evenly(batches, 2)
+    assert len(dealt) == 4
+    assert sorted(row for batch in dealt for group in batch for row in group) == list(range(12))
+    assert [[0, 1]] in dealt and [[2, 3], [4, 5]] in dealt  # the largest batch split at a group boundary
+    assert deal_evenly(batches, 3) == batches
+    padded = deal_evenly([[[0, 1]]], 3)  # one group, three ranks: nothing to split, so repeat
+    assert padded == [[[0, 1]]] * 3
+
+
+@pytest.mark.parametrize(("world_size", "per_leaf", "batch_size"), [(2, 8, 8), (3, 8, 8), (2, 5, 12), (4, 9, 10)])
+def test_every_rank_gets_as_many_batches_and_every_row_is_used_once(world_size, per_leaf, batch_size):
+    rows = _label_rows(per_leaf)
+    sampler = HierarchicalBatchSampler.from_label_rows(rows, batch_size=batch_size, seed=3, world_size=world_size)
+    assert sampler.batch_size is None  # accelerate must not wait for full-size batches
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        shards = _shards(sampler, world_size)
+        assert len({len(shard) for shard in shards}) == 1, [len(s) for s in shards]
+        assert all(len(shard) == len(sampler) // world_size for shard in shards)
+        counts = Counter(row for shard in shards for batch in shard for row in batch)
+        assert counts == Counter(range(len(rows)))
+        for shard in shards:  # the hierarchy guarantee survives the split: every row has a leaf-mate in its batch
+            for batch in shard:
+                leaves = Counter(rows[row][-1] for row in batch)
+                assert all(count >= 2 for count in leaves.values()), batch
+                assert len(batch) <= batch_size
+
+
+def test_a_single_process_sampler_is_unchanged():
+    rows = _label_rows(8)
+    single = HierarchicalBatchSampler.from_label_rows(rows, batch_size=8, seed=3)
+    assert single.batch_size == 8 and single.world_size == 1
+    assert list(single) == list(HierarchicalBatchSampler.from_label_rows(rows, batch_size=8, seed=3, world_size=1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    texts, labels, titles = make_corpus(7)  # 42 rows: batches of varying length
+    return write_corpus_jsonl(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", texts, labels, titles)
+
+
+def test_torchrun_two_processes_train_one_model_that_rank_0_writes(corpus_file, tmp_path):
+    out, records = tmp_path / "model", tmp_path / "records"
+    records.mkdir()
+    _torchrun([str(SCRIPT), str(build_tiny_model()), str(corpus_file), str(out), str(records)], cwd=tmp_path)
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(r["changed"] for r in ranks)  # the model trained
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # and the ranks agree on its final weights
+    assert ranks[0]["global_steps"] == ranks[1]["global_steps"] > 0
+    assert ranks[0]["metadata_keys"] and not ranks[1]["metadata_keys"]  # rank 0 alone wrote heal_rag.json
+    n_rows = ranks[0]["rows"]
+    per_epoch = len(ranks[0]["batches"]) // 2
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 2 * per_epoch
+    for epoch in (0, 1):  # every row seen exactly once per epoch, across the two ranks
+        seen = Counter(
+            row for r in ranks for batch in r["batches"][epoch * per_epoch : (epoch + 1) * per_epoch] for row in batch
+        )
+        assert seen == Counter(range(n_rows))
+    assert (out / "heal_rag.json").is_file() and (out / "model.safetensors").is_file()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+    from heal_rag.encoder import HEALEncoder
+
+    encoder = HEALEncoder.load(out)  # the written directory is complete: it loads and predicts paths
+    assert encoder.predict_path(["laser light lens"])[0].path
+
+
+def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_file, tmp_path):
+    out = tmp_path / "cli-model"
+    result = _torchrun(
+        ["-m", "heal_rag.cli", "train", "--data", str(corpus_file), "--out", str(out), "--base-model",
+         str(build_tiny_model()), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2", "--base-weight-share", "0",
+         "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-steps", "2"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.stdout.count("saved to") == 1, result.stdout
+    assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 3
+    assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
