@@ -1,0 +1,174 @@
+"""Streaming index builds: throughput, peak memory, and what a re-run after a kill embeds again.
+
+    python benchmarks/index_build.py [--documents 20000] [--backend torch] [--model runs/rerank/arxiv/model]
+
+A JSONL corpus of ``--documents`` records is written under ``runs/bench-index/`` from the arXiv abstracts in
+``../shared/data`` (beyond 21,450 the abstracts repeat under new ids), then ``heal-rag index`` runs as a user runs it,
+in a child process:
+
+1. a full build into a new database: wall time, documents per second, peak resident memory (the child's maximum
+   RSS), and the records stored;
+2. a build killed (SIGKILL) at half the full build's wall time, then the same command again: the records stored at
+   the kill, the documents the re-run embedded, and the share embedded twice, ``(re-embedded − missing) / N``
+   (target ≤ 1 %), and whether the collection ends identical to the full build (ids and content hashes).
+
+The model is the arXiv HEAL model of ``benchmarks/rerank_quality.py`` (trained there when absent). Writes
+``benchmarks/results/index_build.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from shared import ARXIV_FULL  # noqa: E402
+
+from heal_rag.artifacts import write_json_atomic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "runs" / "bench-index"
+RESULTS = Path(__file__).parent / "results" / "index_build.json"
+LOG_LINE = re.compile(r"(\d+) documents embedded, (\d+) already stored")
+
+
+def write_corpus(n_documents: int) -> Path:
+    """``n_documents`` JSONL records from the arXiv abstracts (repeated under new ids past the end)."""
+    records = [json.loads(line) for line in ARXIV_FULL.open(encoding="utf-8")]
+    path = WORK / f"corpus-{n_documents}.jsonl"
+    if path.is_file():
+        return path
+    WORK.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    with staging.open("w", encoding="utf-8") as handle:
+        for i in range(n_documents):
+            record = records[i % len(records)]
+            handle.write(
+                json.dumps(
+                    {"id": f"a{i}", "text": record["text"], "labels": record["labels"], "title": record["title"]}
+                )
+                + "\n"
+            )
+    staging.replace(path)
+    return path
+
+
+def index_command(model: Path, corpus: Path, db: Path, backend: str) -> list[str]:
+    return [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(model), "--data", str(corpus), "--db",
+            str(db), "--backend", backend]  # fmt: skip
+
+
+def run_child(command: list[str], kill_after_s: float | None = None) -> tuple[float, str, bool]:
+    """Run ``command``, SIGKILLed after ``kill_after_s``; returns wall seconds, stdout and whether it was killed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        stdout, _ = child.communicate(timeout=kill_after_s)
+        killed = False
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGKILL)
+        stdout, _ = child.communicate()
+        killed = True
+    if not killed and child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{stdout}")
+    return time.perf_counter() - started, stdout, killed
+
+
+def collection_state(db: Path) -> dict[str, str]:
+    """Id → content hash of every record in the heal_rag collection at ``db`` (empty when there is none)."""
+    import chromadb
+
+    from heal_rag.chroma.index import CONTENT_KEY
+
+    client = chromadb.PersistentClient(path=str(db))
+    names = [c.name for c in client.list_collections()]
+    if "heal_rag" not in names:
+        return {}
+    collection = client.get_collection("heal_rag")
+    state: dict[str, str] = {}
+    offset = 0
+    while True:
+        page = collection.get(include=["metadatas"], limit=5000, offset=offset)
+        if not page["ids"]:
+            return state
+        state.update({i: str(m.get(CONTENT_KEY)) for i, m in zip(page["ids"], page["metadatas"], strict=True)})
+        offset += len(page["ids"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--documents", type=int, default=20_000)
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--model", type=Path, default=ROOT / "runs" / "rerank" / "arxiv" / "model")
+    args = parser.parse_args()
+    if not ARXIV_FULL.is_file():
+        print(f"skipped: {ARXIV_FULL} is absent")
+        return
+    if not (args.model / "heal_rag.json").is_file():
+        from quality import load_split
+        from rerank_quality import heal_model
+
+        args.model = heal_model("arxiv", load_split("arxiv"), 100)
+    corpus = write_corpus(args.documents)
+    n = args.documents
+
+    full_db, resumed_db = WORK / f"db-full-{n}", WORK / f"db-resumed-{n}"
+    for db in (full_db, resumed_db):
+        shutil.rmtree(db, ignore_errors=True)
+    wall, stdout, _ = run_child(index_command(args.model, corpus, full_db, args.backend))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    full = collection_state(full_db)
+    print(f"full build: {n} documents in {wall:.0f} s ({n / wall:.1f}/s), peak RSS {peak_rss_mib:.0f} MiB", flush=True)
+
+    _, _, killed = run_child(index_command(args.model, corpus, resumed_db, args.backend), kill_after_s=wall / 2)
+    stored_at_kill = len(collection_state(resumed_db))
+    rerun_wall, rerun_stdout, _ = run_child(index_command(args.model, corpus, resumed_db, args.backend))
+    match = LOG_LINE.search(rerun_stdout)
+    if match is None:
+        raise RuntimeError(f"the re-run did not report what it embedded:\n{rerun_stdout}")
+    embedded, already = int(match.group(1)), int(match.group(2))
+    resumed = collection_state(resumed_db)
+    result: dict[str, Any] = {
+        "documents": n,
+        "backend": args.backend,
+        "model": str(args.model.relative_to(ROOT)) if args.model.is_relative_to(ROOT) else str(args.model),
+        "full_build_s": round(wall, 1),
+        "documents_per_s": round(n / wall, 1),
+        "peak_rss_mib": round(peak_rss_mib),
+        "records": len(full),
+        "killed_at_s": round(wall / 2, 1),
+        "killed": killed,
+        "stored_at_kill": stored_at_kill,
+        "rerun_s": round(rerun_wall, 1),
+        "rerun_embedded": embedded,
+        "rerun_already_stored": already,
+        "embedded_twice_share": round((embedded - (n - stored_at_kill)) / n, 4),
+        "identical_to_full_build": resumed == full,
+        "cpus": os.cpu_count(),
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[f"{n}-{args.backend}"] = result
+    write_json_atomic(RESULTS, results)
+    print(
+        "| documents | backend | build s | docs/s | peak RSS MiB | stored at kill | re-run embedded | twice | same |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        f"| {n:,} | {args.backend} | {wall:.0f} | {n / wall:.1f} | {peak_rss_mib:.0f} | {stored_at_kill:,} | "
+        f"{embedded:,} | {result['embedded_twice_share']:.2%} | {resumed == full} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
