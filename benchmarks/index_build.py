@@ -1,6 +1,6 @@
 """Streaming index builds: throughput, peak memory, and what a re-run after a kill embeds again.
 
-    python benchmarks/index_build.py [--documents 20000] [--backend torch] [--model runs/rerank/arxiv/model]
+    python benchmarks/index_build.py [--documents 20000] [--backend torch] [--processes 1] [--skip-resume]
 
 A JSONL corpus of ``--documents`` records is written under ``runs/bench-index/`` from the arXiv abstracts in
 ``../shared/data`` (beyond 21,450 the abstracts repeat under new ids), then ``heal-rag index`` runs as a user runs it,
@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +64,23 @@ def write_corpus(n_documents: int) -> Path:
     return path
 
 
-def index_command(model: Path, corpus: Path, db: Path, backend: str) -> list[str]:
+def index_command(model: Path, corpus: Path, db: Path, backend: str, processes: int) -> list[str]:
     return [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(model), "--data", str(corpus), "--db",
-            str(db), "--backend", backend]  # fmt: skip
+            str(db), "--backend", backend, "--processes", str(processes)]  # fmt: skip
 
 
 def run_child(command: list[str], kill_after_s: float | None = None) -> tuple[float, str, bool]:
     """Run ``command``, SIGKILLed after ``kill_after_s``; returns wall seconds, stdout and whether it was killed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True
+    )
     try:
         stdout, _ = child.communicate(timeout=kill_after_s)
         killed = False
     except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)  # the CLI and its encoder workers, as a machine failure would
         stdout, _ = child.communicate()
         killed = True
     if not killed and child.returncode != 0:
@@ -106,10 +109,18 @@ def collection_state(db: Path) -> dict[str, str]:
         offset += len(page["ids"])
 
 
+def save(key: str, result: dict[str, Any]) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[key] = result
+    write_json_atomic(RESULTS, results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=20_000)
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--processes", type=int, default=1, help="encoder processes (torch backend)")
+    parser.add_argument("--skip-resume", action="store_true", help="the full build only (no kill and re-run)")
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "rerank" / "arxiv" / "model")
     args = parser.parse_args()
     if not ARXIV_FULL.is_file():
@@ -126,27 +137,36 @@ def main() -> None:
     full_db, resumed_db = WORK / f"db-full-{n}", WORK / f"db-resumed-{n}"
     for db in (full_db, resumed_db):
         shutil.rmtree(db, ignore_errors=True)
-    wall, stdout, _ = run_child(index_command(args.model, corpus, full_db, args.backend))
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    command = partial(index_command, args.model, corpus, backend=args.backend, processes=args.processes)
+    wall, stdout, _ = run_child(command(full_db))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest single process
     full = collection_state(full_db)
     print(f"full build: {n} documents in {wall:.0f} s ({n / wall:.1f}/s), peak RSS {peak_rss_mib:.0f} MiB", flush=True)
-
-    _, _, killed = run_child(index_command(args.model, corpus, resumed_db, args.backend), kill_after_s=wall / 2)
-    stored_at_kill = len(collection_state(resumed_db))
-    rerun_wall, rerun_stdout, _ = run_child(index_command(args.model, corpus, resumed_db, args.backend))
-    match = LOG_LINE.search(rerun_stdout)
-    if match is None:
-        raise RuntimeError(f"the re-run did not report what it embedded:\n{rerun_stdout}")
-    embedded, already = int(match.group(1)), int(match.group(2))
-    resumed = collection_state(resumed_db)
+    key = f"{n}-{args.backend}-{args.processes}p"
     result: dict[str, Any] = {
         "documents": n,
         "backend": args.backend,
+        "processes": args.processes,
         "model": str(args.model.relative_to(ROOT)) if args.model.is_relative_to(ROOT) else str(args.model),
         "full_build_s": round(wall, 1),
         "documents_per_s": round(n / wall, 1),
         "peak_rss_mib": round(peak_rss_mib),
         "records": len(full),
+        "cpus": os.cpu_count(),
+    }
+    if args.skip_resume:
+        save(key, result)
+        return
+
+    _, _, killed = run_child(command(resumed_db), kill_after_s=wall / 2)
+    stored_at_kill = len(collection_state(resumed_db))
+    rerun_wall, rerun_stdout, _ = run_child(command(resumed_db))
+    match = LOG_LINE.search(rerun_stdout)
+    if match is None:
+        raise RuntimeError(f"the re-run did not report what it embedded:\n{rerun_stdout}")
+    embedded, already = int(match.group(1)), int(match.group(2))
+    resumed = collection_state(resumed_db)
+    result |= {
         "killed_at_s": round(wall / 2, 1),
         "killed": killed,
         "stored_at_kill": stored_at_kill,
@@ -155,11 +175,8 @@ def main() -> None:
         "rerun_already_stored": already,
         "embedded_twice_share": round((embedded - (n - stored_at_kill)) / n, 4),
         "identical_to_full_build": resumed == full,
-        "cpus": os.cpu_count(),
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results[f"{n}-{args.backend}"] = result
-    write_json_atomic(RESULTS, results)
+    save(key, result)
     print(
         "| documents | backend | build s | docs/s | peak RSS MiB | stored at kill | re-run embedded | twice | same |"
     )

@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
     index.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="encoder processes (torch backend; one per GPU where there are enough)",
+    )
+    index.add_argument(
         "--backend",
         choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"],
         default="torch",
@@ -563,6 +569,7 @@ def _index(args: argparse.Namespace) -> int:
             show_progress=args.show_progress,
             backend=args.backend,
             client=client,
+            processes=args.processes,
         )
     finally:
         log.removeHandler(handler)

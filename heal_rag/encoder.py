@@ -7,11 +7,12 @@ It embeds queries and documents with the model's own query/document prompts (``e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -138,6 +139,40 @@ class HEALEncoder:
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         #: Texts embedded so far that were longer than ``max_seq_length`` (cut to their beginning).
         self.truncated_texts = 0
+        self._pool: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def multi_process(self, processes: int) -> Iterator[HEALEncoder]:
+        """Embed documents with ``processes`` worker processes inside the ``with`` block.
+
+        Uses sentence-transformers' multi-process pool (one worker per GPU when there are enough GPUs, else per
+        CPU process); the pool is stopped when the block ends, also on error. ``processes=1`` changes nothing. For
+        large index builds (``build_index(processes=...)``, ``heal-rag index --processes``); whether it pays on a
+        given machine is measured by ``benchmarks/index_build.py``.
+
+        Raises:
+            ValueError: For ``processes < 1``, or with an exported backend (ONNX Runtime and OpenVINO already use
+                every core in one process).
+        """
+        check_int("processes", processes, minimum=1)
+        if processes > 1 and self.runtime is not None:
+            raise ValueError(
+                f"processes={processes} applies to the torch backend; the {self.backend} backend already uses every "
+                "core in one process (use processes=1)."
+            )
+        if processes == 1 or self._pool is not None:
+            yield self
+            return
+        import torch
+
+        gpus = torch.cuda.device_count()
+        devices = [f"cuda:{i}" for i in range(processes)] if gpus >= processes else ["cpu"] * processes
+        self._pool = self.model.start_multi_process_pool(target_devices=devices)
+        try:
+            yield self
+        finally:
+            pool, self._pool = self._pool, None
+            self.model.stop_multi_process_pool(pool)
 
     @classmethod
     def load(
@@ -214,6 +249,7 @@ class HEALEncoder:
                 normalize_embeddings=self.normalize_embeddings,
                 show_progress_bar=show_progress_bar,
                 convert_to_numpy=True,
+                pool=self._pool,
             ),
             dtype=np.float32,
         )

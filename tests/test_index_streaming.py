@@ -101,3 +101,28 @@ def test_a_bad_line_late_in_the_file_fails_before_anything_is_indexed(corpus_fil
     assert main(["index", "--model", str(model), "--data", str(corpus_file), "--db", str(tmp_path / "db")]) != 0
     assert "corpus.jsonl:25: 'text' must be a non-empty string" in capsys.readouterr().err
     assert not (tmp_path / "db").exists()
+
+
+def test_two_encoder_processes_store_the_same_vectors_and_the_pool_is_stopped(corpus_file, tmp_path):
+    from heal_rag.encoder import HEALEncoder
+
+    encoder = HEALEncoder.load(build_tiny_heal_model())
+    one = build_index(encoder, read_corpus(corpus_file), tmp_path / "db", "one", show_progress=False)
+    two = build_index(encoder, iter_corpus(corpus_file, batch_size=7), tmp_path / "db", "two", batch_size=5,
+                      show_progress=False, processes=2)  # fmt: skip
+    assert encoder._pool is None  # the worker processes were stopped with the build
+    a, b = (c.get(include=["embeddings"]) for c in (one, two))
+    vectors_a = dict(zip(a["ids"], a["embeddings"], strict=True))
+    vectors_b = dict(zip(b["ids"], b["embeddings"], strict=True))
+    assert vectors_a.keys() == vectors_b.keys()
+    for doc_id, vector in vectors_a.items():
+        assert abs(vector - vectors_b[doc_id]).max() < 1e-6
+
+
+def test_processes_are_refused_with_a_runtime_backend_or_below_one(corpus_file, tmp_path):
+    model = build_tiny_heal_model()
+    with pytest.raises(ValueError, match="processes"):
+        build_index(model, read_corpus(corpus_file), tmp_path / "db", processes=0, show_progress=False)
+    with pytest.raises(ValueError, match="applies to the torch backend"):
+        build_index(model, read_corpus(corpus_file), tmp_path / "db", processes=2, backend="onnx", show_progress=False)
+    assert not (tmp_path / "db").exists()  # refused before anything was created

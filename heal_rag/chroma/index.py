@@ -302,6 +302,7 @@ def build_index(
     client: Any = None,
     embeddings: Any = None,
     backend: str = "torch",
+    processes: int = 1,
 ) -> Any:
     """Embed ``corpus`` with a HEAL model and upsert it into a persistent Chroma collection.
 
@@ -332,6 +333,7 @@ def build_index(
             normalised), e.g. by an evaluation; they are stored as given instead of being computed again. Only with
             a single ``Corpus``.
         backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
+        processes: Encoder processes (torch backend; see :meth:`~heal_rag.encoder.HEALEncoder.multi_process`).
 
     Returns:
         The Chroma collection. How many documents were embedded and how many were already stored is logged (logger
@@ -344,6 +346,9 @@ def build_index(
     """
     check_collection_name(collection_name)
     check_int("batch_size", batch_size, minimum=1)
+    check_int("processes", processes, minimum=1)
+    if processes > 1 and backend != "torch":
+        raise ValueError(f"processes={processes} applies to the torch backend; {backend} already uses every core.")
     single = isinstance(corpus, Corpus)
     if embeddings is not None and (not single or len(embeddings) != len(corpus)):
         raise ValueError(
@@ -359,16 +364,17 @@ def build_index(
     counts = {"embedded": 0, "already stored": 0}
     seen: set[str] = set()
     progress = tqdm(total=len(corpus) if single else None, desc="indexing", unit="doc", disable=not show_progress)
-    for part in [corpus] if single else corpus:
-        _check_new_ids(part.ids, seen)
-        for start in range(0, len(part), batch_size):
-            stop = min(start + batch_size, len(part))
-            vectors = None if embeddings is None else np.asarray(embeddings[start:stop], dtype=np.float32)
-            embedded = _upsert_batch(collection, function, encoder, part, start, stop, vectors)
-            counts["embedded"] += embedded
-            counts["already stored"] += stop - start - embedded
-            progress.update(stop - start)
-            progress.set_postfix(counts, refresh=False)
+    with encoder.multi_process(processes):
+        for part in [corpus] if single else corpus:
+            _check_new_ids(part.ids, seen)
+            for start in range(0, len(part), batch_size):
+                stop = min(start + batch_size, len(part))
+                vectors = None if embeddings is None else np.asarray(embeddings[start:stop], dtype=np.float32)
+                embedded = _upsert_batch(collection, function, encoder, part, start, stop, vectors)
+                counts["embedded"] += embedded
+                counts["already stored"] += stop - start - embedded
+                progress.update(stop - start)
+                progress.set_postfix(counts, refresh=False)
     progress.close()
     total = counts["embedded"] + counts["already stored"]
     logger.info(
