@@ -82,6 +82,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="other_leaves: a query's own-leaf documents are not its negatives (fewer off-topic hits, lower MRR)",
     )
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
+    group.add_argument(
+        "--gather-across-devices",
+        action="store_true",
+        default=None,
+        help="under torchrun: every rank's batch joins each rank's loss as positives and negatives",
+    )
     group.add_argument("--samples-per-leaf", type=_positive_int, default=None)
     group.add_argument("--leaves-per-parent", type=_positive_int, default=None)
     group.add_argument(
@@ -108,6 +114,7 @@ _TRAINING_KEYS = (
     "hierarchy_views",
     "pair_negatives",
     "consistency_weight",
+    "gather_across_devices",
     "samples_per_leaf",
     "leaves_per_parent",
     "base_weight_share",

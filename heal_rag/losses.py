@@ -136,6 +136,11 @@ class HEALLoss(nn.Module):
             like documents.
         consistency_weight: Weight of the consistency hinge; 0 turns it off.
         consistency_margin: Margin of the consistency hinge, in cosine similarity.
+        gather_across_devices: In a multi-process run (``torchrun``), gather every rank's embeddings and labels
+            (with gradients, as sentence-transformers' ``gather_across_devices`` does for its in-batch-negative
+            losses), so each rank's anchors find positives and negatives in the whole global batch; each rank's loss
+            still averages over its own anchors. Batches of different lengths are padded and the padding is masked.
+            No effect in a single process.
 
     References:
         M. Bhattarai et al., "HEAL: Hierarchical Embedding Alignment Loss for Improved Retrieval and Representation
@@ -187,6 +192,7 @@ class HEALLoss(nn.Module):
         symmetric_pairs: bool = False,
         pair_negatives: PairNegatives = "all",
         query_hierarchy_weight: float = 1.0,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__()
         check_real("temperature", temperature, minimum=0, min_open=True)
@@ -233,6 +239,7 @@ class HEALLoss(nn.Module):
         self.symmetric_pairs = bool(symmetric_pairs)
         self.pair_negatives: PairNegatives = pair_negatives
         self.query_hierarchy_weight = float(query_hierarchy_weight)
+        self.gather_across_devices = bool(gather_across_devices)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         """Embed each text column in its own forward pass and compute the loss components.
@@ -242,7 +249,11 @@ class HEALLoss(nn.Module):
                 at the first bad step instead of saving a broken model.
         """
         embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
-        components = self.compute_loss_from_embeddings(embeddings, labels)
+        if self.gather_across_devices and _world_size() > 1:
+            embeddings, labels, anchors, present = _gather_batch(embeddings, labels)
+            components = self.compute_loss_from_embeddings(embeddings, labels, anchors=anchors, present=present)
+        else:
+            components = self.compute_loss_from_embeddings(embeddings, labels)
         total = sum(components.values())
         if not bool(torch.isfinite(total)):
             values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in components.items())
@@ -252,12 +263,21 @@ class HEALLoss(nn.Module):
             )
         return components
 
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def compute_loss_from_embeddings(
+        self,
+        embeddings: list[Tensor],
+        labels: Tensor,
+        anchors: Tensor | None = None,
+        present: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Compute the weighted loss components from embeddings.
 
         Args:
             embeddings: One ``(B, D)`` tensor (documents) or two (queries, documents).
             labels: ``(B, C)`` label rows as described in the class docstring.
+            anchors: ``(B,)`` boolean, the rows whose losses are averaged (default: all); the others only serve as
+                positives and negatives (another rank's rows, see ``gather_across_devices``).
+            present: ``(B,)`` boolean, the rows that exist (default: all); the others are padding and take no part.
 
         Returns:
             ``{"level_0": ..., "level_{L-1}": ..., ["query_document": ...], ["consistency": ...]}``; each value is
@@ -277,41 +297,52 @@ class HEALLoss(nn.Module):
         if pair_in_pool:
             lambdas = [*lambdas, self.query_document_weight]
         pool_levels = ids.shape[1] if pair_in_pool else n_hierarchy
+        n_rows = ids.shape[0]
+        anchors = torch.ones(n_rows, dtype=torch.bool, device=ids.device) if anchors is None else anchors
+        present = torch.ones(n_rows, dtype=torch.bool, device=ids.device) if present is None else present
         if paired and self.hierarchy_views == "both":
             pool = torch.cat(embeddings, dim=0)
             pool_ids = torch.cat([ids, ids], dim=0)[:, :pool_levels]
             pool_weights = torch.cat([weights * self.query_hierarchy_weight, weights], dim=0)[:, :pool_levels]
+            pool_anchors, pool_present = anchors.repeat(2), present.repeat(2)
         else:
             pool = embeddings[-1]
             pool_ids, pool_weights = ids[:, :pool_levels], weights[:, :pool_levels]
+            pool_anchors, pool_present = anchors, present
 
         z = F.normalize(pool, dim=-1)
         cosine = z @ z.T
         eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        # padding rows are never candidates; a row is never its own
+        blocked = eye | ~pool_present[None, :]
         same = _same_label_masks(pool_ids, eye)
-        per_level = _supcon_per_level(cosine / self.temperature, same, pool_weights, eye) * pool.new_tensor(lambdas)
+        per_level = _supcon_per_level(cosine / self.temperature, same, pool_weights, blocked, pool_anchors)
+        per_level = per_level * pool.new_tensor(lambdas)
 
         components = {f"level_{level}": per_level[level] for level in range(n_hierarchy)}
         if pair_in_pool:
             components["query_document"] = per_level[-1]
         elif paired:
             pair_temperature = self.pair_temperature or self.temperature
-            excluded = None
+            excluded = ~present[None, :].expand(n_rows, n_rows)  # padding is never a candidate
             if self.pair_negatives == "other_leaves":  # rows of the same leaf (_ranking_loss keeps the own document)
-                nothing = torch.zeros(len(ids), len(ids), dtype=torch.bool, device=ids.device)
-                excluded = _same_label_masks(ids[:, n_hierarchy - 1 : n_hierarchy], nothing)[0]
+                nothing = torch.zeros(n_rows, n_rows, dtype=torch.bool, device=ids.device)
+                excluded = excluded | _same_label_masks(ids[:, n_hierarchy - 1 : n_hierarchy], nothing)[0]
+            rows = anchors.nonzero().squeeze(1)  # each anchor picks among every row of the (gathered) batch
             ranking = _ranking_loss(
-                embeddings[0], embeddings[1], ids, pair_temperature, self.pair_level_discount, excluded
-            )
+                embeddings[0][rows], embeddings[1], ids[rows], ids, pair_temperature, self.pair_level_discount,
+                excluded[rows],
+            )  # fmt: skip
             if self.symmetric_pairs:
                 backward = _ranking_loss(
-                    embeddings[1], embeddings[0], ids, pair_temperature, self.pair_level_discount, excluded
-                )
+                    embeddings[1][rows], embeddings[0], ids[rows], ids, pair_temperature, self.pair_level_discount,
+                    excluded[rows],
+                )  # fmt: skip
                 ranking = (ranking + backward) / 2
             components["query_document"] = self.query_document_weight * ranking
         if self.consistency_weight > 0:
             components["consistency"] = self.consistency_weight * _consistency_hinge(
-                cosine, same[:n_hierarchy], self.consistency_margin
+                cosine, same[:n_hierarchy], self.consistency_margin, pool_anchors
             )
         return components
 
@@ -331,6 +362,7 @@ class HEALLoss(nn.Module):
             "symmetric_pairs": self.symmetric_pairs,
             "pair_negatives": self.pair_negatives,
             "query_hierarchy_weight": self.query_hierarchy_weight,
+            "gather_across_devices": self.gather_across_devices,
         }
 
     @property
@@ -372,18 +404,24 @@ def _split_labels(labels: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
     return ids, weights
 
 
-def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor, eye: Tensor) -> Tensor:
+def _supcon_per_level(
+    logits: Tensor, same: Tensor, weights: Tensor, blocked: Tensor, anchors: Tensor | None = None
+) -> Tensor:
     """Weighted SupCon loss per level, ``(K,)``, from ``(N, N)`` logits and ``(K, N, N)`` positive masks.
 
     Anchors without a positive at a level are skipped there; a level without anchors gives 0 (still attached to the
-    graph, so every component can be back-propagated). ``eye`` is the ``(N, N)`` boolean diagonal.
+    graph, so every component can be back-propagated). ``blocked`` is the ``(N, N)`` boolean mask of pairs left out
+    of every softmax (the diagonal, and padding columns); ``anchors`` (``(N,)`` boolean, default all) the rows whose
+    losses are averaged.
     """
-    logits = logits.masked_fill(eye, float("-inf"))
-    log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(eye, 0.0)
+    logits = logits.masked_fill(blocked, float("-inf"))
+    log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(blocked, 0.0)
     positive_weight = same * weights.T[:, None, :]  # (K, N, N)
     positive_total = positive_weight.sum(-1)  # (K, N)
     per_anchor = -(positive_weight * log_prob.unsqueeze(0)).sum(-1) / positive_total.clamp_min(_EPS)
     anchor_weight = weights.T * (positive_total > 0)  # (K, N)
+    if anchors is not None:
+        anchor_weight = anchor_weight * anchors[None, :]
     per_level = (per_anchor * anchor_weight).sum(-1) / anchor_weight.sum(-1).clamp_min(_EPS)
     return per_level + 0.0 * log_prob.sum()
 
@@ -391,33 +429,33 @@ def _supcon_per_level(logits: Tensor, same: Tensor, weights: Tensor, eye: Tensor
 def _ranking_loss(
     queries: Tensor,
     documents: Tensor,
-    ids: Tensor,
+    query_ids: Tensor,
+    document_ids: Tensor,
     temperature: float,
     discount: float,
     excluded: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy of each query's softmax over the batch documents against a target distribution.
 
-    ``excluded`` (``(B, B)`` boolean, optional) drops documents from query ``i``'s softmax (never its own document),
-    e.g. the other documents of its leaf, so they are neither negatives nor targets.
+    ``excluded`` (``(Q, B)`` boolean, optional) drops documents from query ``i``'s softmax (never its own document),
+    e.g. the other documents of its leaf, or padding, so they are neither negatives nor targets.
 
-    ``ids`` are the rows' hierarchy ids followed by the document key. The target puts weight 1 on the query's own
+    ``query_ids`` / ``document_ids`` are the rows' hierarchy ids followed by the document key (the same rows unless
+    the documents were gathered from other ranks). The target puts weight 1 on the query's own
     document (every row with its key) and, when ``discount > 0``, ``discount^(L - shared + 1)`` on a document that
     shares ``shared ≥ 1`` of the ``L`` hierarchy levels. With ``discount = 0`` and one row per document this is
     MultipleNegativesRankingLoss at scale ``1/temperature``.
     """
     scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature
-    keys = ids[:, -1]
-    own = keys[:, None] == keys[None, :]
+    own = (query_ids[:, -1][:, None] == document_ids[:, -1][None, :]) & (document_ids[:, -1] >= 0)[None, :]
     if excluded is not None:
         scores = scores.masked_fill(excluded & ~own, float("-inf"))
     log_prob = scores - torch.logsumexp(scores, dim=1, keepdim=True)
     if discount <= 0:
         return -torch.logsumexp(log_prob.masked_fill(~own, float("-inf")), dim=1).mean()
-    hierarchy = ids[:, :-1]
-    nothing_excluded = torch.zeros_like(own)
-    shared = _same_label_masks(hierarchy, nothing_excluded).sum(0)  # levels query i shares with document j
-    n_levels = hierarchy.shape[1]
+    query_levels, document_levels = query_ids[:, None, :-1], document_ids[None, :, :-1]
+    shared = ((query_levels == document_levels) & (query_levels >= 0) & (document_levels >= 0)).sum(-1)
+    n_levels = query_ids.shape[1] - 1
     target = torch.where(shared > 0, discount ** (n_levels - shared + 1).to(scores.dtype), 0.0)
     target = torch.where(own, torch.ones_like(target), target)
     if excluded is not None:
@@ -434,7 +472,7 @@ def _same_label_masks(ids: Tensor, eye: Tensor) -> Tensor:
     return same & valid[:, :, None] & valid[:, None, :] & ~eye
 
 
-def _consistency_hinge(cosine: Tensor, same: Tensor, margin: float) -> Tensor:
+def _consistency_hinge(cosine: Tensor, same: Tensor, margin: float, anchors: Tensor | None = None) -> Tensor:
     """Mean of ``relu(margin + mean_sim(shares level k only) - mean_sim(shares level k+1))`` over anchors, k."""
     if same.shape[0] < 2:
         return cosine.sum() * 0.0
@@ -445,5 +483,43 @@ def _consistency_hinge(cosine: Tensor, same: Tensor, margin: float) -> Tensor:
     deeper_mean = (deeper * cosine).sum(-1) / deeper_count.clamp_min(1.0)
     shallow_mean = (shallow_only * cosine).sum(-1) / shallow_count.clamp_min(1.0)
     active = (deeper_count > 0) & (shallow_count > 0)
+    if anchors is not None:
+        active = active & anchors[None, :]
     violations = F.relu(margin + shallow_mean - deeper_mean) * active
     return violations.sum() / active.sum().clamp_min(1)
+
+
+def _world_size() -> int:
+    from heal_rag.distributed import get_world_size
+
+    return get_world_size()
+
+
+def _gather_batch(embeddings: list[Tensor], labels: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Every rank's embeddings (with gradients) and labels, padded to the longest rank's batch.
+
+    Returns:
+        The gathered embedding columns ``(W·B_max, D)``, labels ``(W·B_max, C)`` (padding rows all ``-1``), the
+        ``(W·B_max,)`` mask of this rank's rows (the anchors) and the mask of rows that are not padding.
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    size = torch.tensor([labels.shape[0]], device=labels.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(s) for s in sizes))
+    pad = longest - labels.shape[0]
+    padded_labels = torch.cat([labels, labels.new_full((pad, *labels.shape[1:]), -1)]) if pad else labels
+    gathered_labels = [torch.empty_like(padded_labels) for _ in range(world)]
+    dist.all_gather(gathered_labels, padded_labels.contiguous())
+    gathered = []
+    for column in embeddings:
+        padded = torch.cat([column, column.new_zeros((pad, column.shape[1]))]) if pad else column
+        gathered.append(torch.cat(torch.distributed.nn.all_gather(padded.contiguous()), dim=0))
+    positions = torch.arange(longest, device=labels.device)
+    present = torch.cat([positions < int(s) for s in sizes])
+    anchors = torch.zeros(world * longest, dtype=torch.bool, device=labels.device)
+    anchors[rank * longest : rank * longest + labels.shape[0]] = True
+    return gathered, torch.cat(gathered_labels), anchors, present

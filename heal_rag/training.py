@@ -93,6 +93,8 @@ class HEALTrainingConfig:
         symmetric_pairs: Also rank queries for each document (ranking form).
         pair_negatives: ``"all"`` or ``"other_leaves"``: which batch documents are a query's negatives.
         query_hierarchy_weight: Weight of the queries in the hierarchy levels (``hierarchy_views="both"``).
+        gather_across_devices: Under ``torchrun``, every rank's rows join each rank's loss as positives and
+            negatives (see :class:`heal_rag.HEALLoss`); no effect in one process.
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
         base_weight_share: After training, blend this share of the base model's weights back into the tuned
@@ -134,6 +136,7 @@ class HEALTrainingConfig:
     symmetric_pairs: bool = False
     pair_negatives: str = "all"
     query_hierarchy_weight: float = 1.0
+    gather_across_devices: bool = False
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
     base_weight_share: float | str = "auto"
@@ -602,6 +605,7 @@ def _train(
         symmetric_pairs=config.symmetric_pairs,
         pair_negatives=config.pair_negatives,
         query_hierarchy_weight=config.query_hierarchy_weight,
+        gather_across_devices=config.gather_across_devices,
     )
     steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))
     args_kwargs: dict[str, Any] = {

@@ -11,10 +11,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import build_tiny_model, make_corpus, write_corpus_jsonl
 
 from heal_rag.labels import LabelPaths
+from heal_rag.losses import HEALLoss
 from heal_rag.sampler import HierarchicalBatchSampler, deal_evenly
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_fine_tune.py"
@@ -125,9 +128,39 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
     result = _torchrun(
         ["-m", "heal_rag.cli", "train", "--data", str(corpus_file), "--out", str(out), "--base-model",
          str(build_tiny_model()), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2", "--base-weight-share", "0",
-         "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-steps", "2"],
+         "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-steps", "2", "--gather-across-devices"],
         cwd=tmp_path,
     )  # fmt: skip
     assert result.stdout.count("saved to") == 1, result.stdout
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 3
     assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
+    assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is True
+
+
+def test_gathered_loss_and_gradients_equal_the_single_process_reference(tmp_path):
+    """Each rank's loss over the gathered batch (its rows as anchors, padding masked) and the gradient of its rows
+    equal what one process computes on the whole batch (tests/scripts/distributed_gather.py)."""
+    _torchrun([str(Path(__file__).parent / "scripts" / "distributed_gather.py"), str(tmp_path)], cwd=tmp_path)
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["loss"] == pytest.approx(record["reference_loss"], rel=1e-9)
+        for name in ("grad_q", "grad_d"):
+            assert np.allclose(record[name], record[f"reference_{name}"], atol=1e-12)
+            assert np.abs(record[name]).max() > 0
+
+
+def test_anchor_and_padding_masks_leave_the_loss_unchanged_in_one_process():
+    torch.manual_seed(1)
+    queries, documents = torch.randn(6, 8), torch.randn(6, 8)
+    labels = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 2], [0, 1, 3], [1, 2, 4], [1, 2, 5]])
+    loss = HEALLoss(torch.nn.Identity(), consistency_weight=0.5, pair_level_discount=0.2)
+    plain = loss.compute_loss_from_embeddings([queries, documents], labels)
+    padded = loss.compute_loss_from_embeddings(
+        [torch.cat([queries, torch.zeros(3, 8)]), torch.cat([documents, torch.zeros(3, 8)])],
+        torch.cat([labels, torch.full((3, 3), -1)]),
+        anchors=torch.tensor([True] * 6 + [False] * 3),
+        present=torch.tensor([True] * 6 + [False] * 3),
+    )
+    assert plain.keys() == padded.keys()
+    for name, value in plain.items():
+        assert float(padded[name]) == pytest.approx(float(value), rel=1e-6), name
