@@ -21,15 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from heal_rag._validation import check_choice, check_int, check_real
+from heal_rag._validation import check_int, check_real
 from heal_rag.encoder import HEALEncoder
 from heal_rag.metadata import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
-
-RerankMode = Literal["rescore", "route"]
 
 #: Settings for a model without a reranker record in its heal_rag.json: small enough to reorder near-ties only.
 DEFAULT_SETTINGS: dict[str, float] = {"margin": 0.01, "temperature": 0.05, "confidence_floor": 0.5}
@@ -40,7 +38,6 @@ __all__ = [
     "LEVEL_MATCH_KEY",
     "PATH_KEY",
     "HierarchyScorer",
-    "RerankMode",
     "RerankResult",
     "certainty",
     "hierarchy_bonus",
@@ -108,7 +105,6 @@ class RerankResult:
         hierarchy_score: The hierarchy term, in ``[0, margin]`` (see :func:`hierarchy_bonus`).
         level_matches: Whether the document's label equals the query's most likely label, per level.
         path: The document's label path (from metadata, or predicted).
-        routed: Whether the document lies in the query's confident branch (``"route"`` mode; else ``True``).
     """
 
     index: int
@@ -117,7 +113,6 @@ class RerankResult:
     hierarchy_score: float
     level_matches: tuple[bool, ...]
     path: tuple[str, ...]
-    routed: bool = True
 
     @property
     def matched_levels(self) -> int:
@@ -141,8 +136,6 @@ class HierarchyScorer:
         temperature: Softmax temperature over label-centroid similarities (``None``: as ``margin``).
         confidence_floor: Certainties under this count as 0, in ``[0, 1)`` (``None``: as ``margin``).
         level_weights: Weight per level (default 1 at every level).
-        mode: ``"rescore"`` (default), or ``"route"``: candidates outside the query's branch at a level where the
-            query is certain (certainty ≥ 0.5 after the floor) rank after those inside.
 
     Example:
         ```python
@@ -158,7 +151,6 @@ class HierarchyScorer:
         temperature: float | None = None,
         confidence_floor: float | None = None,
         level_weights: Sequence[float] | None = None,
-        mode: RerankMode = "rescore",
     ) -> None:
         tree = encoder.label_tree
         if tree is None:
@@ -178,7 +170,6 @@ class HierarchyScorer:
             maximum=1,
             max_open=True,
         )
-        check_choice("mode", mode, ("rescore", "route"))
         weights = [1.0] * tree.depth if level_weights is None else list(level_weights)
         for level, weight in enumerate(weights):
             check_real(f"level_weights[{level}]", weight, minimum=0)
@@ -189,7 +180,6 @@ class HierarchyScorer:
         self.encoder = encoder
         self.tree = tree
         self.level_weights = np.asarray(weights, dtype=np.float64)
-        self.mode = mode
 
     @staticmethod
     def recorded_settings(encoder: HEALEncoder) -> dict[str, float]:
@@ -248,12 +238,7 @@ class HierarchyScorer:
         scores = sims + bonus
         best_labels = np.asarray([int(p.argmax()) for p in query_probabilities])
         matches = label_ids == best_labels[None, :]
-        routed = np.ones(n, dtype=bool)
-        if self.mode == "route":
-            for level, probabilities in enumerate(query_probabilities):
-                if certainty(probabilities, self.confidence_floor) >= 0.5:
-                    routed &= matches[:, level]
-        order = sorted(range(n), key=lambda i: (not routed[i], -scores[i], i))
+        order = sorted(range(n), key=lambda i: (-scores[i], i))
         results = [
             RerankResult(
                 index=i,
@@ -262,7 +247,6 @@ class HierarchyScorer:
                 hierarchy_score=float(bonus[i]),
                 level_matches=tuple(bool(m) for m in matches[i]),
                 path=tuple(paths[i]) if paths[i] else self.tree.leaf_path(int(label_ids[i, -1])),
-                routed=bool(routed[i]),
             )
             for i in order
         ]
@@ -275,7 +259,6 @@ class HierarchyScorer:
             "temperature": self.temperature,
             "confidence_floor": self.confidence_floor,
             "level_weights": self.level_weights.tolist(),
-            "mode": self.mode,
         }
 
 

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
 from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
-from heal_rag.rerank import HierarchyScorer, RerankMode
+from heal_rag.rerank import HierarchyScorer
 
 
 class HierarchyReranker(BaseDocumentCompressor):
@@ -52,8 +52,6 @@ class HierarchyReranker(BaseDocumentCompressor):
     """Softmax temperature over label-centroid similarities (``None``: the model's chosen value)."""
     confidence_floor: float | None = Field(default=None, ge=0, lt=1)
     """Query certainties under this count as 0 (``None``: the model's chosen value)."""
-    mode: RerankMode = "rescore"
-    """``"rescore"``, or ``"route"`` (documents in the query's confident branch first)."""
     score_key: str = "score"
     """Metadata key holding the retrieval similarity, if any."""
     relevance_key: str = "relevance_score"
@@ -73,7 +71,6 @@ class HierarchyReranker(BaseDocumentCompressor):
             margin=self.margin,
             temperature=self.temperature,
             confidence_floor=self.confidence_floor,
-            mode=self.mode,
         )
 
     @classmethod

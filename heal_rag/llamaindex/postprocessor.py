@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr
 from heal_rag.encoder import HEALEncoder
 from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
 from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
-from heal_rag.rerank import HierarchyScorer, RerankMode
+from heal_rag.rerank import HierarchyScorer
 
 
 class HierarchyNodePostprocessor(BaseNodePostprocessor):
@@ -46,7 +46,6 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
     confidence_floor: float | None = Field(
         default=None, ge=0, lt=1, description="Query certainties under this count as 0 (None: the model's value)."
     )
-    mode: RerankMode = Field(default="rescore", description="'rescore', or 'route' (the confident branch first).")
     keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
     path_key: str = Field(
         default=PATH_KEY, description="Metadata key of a node's label path ('A > B' or a list); else predicted."
@@ -62,7 +61,6 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
             margin=self.margin,
             temperature=self.temperature,
             confidence_floor=self.confidence_floor,
-            mode=self.mode,
         )
 
     @classmethod
