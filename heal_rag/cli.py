@@ -475,6 +475,8 @@ def _train_on_folder(args: argparse.Namespace, overrides: dict[str, Any]) -> int
         show_progress_bar=args.show_progress,
         **overrides,
     )
+    if not result.metadata:  # a rank other than 0 under torchrun: rank 0 writes and reports
+        return 0
     print(
         f"saved to {result.output_dir}: tuned on {len(result.chunks or [])} chunks of "
         f"{result.metadata['training'].get('documents')} documents ({result.global_steps} steps, mean loss "

@@ -490,9 +490,10 @@ def _consistency_hinge(cosine: Tensor, same: Tensor, margin: float, anchors: Ten
 
 
 def _world_size() -> int:
-    from heal_rag.distributed import get_world_size
+    """Ranks to gather from: 1 unless a process group is running (not merely launched)."""
+    import torch.distributed as dist
 
-    return get_world_size()
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _gather_batch(embeddings: list[Tensor], labels: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
