@@ -209,7 +209,6 @@ def test_heal_rag_json_can_never_hold_nan(tmp_path):
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": INF}, "temperature"),
         ({"level_weights": [1.0, NAN]}, "level_weights"),
-        ({"mode": "sideways"}, "mode"),
     ],
 )
 def test_hierarchy_scorer_refuses_bad_settings(kwargs, message):
