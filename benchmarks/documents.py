@@ -39,6 +39,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import baselines  # noqa: E402
+import numpy as np  # noqa: E402
 from shared import SHARED_DATA  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
@@ -51,8 +53,8 @@ SOURCES = {
     "20newsgroups": ("20newsgroups/20newsgroups.jsonl", "title", "labels", None, ".txt"),
     "medquad": ("medquad/medquad_qa.jsonl", "question", "labels", "doc_id", ".md"),
 }
-METHODS = ("untouched", "bm25", "mnrl", "heal", "heal-no-source", "heal-generator-free")
-METRICS = ("nDCG@10", "MRR@10", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
+METHODS = ("untouched", "bm25", "mnrl", "llamaindex", "heal", "heal-no-source", "heal-generator-free")
+METRICS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
 CHUNK_SIZE = 126  # tokens: a chunk fits the 128 tokens every method trains and evaluates with
 
 
@@ -102,42 +104,58 @@ def build_trees(name: str, train_docs: int, test_docs: int) -> tuple[Path, Path,
     return base / "train", base / "test", queries
 
 
-def train_mnrl(chunks: Any, steps: int, output_dir: Path) -> Any:
-    """MultipleNegativesRankingLoss on the same (query, chunk) pairs HEAL trains on."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import (
-        BatchSamplers,
-        SentenceTransformerTrainingArguments,
-    )
-
-    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+def training_pairs(chunks: Any) -> tuple[list[str], list[str]]:
+    """The (query, chunk) pairs HEAL trains on: the default query generator's query for every chunk that gets one."""
     from heal_rag.training import DEFAULT_QUERY_GENERATOR
 
     queries = DEFAULT_QUERY_GENERATOR(chunks.texts, chunks.titles)
     pairs = [(q, t) for q, t in zip(queries, chunks.texts, strict=True) if q]
-    model = load_sentence_transformer(None)
-    set_max_seq_length(model, 128)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=32,
+    return [q for q, _ in pairs], [t for _, t in pairs]
+
+
+def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path) -> Any:
+    """A stock fine-tune (``mnrl`` or ``llamaindex``, see ``baselines.py``) on HEAL's (query, chunk) pairs."""
+    queries, texts = training_pairs(chunks)
+    if method == "llamaindex":
+        return baselines.train_llamaindex_finetune(
+            queries, texts, steps=steps, batch_size=32, max_seq_length=128, output_dir=output_dir
+        )
+    return baselines.train_mnrl(
+        queries,
+        texts,
+        steps=steps,
+        batch_size=32,
         learning_rate=1e-4,
-        warmup_steps=0.1,
+        warmup_ratio=0.1,
+        max_seq_length=128,
         seed=42,
-        data_seed=42,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
+        output_dir=output_dir,
     )
-    dataset = Dataset.from_dict({"query": [q for q, _ in pairs], "document": [t for _, t in pairs]})
-    SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
-    ).train()
-    return model
+
+
+def top1_breakdown(top1: np.ndarray, task: Any) -> dict[str, float]:
+    """Where the first-ranked chunk comes from when it is not the gold chunk, as shares of all queries.
+
+    ``same document``: another chunk of the gold chunk's document; ``same leaf`` / ``same parent``: a chunk of another
+    document in the gold's deepest folder / its parent folder; ``elsewhere``: anywhere else.
+    """
+    from heal_rag.chunking import DOCUMENT_ID_KEY
+
+    documents = np.array([m[DOCUMENT_ID_KEY] for m in task.corpus.metadata])
+    levels = task.level_ids
+    gold = task.gold
+    missed = top1 != gold
+    same_document = missed & (documents[top1] == documents[gold])
+    same_leaf = missed & ~same_document & (levels[top1, -1] == levels[gold, -1])
+    same_parent = missed & ~same_document & ~same_leaf & (levels[top1, 0] == levels[gold, 0])
+    elsewhere = missed & ~same_document & ~same_leaf & ~same_parent
+    return {
+        "gold first": float(np.mean(~missed)),
+        "same document": float(np.mean(same_document)),
+        "same leaf": float(np.mean(same_leaf)),
+        "same parent": float(np.mean(same_parent)),
+        "elsewhere": float(np.mean(elsewhere)),
+    }
 
 
 def heal_settings(method: str, steps: int) -> dict[str, Any]:
@@ -154,7 +172,7 @@ def heal_settings(method: str, steps: int) -> dict[str, Any]:
 def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: int) -> dict[str, Any] | None:
     from heal_rag.chunking import CHUNK_INDEX_KEY, DOCUMENT_ID_KEY, chunk_documents
     from heal_rag.documents import fine_tune_documents, load_documents
-    from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model
+    from heal_rag.evaluation.report import EvaluationTask, bm25_rankings, evaluate_bm25, evaluate_embedding_model
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.queries import Query
 
@@ -185,7 +203,7 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
     sizes = f"held out {len(test_docs_read)} → {len(test_chunks)} chunks, {len(task.query_texts)} queries"
     print(f"[{name}] train {len(train_docs_read)} documents → {len(train_chunks)} chunks; {sizes}", flush=True)
 
-    evaluations, summary = {}, {}
+    evaluations, summary, top1 = {}, {}, {}
     for method in methods:
         if method == "heal-generator-free" and name != "medquad":
             continue
@@ -194,10 +212,11 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
             model = tokenizer
         elif method == "bm25":
             evaluations[method] = evaluate_bm25(task)
+            top1[method] = top1_breakdown(bm25_rankings(task.corpus.texts, task.query_texts, 1)[:, 0], task)
             times[method] = time.perf_counter() - started
             continue
-        elif method == "mnrl":
-            model = train_mnrl(train_chunks, steps, WORK / name / "mnrl")
+        elif method in ("mnrl", "llamaindex"):
+            model = train_baseline(method, train_chunks, steps, WORK / name / method)
         else:
             result = fine_tune_documents(
                 train_tree, output_dir=WORK / name / method, overwrite=True, show_progress_bar=False,
@@ -210,6 +229,8 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
             }
         trained = time.perf_counter() - started
         evaluations[method] = evaluate_embedding_model(model, task, method, show_progress_bar=False)
+        scores = evaluations[method].query_embeddings @ evaluations[method].document_embeddings.T
+        top1[method] = top1_breakdown(scores.argmax(axis=1), task)
         times[method] = time.perf_counter() - started
         times[f"{method} (encode held-out)"] = times[method] - trained
         values = {m: round(evaluations[method].retrieval.as_dict()[m], 4) for m in METRICS}
@@ -233,6 +254,7 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
         "metrics": {method: e.retrieval.as_dict() for method, e in evaluations.items()},
         "differences": differences,
         "heal_runs": summary,
+        "top1": top1,
         "seconds": times,
     }
 
@@ -252,6 +274,11 @@ def format_tables(name: str, result: dict[str, Any]) -> str:
         lines.append(
             f"| {comparison.split(' - ')[1]} | " + " | ".join(format_paired(values[m]) for m in METRICS) + " |"
         )
+    if result.get("top1"):
+        kinds = list(next(iter(result["top1"].values())))
+        lines += ["", "| first-ranked chunk | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for method, shares in result["top1"].items():
+            lines.append(f"| {method} | " + " | ".join(f"{shares[kind]:.3f}" for kind in kinds) + " |")
     lines += ["", "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())]
     return "\n".join(lines)
 
