@@ -11,6 +11,8 @@ training chunks and queries, the same step budget (``--steps`` of batch 32, 128 
 
 - ``untouched``: the base model; ``bm25``: bm25s on the same chunks;
 - ``mnrl``: MultipleNegativesRankingLoss on the (query, chunk) pairs HEAL trains on (lr 1e-4, its usual rate);
+- ``llamaindex``: LlamaIndex's ``SentenceTransformersFinetuneEngine`` on the same pairs with its defaults except batch
+  size and length (see ``baselines.py``);
 - ``heal``: ``fine_tune_documents`` on the training folder with its defaults (source document as the finest level);
 - ``heal-no-source``: the same without the source-document level (the ablation the issue asks for);
 - ``heal-headings`` / ``heal-generator-free``: MedQuAD only, training queries from the headings (the default) or
@@ -18,7 +20,10 @@ training chunks and queries, the same step budget (``--steps`` of batch 32, 128 
 
 Evaluation: each held-out document's query (subject / question) searched among all held-out chunks, cut as the model
 was tuned; the gold passage is the document's first chunk; nDCG@10 graded by shared path, MRR@10, hP@10 per level,
-off-topic@5 and context-miss@5, with 95 % paired bootstrap intervals against HEAL; wall time of every stage.
+off-topic@5 and context-miss@5, with 95 % paired bootstrap intervals against HEAL; where each method's first-ranked
+chunk comes from when it is not the gold (another chunk of the same document, the same folder, ...); wall time of
+every stage. ``--blend-curve`` also scores HEAL at every blend share its ``auto`` choice tried; ``--reuse`` evaluates
+the HEAL models a previous run left under runs/ instead of training them again.
 
     python benchmarks/documents.py [--datasets 20newsgroups medquad] [--steps 100] [--methods ...]
 """
@@ -40,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import baselines  # noqa: E402
+import blend_shares  # noqa: E402
 import numpy as np  # noqa: E402
 from shared import SHARED_DATA  # noqa: E402
 
@@ -169,9 +175,49 @@ def heal_settings(method: str, steps: int) -> dict[str, Any]:
     return settings
 
 
-def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: int) -> dict[str, Any] | None:
+def train_heal(method: str, train_tree: Path, steps: int, output_dir: Path, reuse: bool) -> tuple[Any, dict[str, Any]]:
+    """``fine_tune_documents`` on the training tree (or, with ``reuse``, the model an earlier run left there)."""
+    from heal_rag.artifacts import read_metadata
+    from heal_rag.documents import fine_tune_documents
+    from heal_rag.models import load_sentence_transformer, set_max_seq_length
+
+    if reuse and (output_dir / "heal_rag.json").is_file():
+        print(f"reusing {output_dir}", flush=True)
+        model, training = load_sentence_transformer(output_dir), read_metadata(output_dir)["training"]
+    else:
+        result = fine_tune_documents(
+            train_tree, output_dir=output_dir, overwrite=True, show_progress_bar=False, **heal_settings(method, steps)
+        )
+        model, training = result.model, result.metadata["training"]
+    set_max_seq_length(model, 128)
+    return model, training
+
+
+def blend_curve(model: Any, task: Any, selection: dict[str, Any], label: str) -> dict[str, dict[str, float]]:
+    """Held-out scores at every share ``base_weight_share="auto"`` tried (see ``blend_shares.py``)."""
+    from heal_rag.evaluation.report import evaluate_embedding_model
+
+    validation = selection["validation_mrr@10"]
+    curve = {}
+    for share in blend_shares.at_shares(model, float(selection["share"]), [float(k) for k in validation]):
+        key = f"{share:g}"
+        retrieval = evaluate_embedding_model(model, task, key, show_progress_bar=False).retrieval.as_dict()
+        curve[key] = {"validation MRR@10": validation[key]} | {m: retrieval[m] for m in METRICS}
+        print(f"[{label}] share {key}: {json.dumps({m: round(v, 4) for m, v in curve[key].items()})}", flush=True)
+    return curve
+
+
+def run(
+    name: str,
+    methods: list[str],
+    steps: int,
+    train_docs: int,
+    test_docs: int,
+    with_blend_curve: bool = False,
+    reuse: bool = False,
+) -> dict[str, Any] | None:
     from heal_rag.chunking import CHUNK_INDEX_KEY, DOCUMENT_ID_KEY, chunk_documents
-    from heal_rag.documents import fine_tune_documents, load_documents
+    from heal_rag.documents import load_documents
     from heal_rag.evaluation.report import EvaluationTask, bm25_rankings, evaluate_bm25, evaluate_embedding_model
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.queries import Query
@@ -218,15 +264,8 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
         elif method in ("mnrl", "llamaindex"):
             model = train_baseline(method, train_chunks, steps, WORK / name / method)
         else:
-            result = fine_tune_documents(
-                train_tree, output_dir=WORK / name / method, overwrite=True, show_progress_bar=False,
-                **heal_settings(method, steps),
-            )  # fmt: skip
-            model = result.model
-            set_max_seq_length(model, 128)
-            summary[method] = {
-                k: result.metadata["training"].get(k) for k in ("blend_selection", "chunks", "global_steps")
-            }
+            model, training = train_heal(method, train_tree, steps, WORK / name / method, reuse)
+            summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         trained = time.perf_counter() - started
         evaluations[method] = evaluate_embedding_model(model, task, method, show_progress_bar=False)
         scores = evaluations[method].query_embeddings @ evaluations[method].document_embeddings.T
@@ -235,6 +274,9 @@ def run(name: str, methods: list[str], steps: int, train_docs: int, test_docs: i
         times[f"{method} (encode held-out)"] = times[method] - trained
         values = {m: round(evaluations[method].retrieval.as_dict()[m], 4) for m in METRICS}
         print(f"[{name}] {method}: {json.dumps(values)}", flush=True)
+        selection = summary.get(method, {}).get("blend_selection") or {}
+        if with_blend_curve and "validation_mrr@10" in selection:
+            summary[method]["blend_curve"] = blend_curve(model, task, selection, f"{name}/{method}")
     reference = evaluations.get("heal")
     differences = {}
     if reference is not None:
@@ -290,10 +332,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--train-docs", type=int, default=2000)
     parser.add_argument("--test-docs", type=int, default=600)
+    parser.add_argument(
+        "--blend-curve", action="store_true", help="score HEAL at every blend share its 'auto' choice tried"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="HEAL methods: evaluate the model a previous run left instead of training"
+    )
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in args.datasets:
-        result = run(name, args.methods, args.steps, args.train_docs, args.test_docs)
+        result = run(name, args.methods, args.steps, args.train_docs, args.test_docs, args.blend_curve, args.reuse)
         if result is None:
             continue
         results[name] = result

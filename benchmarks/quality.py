@@ -63,6 +63,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import baselines  # noqa: E402
+import blend_shares  # noqa: E402
 import numpy as np  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
@@ -293,6 +294,7 @@ def _hnmfk_depth(heal_labels: str) -> int:
 
 def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[str, Any]) -> Any:
     """``heal_rag.fine_tune`` with its defaults and ``overrides``, on (query, document) pairs."""
+    from heal_rag.models import set_max_seq_length
     from heal_rag.queries import Query
     from heal_rag.training import fine_tune
 
@@ -304,6 +306,8 @@ def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[s
         output_dir=output_dir / "model",
         **{**_budget_settings(budget, learning_rate=False), **overrides},
     )
+    # fine_tune gives the model back at its deployed limit (256 tokens); score it at the budget's, like the others
+    set_max_seq_length(result.model, budget.max_seq_length)
     return result.model, result.metadata["training"]
 
 
@@ -347,6 +351,33 @@ def embed(model: Any, split: Split) -> dict[str, np.ndarray]:
     }
 
 
+CURVE_COLUMNS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/leaf", "off-topic@5")
+
+
+def blend_curve(model: Any, split: Split, selection: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Held-out retrieval at every share ``base_weight_share="auto"`` tried, beside the validation MRR it chose by.
+
+    Returns:
+        ``{share: {"validation MRR@10": ..., column: held-out value, ...}}`` for every candidate share.
+    """
+    kwargs = {"batch_size": 64, "normalize_embeddings": True, "convert_to_numpy": True}
+    validation = selection["validation_mrr@10"]
+    curve = {}
+    for share in blend_shares.at_shares(model, float(selection["share"]), [float(k) for k in validation]):
+        key = f"{share:g}"
+        ranked = top_k_indices(
+            model.encode_query(split.test_queries, **kwargs),
+            model.encode_document(split.test_texts, **kwargs),
+            RANK_DEPTH,
+        )
+        retrieval, _ = score(split, ranked, {})
+        curve[key] = {"validation MRR@10": validation[key]} | {
+            c: _value({"r": retrieval}, c, "r") for c in CURVE_COLUMNS
+        }
+        print(f"[{split.name}] share {key}: {json.dumps(curve[key])}", flush=True)
+    return curve
+
+
 def retrieval_per_query(split: Split, ranked: np.ndarray) -> dict[str, np.ndarray]:
     """Every retrieval metric per held-out query (each query's own document is its gold; k 10, context 5)."""
     return per_query_scores(
@@ -358,6 +389,31 @@ def retrieval_per_query(split: Split, ranked: np.ndarray) -> dict[str, np.ndarra
         recall_at=(1, 10),
         context_k=5,
     )
+
+
+def first_ranked_breakdown(split: Split, ranked: np.ndarray) -> dict[str, float]:
+    """Where each query's first-ranked document comes from when it is not the gold, as shares of all queries.
+
+    ``same leaf``: another document of the gold's leaf (a near sibling); ``same top``: of its top-level class;
+    ``elsewhere``: anywhere else. Also the share of gold documents ranked 2–3, 4–10 and below 10.
+    """
+    gold = np.arange(len(split.test_texts))
+    levels = split.test_level_ids
+    first = ranked[:, 0]
+    missed = first != gold
+    same_leaf = missed & (levels[first, -1] == levels[gold, -1])
+    same_top = missed & ~same_leaf & (levels[first, 0] == levels[gold, 0])
+    hits = ranked == gold[:, None]
+    rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, ranked.shape[1] + 1)
+    return {
+        "gold first": float(np.mean(~missed)),
+        "same leaf": float(np.mean(same_leaf)),
+        "same top": float(np.mean(same_top)),
+        "elsewhere": float(np.mean(missed & ~same_leaf & ~same_top)),
+        "gold at 2-3": float(np.mean((rank >= 2) & (rank <= 3))),
+        "gold at 4-10": float(np.mean((rank >= 4) & (rank <= 10))),
+        "gold below 10": float(np.mean(rank > 10)),
+    }
 
 
 def score(
@@ -374,9 +430,17 @@ def score(
 
 
 def run_method(
-    split: Split, method: str, budget: Budget, overrides: dict[str, Any], refresh: bool = False
+    split: Split,
+    method: str,
+    budget: Budget,
+    overrides: dict[str, Any],
+    refresh: bool = False,
+    with_blend_curve: bool = False,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Train (if needed), embed, rank and score one method; cached by its settings.
+
+    With ``with_blend_curve``, a HEAL run that chose its blend share also scores every candidate share on the
+    held-out queries (see :func:`blend_curve`; computed when the run is trained, so pass ``refresh`` for a cached one).
 
     Returns the result and the ``(queries, RANK_DEPTH)`` rankings.
     """
@@ -404,6 +468,7 @@ def run_method(
     started = time.perf_counter()
     train_seconds = 0.0
     heal_config: dict[str, Any] = {}
+    curve: dict[str, dict[str, float]] = {}
     arrays: dict[str, np.ndarray] = {}
     if method == "bm25":
         ranked = bm25_rankings(split.test_texts, split.test_queries, RANK_DEPTH)
@@ -424,6 +489,12 @@ def run_method(
                     model, heal_config = model
                 train_seconds = time.perf_counter() - started
             arrays = embed(model, split)
+            if (
+                with_blend_curve
+                and method == "heal"
+                and "validation_mrr@10" in (heal_config.get("blend_selection") or {})
+            ):
+                curve = blend_curve(model, split, heal_config["blend_selection"])
         ranked = top_k_indices(arrays["queries"], arrays["documents"], RANK_DEPTH)
     retrieval, classification = score(split, ranked, arrays)
     result = {
@@ -433,6 +504,7 @@ def run_method(
         "classification": classification,
         "heal_config": heal_recipe(heal_config) if method == "heal" else {},
         "blend_selection": heal_config.get("blend_selection"),  # base_weight_share="auto": what it chose
+        **({"blend_curve": curve} if curve else {}),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
@@ -561,6 +633,14 @@ def format_comparison(comparison: dict[str, dict[str, dict[str, float]]]) -> str
     return "\n".join(lines)
 
 
+def format_breakdown(breakdown: dict[str, dict[str, float]]) -> str:
+    """Markdown table of :func:`first_ranked_breakdown` per method (first seed)."""
+    kinds = list(next(iter(breakdown.values())))
+    lines = ["| first-ranked | " + " | ".join(kinds) + " |", "|---" + "|---:" * len(kinds) + "|"]
+    lines += [f"| {m} | " + " | ".join(f"{v[k]:.3f}" for k in kinds) + " |" for m, v in breakdown.items()]
+    return "\n".join(lines)
+
+
 def average_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from the runs of several seeds: metric means, their standard deviations and the runs."""
     if len(results) == 1:
@@ -662,6 +742,11 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--refresh", action="store_true", help="ignore cached runs")
     parser.add_argument(
+        "--blend-curve",
+        action="store_true",
+        help="also score HEAL at every blend share 'auto' tried (held-out vs validation MRR; newly trained runs)",
+    )
+    parser.add_argument(
         "--ablation-table", action="store_true", help="only print the table of cached HEAL runs per dataset"
     )
     args = parser.parse_args()
@@ -702,14 +787,28 @@ def main() -> None:
         for method in args.methods:
             seeds = args.seeds if method in TRAINED_METHODS else args.seeds[:1]
             runs = [
-                run_method(split, method, replace(budget, seed=seed), overrides, refresh=args.refresh)
+                run_method(
+                    split,
+                    method,
+                    replace(budget, seed=seed),
+                    overrides,
+                    refresh=args.refresh,
+                    with_blend_curve=args.blend_curve,
+                )
                 for seed in seeds
             ]
             results[method] = average_over_seeds([result for result, _ in runs])
             rankings[method] = [ranked for _, ranked in runs]
             print(f"[{name}] {method}: {sum(r['total_seconds'] for r, _ in runs):.0f} s", flush=True)
         print(format_table(name, results, len(split.test_texts)), flush=True)
-        report["datasets"][name] = {"n_train": len(split.train_texts), "n_test": len(split.test_texts), **results}
+        breakdown = {method: first_ranked_breakdown(split, ranked[0]) for method, ranked in rankings.items()}
+        print(format_breakdown(breakdown), flush=True)
+        report["datasets"][name] = {
+            "n_train": len(split.train_texts),
+            "n_test": len(split.test_texts),
+            **results,
+            "first_ranked": breakdown,
+        }
         if "heal" in results and len(results) > 1:
             targets = target_check(results)
             print(format_target_check(targets), flush=True)
