@@ -11,19 +11,20 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 
-def at_shares(model: Any, chosen_share: float, shares: Iterable[float]) -> Iterator[float]:
+def at_shares(model: Any, chosen_share: float, shares: Iterable[float], base_model: Any = None) -> Iterator[float]:
     """Set ``model``'s weights to each share in turn and yield it; the delivered weights are restored at the end.
 
     Args:
         model: The delivered HEAL ``SentenceTransformer`` (changed in place while iterating).
         chosen_share: The share it was delivered with (``heal_rag.json`` ``training.blend_selection.share``).
         shares: The shares to visit, each in ``[0, 1)``.
+        base_model: The base model directory (``None``: the embedded all-MiniLM-L6-v2, which every benchmark tunes).
     """
     import torch
 
     from heal_rag.models import load_sentence_transformer
 
-    base = load_sentence_transformer(None).state_dict()
+    base = load_sentence_transformer(base_model).state_dict()
     state = model.state_dict()
     delivered = {name: tensor.detach().clone() for name, tensor in state.items()}
     try:

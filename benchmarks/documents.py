@@ -61,6 +61,8 @@ SOURCES = {
 }
 METHODS = ("untouched", "bm25", "mnrl", "llamaindex", "heal", "heal-no-source", "heal-generator-free")
 METRICS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
+#: Blend shares beyond ``auto``'s candidates that ``--blend-curve`` also scores.
+EXTRA_SHARES = (0.7, 0.8)
 CHUNK_SIZE = 126  # tokens: a chunk fits the 128 tokens every method trains and evaluates with
 
 
@@ -95,7 +97,8 @@ def build_trees(name: str, train_docs: int, test_docs: int) -> tuple[Path, Path,
         if len(train) >= train_docs and len(test) >= test_docs:
             break
     base = WORK / name
-    shutil.rmtree(base, ignore_errors=True)
+    for side in ("train", "test"):  # rebuild the trees only: the models beside them stay for --reuse
+        shutil.rmtree(base / side, ignore_errors=True)
     queries = {}
     for side, records_of_side in (("train", train[:train_docs]), ("test", test[:test_docs])):
         for record in records_of_side:
@@ -175,8 +178,14 @@ def heal_settings(method: str, steps: int) -> dict[str, Any]:
     return settings
 
 
-def train_heal(method: str, train_tree: Path, steps: int, output_dir: Path, reuse: bool) -> tuple[Any, dict[str, Any]]:
-    """``fine_tune_documents`` on the training tree (or, with ``reuse``, the model an earlier run left there)."""
+def train_heal(
+    method: str, train_tree: Path, steps: int, output_dir: Path, reuse: bool
+) -> tuple[Any, dict[str, Any], bool]:
+    """``fine_tune_documents`` on the training tree (or, with ``reuse``, the model an earlier run left there).
+
+    Returns:
+        The model (at 128 tokens), its ``heal_rag.json`` training record, and whether it was reused.
+    """
     from heal_rag.artifacts import read_metadata
     from heal_rag.documents import fine_tune_documents
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
@@ -184,26 +193,29 @@ def train_heal(method: str, train_tree: Path, steps: int, output_dir: Path, reus
     if reuse and (output_dir / "heal_rag.json").is_file():
         print(f"reusing {output_dir}", flush=True)
         model, training = load_sentence_transformer(output_dir), read_metadata(output_dir)["training"]
-    else:
+        set_max_seq_length(model, 128)
+        return model, training, True
         result = fine_tune_documents(
             train_tree, output_dir=output_dir, overwrite=True, show_progress_bar=False, **heal_settings(method, steps)
         )
         model, training = result.model, result.metadata["training"]
     set_max_seq_length(model, 128)
-    return model, training
+    return model, training, False
 
 
 def blend_curve(model: Any, task: Any, selection: dict[str, Any], label: str) -> dict[str, dict[str, float]]:
-    """Held-out scores at every share ``base_weight_share="auto"`` tried (see ``blend_shares.py``)."""
+    """Held-out scores at every share ``base_weight_share="auto"`` tried and at :data:`EXTRA_SHARES` (nearer the base
+    model than any candidate; no validation score), see ``blend_shares.py``."""
     from heal_rag.evaluation.report import evaluate_embedding_model
 
     validation = selection["validation_mrr@10"]
+    shares = sorted({float(k) for k in validation} | set(EXTRA_SHARES))
     curve = {}
-    for share in blend_shares.at_shares(model, float(selection["share"]), [float(k) for k in validation]):
+    for share in blend_shares.at_shares(model, float(selection["share"]), shares):
         key = f"{share:g}"
         retrieval = evaluate_embedding_model(model, task, key, show_progress_bar=False).retrieval.as_dict()
-        curve[key] = {"validation MRR@10": validation[key]} | {m: retrieval[m] for m in METRICS}
-        print(f"[{label}] share {key}: {json.dumps({m: round(v, 4) for m, v in curve[key].items()})}", flush=True)
+        curve[key] = {"validation MRR@10": validation.get(key)} | {m: retrieval[m] for m in METRICS}
+        print(f"[{label}] share {key}: {json.dumps(curve[key])}", flush=True)
     return curve
 
 
@@ -254,6 +266,7 @@ def run(
         if method == "heal-generator-free" and name != "medquad":
             continue
         started = time.perf_counter()
+        reused = False
         if method == "untouched":
             model = tokenizer
         elif method == "bm25":
@@ -264,14 +277,15 @@ def run(
         elif method in ("mnrl", "llamaindex"):
             model = train_baseline(method, train_chunks, steps, WORK / name / method)
         else:
-            model, training = train_heal(method, train_tree, steps, WORK / name / method, reuse)
+            model, training, reused = train_heal(method, train_tree, steps, WORK / name / method, reuse)
             summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         trained = time.perf_counter() - started
         evaluations[method] = evaluate_embedding_model(model, task, method, show_progress_bar=False)
         scores = evaluations[method].query_embeddings @ evaluations[method].document_embeddings.T
         top1[method] = top1_breakdown(scores.argmax(axis=1), task)
-        times[method] = time.perf_counter() - started
-        times[f"{method} (encode held-out)"] = times[method] - trained
+        stage = f"{method} (reused model)" if reused else method
+        times[stage] = time.perf_counter() - started
+        times[f"{stage} (encode held-out)"] = times[stage] - trained
         values = {m: round(evaluations[method].retrieval.as_dict()[m], 4) for m in METRICS}
         print(f"[{name}] {method}: {json.dumps(values)}", flush=True)
         selection = summary.get(method, {}).get("blend_selection") or {}
@@ -299,6 +313,16 @@ def run(
         "top1": top1,
         "seconds": times,
     }
+
+
+def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's results with a new run's methods added or replaced (a run of some methods keeps the others)."""
+    if previous is None or previous.get("steps") != result["steps"] or previous.get("queries") != result["queries"]:
+        return result
+    merged = {**previous, **{k: v for k, v in result.items() if not isinstance(v, dict)}}
+    for key in ("metrics", "differences", "heal_runs", "top1", "seconds"):
+        merged[key] = {**previous.get(key, {}), **result.get(key, {})}
+    return merged
 
 
 def format_tables(name: str, result: dict[str, Any]) -> str:
@@ -344,9 +368,9 @@ def main() -> None:
         result = run(name, args.methods, args.steps, args.train_docs, args.test_docs, args.blend_curve, args.reuse)
         if result is None:
             continue
-        results[name] = result
+        results[name] = merge_runs(results.get(name), result)
         write_json_atomic(RESULTS, results)
-        print(format_tables(name, result), flush=True)
+        print(format_tables(name, results[name]), flush=True)
     if not results:
         print("nothing measured (no shared data)", file=sys.stderr)
 

@@ -404,7 +404,7 @@ def first_ranked_breakdown(split: Split, ranked: np.ndarray) -> dict[str, float]
     same_leaf = missed & (levels[first, -1] == levels[gold, -1])
     same_top = missed & ~same_leaf & (levels[first, 0] == levels[gold, 0])
     hits = ranked == gold[:, None]
-    rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, ranked.shape[1] + 1)
+    rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)  # not in the ranking: below every rank
     return {
         "gold first": float(np.mean(~missed)),
         "same leaf": float(np.mean(same_leaf)),

@@ -1,0 +1,109 @@
+"""The benchmark helpers whose arithmetic the reported figures rest on (benchmarks/ is not a package)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import blend_shares  # noqa: E402
+
+from heal_rag.models import blend_with_base_weights, copy_weights  # noqa: E402
+
+
+def _weights(model) -> np.ndarray:
+    return np.concatenate([t.detach().flatten().numpy() for t in model.state_dict().values() if t.is_floating_point()])
+
+
+def test_at_shares_rebuilds_each_blend_from_the_delivered_model_and_restores_it(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    tuned = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():  # stand-in for training: move every weight
+        for tensor in tuned.state_dict().values():
+            tensor.add_(torch.randn_like(tensor))
+    tuned_state = copy_weights(tuned)
+    base_state = copy_weights(SentenceTransformer(str(tiny_model_dir), device="cpu"))
+    delivered = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    delivered.load_state_dict(tuned_state)
+    blend_with_base_weights(delivered, base_state, 0.4)
+    before = _weights(delivered)
+
+    seen = {}
+    for share in blend_shares.at_shares(delivered, 0.4, [0.0, 0.6, 0.8], base_model=tiny_model_dir):
+        expected = SentenceTransformer(str(tiny_model_dir), device="cpu")
+        expected.load_state_dict(tuned_state)
+        blend_with_base_weights(expected, base_state, share)
+        seen[share] = np.abs(_weights(delivered) - _weights(expected)).max()
+    assert list(seen) == [0.0, 0.6, 0.8]
+    assert max(seen.values()) < 1e-5
+    assert np.array_equal(_weights(delivered), before)
+
+
+def test_at_shares_restores_the_delivered_weights_when_the_loop_stops_early(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    delivered = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        for tensor in delivered.state_dict().values():
+            tensor.add_(1.0)
+    before = _weights(delivered)
+    shares = blend_shares.at_shares(delivered, 0.5, [0.0, 0.2], base_model=tiny_model_dir)
+    next(shares)
+    assert not np.array_equal(_weights(delivered), before)
+    shares.close()
+    assert np.array_equal(_weights(delivered), before)
+
+
+@pytest.mark.parametrize("chosen", [0.0, 0.3])
+def test_at_the_chosen_share_the_weights_do_not_move(tiny_model_dir, chosen):
+    from sentence_transformers import SentenceTransformer
+
+    delivered = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        for tensor in delivered.state_dict().values():
+            tensor.mul_(2.0)
+    before = _weights(delivered)
+    for _ in blend_shares.at_shares(delivered, chosen, [chosen], base_model=tiny_model_dir):
+        assert np.allclose(_weights(delivered), before, atol=1e-6)
+
+
+def test_first_ranked_breakdown_sorts_each_miss_by_how_close_it_lands():
+    import quality
+
+    from heal_rag.labels import LabelPaths
+
+    # five held-out documents: 0 and 1 share a leaf, 2 shares only the top class with them, 3 and 4 are elsewhere
+    level_ids = np.array([[0, 0], [0, 0], [0, 1], [1, 2], [1, 3]])
+    split = quality.Split(
+        name="toy",
+        train_texts=[],
+        train_queries=[],
+        train_ids=[],
+        train_labels=LabelPaths([["a", "b"]]),
+        test_texts=["d0", "d1", "d2", "d3", "d4"],
+        test_queries=["q0", "q1", "q2", "q3", "q4"],
+        test_level_ids=level_ids,
+        train_level_ids=np.zeros((0, 2), dtype=int),
+    )
+    ranked = np.array(
+        [
+            [0, 1, 2],  # gold first
+            [0, 1, 2],  # a same-leaf sibling first, gold at 2
+            [0, 1, 3],  # same top class first, gold below the ranking
+            [0, 4, 3],  # another top class first, gold at 3
+            [4, 0, 1],  # gold first
+        ]
+    )
+    shares = quality.first_ranked_breakdown(split, ranked)
+    assert shares["gold first"] == pytest.approx(2 / 5)
+    assert shares["same leaf"] == pytest.approx(1 / 5)
+    assert shares["same top"] == pytest.approx(1 / 5)
+    assert shares["elsewhere"] == pytest.approx(1 / 5)
+    assert shares["gold at 2-3"] == pytest.approx(2 / 5)
+    assert shares["gold below 10"] == pytest.approx(1 / 5)
