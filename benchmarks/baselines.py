@@ -14,6 +14,7 @@ Both start from the embedded all-MiniLM-L6-v2 and train ``steps`` optimiser step
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def train_llamaindex_finetune(
     steps: int,
     batch_size: int,
     max_seq_length: int,
+    seed: int,
     output_dir: Path,
 ) -> Any:
     """LlamaIndex's ``SentenceTransformersFinetuneEngine`` with its defaults, at the benchmark's step budget.
@@ -86,7 +88,8 @@ def train_llamaindex_finetune(
     The engine's own settings stay as they are (MultipleNegativesRankingLoss, ``SentenceTransformer.fit``'s learning
     rate 2e-5, warm-up over 10 % of the steps, batches that may repeat a document); only its batch size (default 10)
     and length (default 2 epochs) are set so that it takes ``steps`` steps of ``batch_size`` pairs, like every other
-    trained method: the pairs are cycled to ``steps * batch_size`` rows and trained for one epoch. It evaluates nothing
+    trained method: the pairs are cycled to ``steps * batch_size`` rows, shuffled with ``seed`` (``fit`` itself always
+    shuffles with seed 42), and trained for one epoch. It evaluates nothing
     during training (``evaluation_steps=0``): with no validation set, the engine's default of 50 makes
     sentence-transformers 6's ``fit`` raise before training.
 
@@ -109,6 +112,7 @@ def train_llamaindex_finetune(
 
     _check_pairs(queries, documents)
     rows = list(itertools.islice(itertools.cycle(range(len(queries))), steps * batch_size))
+    random.Random(seed).shuffle(rows)
     dataset = EmbeddingQAFinetuneDataset(
         queries={f"q{n}": queries[i] for n, i in enumerate(rows)},
         corpus={f"d{i}": documents[i] for i in set(rows)},

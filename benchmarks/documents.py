@@ -127,7 +127,7 @@ def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path) -> An
     queries, texts = training_pairs(chunks)
     if method == "llamaindex":
         return baselines.train_llamaindex_finetune(
-            queries, texts, steps=steps, batch_size=32, max_seq_length=128, output_dir=output_dir
+            queries, texts, steps=steps, batch_size=32, max_seq_length=128, seed=42, output_dir=output_dir
         )
     return baselines.train_mnrl(
         queries,
@@ -156,7 +156,8 @@ def top1_breakdown(top1: np.ndarray, task: Any) -> dict[str, float]:
     missed = top1 != gold
     same_document = missed & (documents[top1] == documents[gold])
     same_leaf = missed & ~same_document & (levels[top1, -1] == levels[gold, -1])
-    same_parent = missed & ~same_document & ~same_leaf & (levels[top1, 0] == levels[gold, 0])
+    parent = max(levels.shape[1] - 2, 0)
+    same_parent = missed & ~same_document & ~same_leaf & (levels[top1, parent] == levels[gold, parent])
     elsewhere = missed & ~same_document & ~same_leaf & ~same_parent
     return {
         "gold first": float(np.mean(~missed)),
@@ -195,12 +196,12 @@ def train_heal(
         model, training = load_sentence_transformer(output_dir), read_metadata(output_dir)["training"]
         set_max_seq_length(model, 128)
         return model, training, True
-        result = fine_tune_documents(
-            train_tree, output_dir=output_dir, overwrite=True, show_progress_bar=False, **heal_settings(method, steps)
-        )
-        model, training = result.model, result.metadata["training"]
+    result = fine_tune_documents(
+        train_tree, output_dir=output_dir, overwrite=True, show_progress_bar=False, **heal_settings(method, steps)
+    )
+    model = result.model
     set_max_seq_length(model, 128)
-    return model, training, False
+    return model, result.metadata["training"], False
 
 
 def blend_curve(model: Any, task: Any, selection: dict[str, Any], label: str) -> dict[str, dict[str, float]]:
@@ -317,11 +318,20 @@ def run(
 
 def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
     """A dataset's results with a new run's methods added or replaced (a run of some methods keeps the others)."""
-    if previous is None or previous.get("steps") != result["steps"] or previous.get("queries") != result["queries"]:
+    sizes = ("steps", "queries", "train_documents", "train_chunks", "test_documents", "test_chunks")
+    if previous is None or any(previous.get(key) != result[key] for key in sizes):
         return result
     merged = {**previous, **{k: v for k, v in result.items() if not isinstance(v, dict)}}
-    for key in ("metrics", "differences", "heal_runs", "top1", "seconds"):
+    for key in ("metrics", "heal_runs", "top1", "seconds"):
         merged[key] = {**previous.get(key, {}), **result.get(key, {})}
+    # an interval against HEAL holds only if neither side was re-run: drop the stale ones, keep the new ones
+    rerun = set(result["metrics"])
+    kept = {
+        comparison: values
+        for comparison, values in previous.get("differences", {}).items()
+        if "heal" not in rerun and comparison.split(" - ", 1)[1] not in rerun
+    }
+    merged["differences"] = {**kept, **result.get("differences", {})}
     return merged
 
 

@@ -86,8 +86,6 @@ RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "quality"
 METHODS = ("untouched", "bm25", "mnrl", "llamaindex", "supcon", "heal")
 TRAINED_METHODS = ("mnrl", "llamaindex", "supcon", "heal")
-# The stock fine-tunes a user would otherwise run; HEAL's exact-retrieval target is set against the best of them.
-STOCK_FINE_TUNES = ("mnrl", "llamaindex")
 DEFAULT_SIZES = (2000, 600)
 # The columns of the HEAL − baseline comparison (per-query paired bootstrap); "leaf" is the deepest level.
 PAIRED_COLUMNS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/leaf", "off-topic@5")
@@ -271,6 +269,7 @@ def train_llamaindex(split: Split, budget: Budget, output_dir: Path) -> Any:
         steps=budget.steps,
         batch_size=budget.batch_size,
         max_seq_length=budget.max_seq_length,
+        seed=budget.seed,
         output_dir=output_dir / "model",
     )
 
@@ -313,6 +312,7 @@ def train_heal(split: Split, budget: Budget, output_dir: Path, overrides: dict[s
 
 def train_supcon(split: Split, budget: Budget, output_dir: Path) -> Any:
     """Flat SupCon: documents only, leaf labels only (one level), the hierarchical sampler for positives."""
+    from heal_rag.models import set_max_seq_length
     from heal_rag.training import fine_tune
 
     leaves = LabelPaths([[path[-1]] for path in split.train_labels.paths])
@@ -325,6 +325,7 @@ def train_supcon(split: Split, budget: Budget, output_dir: Path) -> Any:
         level_weights="uniform",
         **_budget_settings(budget),
     )
+    set_max_seq_length(result.model, budget.max_seq_length)  # scored at the budget's limit, like every method
     return result.model
 
 
@@ -453,6 +454,8 @@ def run_method(
         key_payload["overrides"] = heal_recipe(overrides)
         if split.heal_labels != "true":  # left out for the true labels so older caches stay valid
             key_payload["heal_labels"] = split.heal_labels
+    if method in ("heal", "supcon"):  # scored at the budget's limit since fine_tune keeps the deployed one (256)
+        key_payload["scored_at_training_limit"] = True
     if method == "untouched":
         key_payload = {"method": method, "max_seq_length": budget.max_seq_length}
     elif method == "bm25":

@@ -107,3 +107,51 @@ def test_first_ranked_breakdown_sorts_each_miss_by_how_close_it_lands():
     assert shares["elsewhere"] == pytest.approx(1 / 5)
     assert shares["gold at 2-3"] == pytest.approx(2 / 5)
     assert shares["gold below 10"] == pytest.approx(1 / 5)
+
+
+def test_top1_breakdown_tells_a_chunk_of_the_same_document_from_a_sibling_document():
+    from types import SimpleNamespace
+
+    import documents
+
+    from heal_rag.chunking import DOCUMENT_ID_KEY
+
+    # chunks: 0, 1 of document a; 2 of document b (same leaf); 3 of c (same parent, other leaf); 4 of d (elsewhere)
+    task = SimpleNamespace(
+        corpus=SimpleNamespace(metadata=[{DOCUMENT_ID_KEY: doc} for doc in "aabcd"]),
+        level_ids=np.array([[0, 0], [0, 0], [0, 0], [0, 1], [1, 2]]),
+        gold=np.array([0, 0, 0, 0, 0]),
+    )
+    shares = documents.top1_breakdown(np.array([0, 1, 2, 3, 4]), task)
+    assert shares == {
+        "gold first": 0.2,
+        "same document": 0.2,
+        "same leaf": 0.2,
+        "same parent": 0.2,
+        "elsewhere": 0.2,
+    }
+
+
+def test_merge_runs_keeps_other_methods_and_drops_intervals_a_rerun_made_stale():
+    import documents
+
+    sizes = {
+        "steps": 100,
+        "queries": 3,
+        "train_documents": 2,
+        "train_chunks": 4,
+        "test_documents": 1,
+        "test_chunks": 2,
+    }
+
+    def run(metrics, differences):
+        return sizes | {"metrics": metrics, "differences": differences, "heal_runs": {}, "top1": {}, "seconds": {}}
+
+    previous = run({"heal": 1, "mnrl": 2, "bm25": 3}, {"heal - mnrl": "old", "heal - bm25": "old"})
+    merged = documents.merge_runs(previous, run({"mnrl": 5}, {}))
+    assert merged["metrics"] == {"heal": 1, "mnrl": 5, "bm25": 3}
+    assert merged["differences"] == {"heal - bm25": "old"}  # HEAL vs the new MNRL was not measured
+    merged = documents.merge_runs(previous, run({"heal": 9}, {}))
+    assert merged["differences"] == {}  # every interval was against the old HEAL
+    other_sizes = run({"heal": 9}, {}) | {"test_chunks": 3}
+    assert documents.merge_runs(previous, other_sizes) is other_sizes
