@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
+from transformers import TrainerCallback
 
 from heal_rag.distributed import get_world_size
 
@@ -236,3 +238,33 @@ def _label_rows(dataset: Any, columns: Sequence[str]) -> list[list[float]]:
                 rows = [[r] for r in rows]
             return [list(r) for r in rows]
     raise ValueError(f"HierarchicalBatchSampler needs a label column (one of {list(columns)}); found {names}.")
+
+
+def find_hierarchical_sampler(dataloader: Any) -> HierarchicalBatchSampler | None:
+    """The :class:`HierarchicalBatchSampler` under a dataloader's batch-sampler wrappers, or ``None``.
+
+    accelerate wraps the sampler once per role: ``BatchSamplerShard`` in a multi-process run, and
+    ``SkipBatchSampler`` around that when training resumes mid-epoch; each keeps the one it wraps as
+    ``batch_sampler``.
+    """
+    node = getattr(dataloader, "batch_sampler", None)
+    for _ in range(8):  # a few wrappers at most; never loop on a cycle
+        if isinstance(node, HierarchicalBatchSampler):
+            return node
+        node = getattr(node, "batch_sampler", None)
+    return None
+
+
+class SamplerEpochCallback(TrainerCallback):
+    """Tell the :class:`HierarchicalBatchSampler` which epoch begins, however deep accelerate wrapped it.
+
+    The trainer calls ``set_epoch`` two wrappers down at most; a run resumed mid-epoch under ``torchrun`` has three
+    (``SkipBatchSampler`` → ``BatchSamplerShard`` → sampler), so without this the sampler would replay epoch 0's
+    batch plan in the resumed epoch, and the resumed run would differ from an uninterrupted one.
+    """
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> None:
+        """Set the sampler's epoch to the one the trainer enters (``state.epoch`` holds e.g. 1.5 when resuming)."""
+        sampler = find_hierarchical_sampler(train_dataloader)
+        if sampler is not None:
+            sampler.set_epoch(math.floor(state.epoch + 1e-6))

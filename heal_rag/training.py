@@ -588,7 +588,7 @@ def _train(
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     from heal_rag.losses import HEALLoss
-    from heal_rag.sampler import HierarchicalBatchSampler
+    from heal_rag.sampler import HierarchicalBatchSampler, SamplerEpochCallback
 
     loss = HEALLoss(
         model,
@@ -652,7 +652,11 @@ def _train(
         # and the model card its widget examples; both go.
         with contextlib.redirect_stderr(io.StringIO()) if not show_progress_bar else contextlib.nullcontext():
             trainer = SentenceTransformerTrainer(
-                model=model, args=args, train_dataset=Dataset.from_dict(rows.columns), loss=loss
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_dict(rows.columns),
+                loss=loss,
+                callbacks=[SamplerEpochCallback()],
             )
         if not show_progress_bar:
             from transformers.trainer_callback import PrinterCallback

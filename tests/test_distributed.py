@@ -123,6 +123,34 @@ def test_torchrun_two_processes_train_one_model_that_rank_0_writes(corpus_file, 
     assert encoder.predict_path(["laser light lens"])[0].path
 
 
+def test_a_run_resumed_mid_epoch_under_torchrun_replays_that_epochs_batches(corpus_file, tmp_path):
+    # every step checkpointed, all kept; then resume from the second step of epoch 1 (three sampler wrappers deep:
+    # SkipBatchSampler -> BatchSamplerShard -> HierarchicalBatchSampler, where the trainer's set_epoch does not reach)
+    checkpoints = tmp_path / "ckpt"
+    full = {"checkpoint_dir": str(checkpoints), "checkpoint_steps": 1, "training_args": {"save_total_limit": None}}
+    model = str(build_tiny_model())
+    for name in ("full", "resumed"):
+        (tmp_path / name).mkdir()
+    _torchrun(
+        [str(SCRIPT), model, str(corpus_file), str(tmp_path / "a"), str(tmp_path / "full"), json.dumps(full)], tmp_path
+    )
+    uninterrupted = [json.loads((tmp_path / "full" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    per_epoch = len(uninterrupted[0]["batches"]) // 2
+    assert per_epoch >= 2
+    resume = {"resume_from_checkpoint": str(checkpoints / f"checkpoint-{per_epoch + 1}")}
+    _torchrun(
+        [str(SCRIPT), model, str(corpus_file), str(tmp_path / "b"), str(tmp_path / "resumed"), json.dumps(resume)],
+        tmp_path,
+    )
+    for rank in (0, 1):
+        resumed = json.loads((tmp_path / "resumed" / f"rank{rank}.json").read_text())
+        epoch_0, epoch_1 = (uninterrupted[rank]["batches"][i * per_epoch : (i + 1) * per_epoch] for i in (0, 1))
+        assert epoch_0 != epoch_1  # the plans differ, so replaying epoch 0 would show
+        # the resumed run walks epoch 1's plan (skipping the step already trained), then stops at the same step
+        assert resumed["batches"] == epoch_1
+        assert resumed["global_steps"] == uninterrupted[rank]["global_steps"]
+
+
 def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_file, tmp_path):
     out = tmp_path / "cli-model"
     result = _torchrun(

@@ -2,6 +2,7 @@
 what this rank saw (the batches accelerate dealt it, per epoch) and the SHA-256 of its final weights.
 
 Usage: torchrun --nproc_per_node 2 tests/scripts/distributed_fine_tune.py BASE_MODEL CORPUS_JSONL OUT_DIR RECORD_DIR
+[FINE_TUNE_KWARGS_JSON]  (e.g. checkpoint settings, or resume_from_checkpoint)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from heal_rag.distributed import get_rank, get_world_size
 from heal_rag.training import fine_tune
 
 base_model, corpus_path, out_dir, record_dir = sys.argv[1:5]
+extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 seen: list[list[int]] = []
 _iterate = BatchSamplerShard.__iter__
 
@@ -43,6 +45,7 @@ result = fine_tune(
     learning_rate=1e-2,
     base_weight_share=0.0,
     show_progress_bar=False,
+    **extra,
 )
 digest = hashlib.sha256()
 for name, tensor in sorted(result.model.state_dict().items()):
