@@ -10,6 +10,10 @@ after (from ``torch.distributed``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _initialized() -> bool:
@@ -51,3 +55,27 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def broadcast_from_main_process(compute: Callable[[], T]) -> T:
+    """``compute()`` run on rank 0 alone, its result handed to every rank; just ``compute()`` in one process.
+
+    For work before training that every rank needs the same answer to and that is too costly to repeat on each
+    (HNMFk label discovery on an unlabelled corpus). The launcher's process group is started here when the trainer
+    has not started it yet (accelerate then uses it): gloo on a CPU-only machine; with GPUs, torch's default pair
+    (gloo for CPU tensors, NCCL for CUDA ones). The result travels with ``torch.distributed.broadcast_object_list``,
+    pickled between the run's own processes (never read from a file).
+
+    Raises:
+        Whatever ``compute`` raises on rank 0; the other ranks then fail at the broadcast (the launcher stops them).
+    """
+    if get_world_size() == 1:
+        return compute()
+    import torch
+    import torch.distributed as dist
+
+    if not _initialized():
+        dist.init_process_group(backend=None if torch.cuda.is_available() else "gloo")
+    payload = [compute() if is_main_process() else None]
+    dist.broadcast_object_list(payload, src=0)
+    return payload[0]  # type: ignore[return-value]

@@ -121,20 +121,27 @@ def discover_document_labels(
 ) -> tuple[list[SourceDocument], dict[str, str]]:
     """Label documents that have no path with a hierarchy discovered by HNMFk on their whole texts.
 
-    Whole documents are clustered (not chunks), so every chunk of a document inherits one path.
+    Whole documents are clustered (not chunks), so every chunk of a document inherits one path. Under ``torchrun``
+    rank 0 alone runs HNMFk and every rank gets its labels (see
+    :func:`heal_rag.distributed.broadcast_from_main_process`).
 
     Returns:
         The documents with paths (HNMFk node ids such as ``("2", "2.3")``), and readable node names.
     """
+    from heal_rag.distributed import broadcast_from_main_process
     from heal_rag.hierarchy.discover import discover_labels
 
-    hnmfk, labels = discover_labels(
-        [d.text for d in documents], max_depth=max_depth, random_state=random_state, show_progress=show_progress
-    )
+    def discover() -> tuple[list[list[str]], dict[str, str], str]:
+        hnmfk, labels = discover_labels(
+            [d.text for d in documents], max_depth=max_depth, random_state=random_state, show_progress=show_progress
+        )
+        return [list(path) for path in labels.paths], hnmfk.node_names(), hnmfk.format_tree(max_children=8)
+
+    paths, node_names, tree = broadcast_from_main_process(discover)
     if show_progress:
-        print(hnmfk.format_tree(max_children=8), flush=True)
-    labelled = [replace(d, path=tuple(path)) for d, path in zip(documents, labels.paths, strict=True)]
-    return labelled, hnmfk.node_names()
+        print(tree, flush=True)
+    labelled = [replace(d, path=tuple(path)) for d, path in zip(documents, paths, strict=True)]
+    return labelled, node_names
 
 
 def fine_tune_documents(

@@ -151,6 +151,27 @@ def test_a_run_resumed_mid_epoch_under_torchrun_replays_that_epochs_batches(corp
         assert resumed["global_steps"] == uninterrupted[rank]["global_steps"]
 
 
+def test_under_torchrun_rank_0_alone_discovers_the_labels_every_rank_trains_on(tmp_path):
+    texts, _, titles = make_corpus(per_leaf=12)  # 72 documents without labels
+    data = tmp_path / "c.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t, "title": titles[i]}) + "\n" for i, t in enumerate(texts))
+    )
+    records, out = tmp_path / "records", tmp_path / "model"
+    records.mkdir()
+    result = _torchrun(
+        [str(Path(__file__).parent / "scripts" / "distributed_discover.py"), str(records), "--data", str(data),
+         "--out", str(out), "--base-model", str(build_tiny_model()), "--max-steps", "2", "--batch-size", "8"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [0, 0]
+    assert [r["hnmfk_runs"] for r in ranks] == [1, 0]  # one HNMFk, on rank 0
+    assert ranks[0]["labels"] == ranks[1]["labels"] and len(ranks[0]["labels"]) == 72  # the same paths everywhere
+    assert result.stdout.count("saved to") == 1
+    assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 2
+
+
 def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_file, tmp_path):
     out = tmp_path / "cli-model"
     result = _torchrun(
