@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import baselines  # noqa: E402
 import blend_shares  # noqa: E402
 import numpy as np  # noqa: E402
-from shared import SHARED_DATA  # noqa: E402
+from shared import SHARED_DATA, parse_overrides  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.evaluation.retrieval import format_paired, paired_difference  # noqa: E402
@@ -168,10 +168,15 @@ def top1_breakdown(top1: np.ndarray, task: Any) -> dict[str, float]:
     }
 
 
-def heal_settings(method: str, steps: int) -> dict[str, Any]:
+def heal_settings(method: str, steps: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from heal_rag.queries import KeySentenceQueryGenerator
 
-    settings: dict[str, Any] = {"max_steps": steps, "max_seq_length": 128, "chunk_size": CHUNK_SIZE}
+    settings: dict[str, Any] = {
+        "max_steps": steps,
+        "max_seq_length": 128,
+        "chunk_size": CHUNK_SIZE,
+        **(overrides or {}),
+    }
     if method == "heal-no-source":
         settings["source_level"] = False
     if method == "heal-generator-free":
@@ -180,7 +185,7 @@ def heal_settings(method: str, steps: int) -> dict[str, Any]:
 
 
 def train_heal(
-    method: str, train_tree: Path, steps: int, output_dir: Path, reuse: bool
+    method: str, train_tree: Path, steps: int, output_dir: Path, reuse: bool, overrides: dict[str, Any] | None = None
 ) -> tuple[Any, dict[str, Any], bool]:
     """``fine_tune_documents`` on the training tree (or, with ``reuse``, the model an earlier run left there).
 
@@ -197,7 +202,11 @@ def train_heal(
         set_max_seq_length(model, 128)
         return model, training, True
     result = fine_tune_documents(
-        train_tree, output_dir=output_dir, overwrite=True, show_progress_bar=False, **heal_settings(method, steps)
+        train_tree,
+        output_dir=output_dir,
+        overwrite=True,
+        show_progress_bar=False,
+        **heal_settings(method, steps, overrides),
     )
     model = result.model
     set_max_seq_length(model, 128)
@@ -228,6 +237,7 @@ def run(
     test_docs: int,
     with_blend_curve: bool = False,
     reuse: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     from heal_rag.chunking import CHUNK_INDEX_KEY, DOCUMENT_ID_KEY, chunk_documents
     from heal_rag.documents import load_documents
@@ -236,6 +246,8 @@ def run(
     from heal_rag.queries import Query
 
     times: dict[str, float] = {}
+    # HEAL models trained with overrides live beside the default ones, so --reuse never mixes recipes
+    work_name = name + "".join(f"-{k}={v}" for k, v in sorted((overrides or {}).items()))
     started = time.perf_counter()
     trees = build_trees(name, train_docs, test_docs)
     if trees is None:
@@ -278,7 +290,9 @@ def run(
         elif method in ("mnrl", "llamaindex"):
             model = train_baseline(method, train_chunks, steps, WORK / name / method)
         else:
-            model, training, reused = train_heal(method, train_tree, steps, WORK / name / method, reuse)
+            model, training, reused = train_heal(
+                method, train_tree, steps, WORK / work_name / method, reuse, overrides
+            )
             summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         trained = time.perf_counter() - started
         evaluations[method] = evaluate_embedding_model(model, task, method, show_progress_bar=False)
@@ -308,6 +322,7 @@ def run(
         "test_chunks": len(test_chunks),
         "queries": len(task.query_texts),
         "steps": steps,
+        "heal_overrides": overrides or {},
         "metrics": {method: e.retrieval.as_dict() for method, e in evaluations.items()},
         "differences": differences,
         "heal_runs": summary,
@@ -318,7 +333,7 @@ def run(
 
 def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
     """A dataset's results with a new run's methods added or replaced (a run of some methods keeps the others)."""
-    sizes = ("steps", "queries", "train_documents", "train_chunks", "test_documents", "test_chunks")
+    sizes = ("steps", "heal_overrides", "queries", "train_documents", "train_chunks", "test_documents", "test_chunks")
     if previous is None or any(previous.get(key) != result[key] for key in sizes):
         return result
     merged = {**previous, **{k: v for k, v in result.items() if not isinstance(v, dict)}}
@@ -372,14 +387,19 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="HEAL methods: evaluate the model a previous run left instead of training"
     )
+    parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON (runs with --heal: use another)")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    overrides = parse_overrides(args.heal)
+    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
     for name in args.datasets:
-        result = run(name, args.methods, args.steps, args.train_docs, args.test_docs, args.blend_curve, args.reuse)
+        result = run(
+            name, args.methods, args.steps, args.train_docs, args.test_docs, args.blend_curve, args.reuse, overrides
+        )
         if result is None:
             continue
         results[name] = merge_runs(results.get(name), result)
-        write_json_atomic(RESULTS, results)
+        write_json_atomic(args.output, results)
         print(format_tables(name, results[name]), flush=True)
     if not results:
         print("nothing measured (no shared data)", file=sys.stderr)

@@ -65,6 +65,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import baselines  # noqa: E402
 import blend_shares  # noqa: E402
 import numpy as np  # noqa: E402
+from shared import SHARED_DATA as SHARED  # noqa: E402
+from shared import parse_overrides  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.data import hashed_split  # noqa: E402
@@ -81,7 +83,6 @@ from heal_rag.evaluation.report import bm25_rankings  # noqa: E402
 from heal_rag.labels import LabelPaths  # noqa: E402
 from heal_rag.training import DISCOVERED_LABELS_SETTINGS, HEALTrainingConfig  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "quality"
 METHODS = ("untouched", "bm25", "mnrl", "llamaindex", "supcon", "heal")
@@ -698,19 +699,6 @@ def ablation_table(name: str, seed: int) -> tuple[str, list[dict[str, Any]]]:
         label = ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "sweep start (pre-issue-3 defaults)"
         lines.append(f"| {label} | " + " | ".join(_cells(result)) + " |")
     return "\n".join(lines), rows
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        if key not in HEALTrainingConfig.__dataclass_fields__:
-            raise SystemExit(f"--heal {pair!r}: {key!r} is not a HEALTrainingConfig field.")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: 2,145 arXiv abstracts, 6 → 14 → 143 classes (the corpus the earlier demo bundled).
@@ -18,3 +20,20 @@ def require(path: Path) -> Path:
         print(f"skipped: {path} is absent (the shared data lives in ../shared/data beside the repository)")
         sys.exit(0)
     return path
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``--heal``) as :class:`heal_rag.HEALTrainingConfig` overrides; values parsed as JSON when
+    they are JSON (``learning_rate=2e-5`` is a float), else kept as strings. Exits naming an unknown key."""
+    from heal_rag import HEALTrainingConfig
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        if key not in HEALTrainingConfig.__dataclass_fields__:
+            raise SystemExit(f"--heal {pair!r}: {key!r} is not a HEALTrainingConfig field.")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides

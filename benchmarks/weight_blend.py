@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import quality
-from quality import DATASETS, RESULTS, Budget, _cells, embed, load_split, parse_overrides, score
+from quality import DATASETS, RESULTS, Budget, _cells, embed, load_split, score
+from shared import parse_overrides
 
 from heal_rag.artifacts import write_json_atomic
 from heal_rag.evaluation import top_k_indices
