@@ -1,7 +1,8 @@
 """Who is this process in a multi-process run (``torchrun``, ``accelerate launch``), and waiting for the others.
 
 heal_rag trains across processes through the standard launchers: ``SentenceTransformerTrainer`` (accelerate) sets
-up the process group and wraps the model in ``DistributedDataParallel``; :class:`heal_rag.HierarchicalBatchSampler`
+up the process group (unless :func:`broadcast_from_main_process` needed it earlier) and wraps the model in
+``DistributedDataParallel``; :class:`heal_rag.HierarchicalBatchSampler`
 deals every rank the same number of batches; :func:`heal_rag.fine_tune` lets only the main process write. These
 helpers answer "which rank am I" before the process group exists (from the launcher's environment variables) and
 after (from ``torch.distributed``).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -62,12 +63,14 @@ def broadcast_from_main_process(compute: Callable[[], T]) -> T:
 
     For work before training that every rank needs the same answer to and that is too costly to repeat on each
     (HNMFk label discovery on an unlabelled corpus). The launcher's process group is started here when the trainer
-    has not started it yet (accelerate then uses it): gloo on a CPU-only machine; with GPUs, torch's default pair
-    (gloo for CPU tensors, NCCL for CUDA ones). The result travels with ``torch.distributed.broadcast_object_list``,
-    pickled between the run's own processes (never read from a file).
+    has not started it yet, and accelerate then trains on it: gloo on a CPU-only machine; with GPUs, gloo for CPU
+    tensors and NCCL for CUDA ones (``"cpu:gloo,cuda:nccl"``, each rank on the GPU ``LOCAL_RANK`` names), so both
+    CPU and GPU training work on it. The result travels as CPU tensors with
+    ``torch.distributed.broadcast_object_list``, pickled between the run's own processes (never read from a file).
 
     Raises:
-        Whatever ``compute`` raises on rank 0; the other ranks then fail at the broadcast (the launcher stops them).
+        Whatever ``compute`` raised on rank 0, on every rank (``RuntimeError`` naming it on the others), so no rank
+        is left waiting at the broadcast.
     """
     if get_world_size() == 1:
         return compute()
@@ -75,7 +78,21 @@ def broadcast_from_main_process(compute: Callable[[], T]) -> T:
     import torch.distributed as dist
 
     if not _initialized():
-        dist.init_process_group(backend=None if torch.cuda.is_available() else "gloo")
-    payload = [compute() if is_main_process() else None]
-    dist.broadcast_object_list(payload, src=0)
-    return payload[0]  # type: ignore[return-value]
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group(backend="gloo")
+    payload: list[Any] = [None]
+    if is_main_process():
+        try:
+            payload = [(True, compute())]
+        except Exception as exc:
+            payload = [(False, exc)]
+    dist.broadcast_object_list(payload, src=0, device=torch.device("cpu"))
+    succeeded, value = payload[0]
+    if succeeded:
+        return value  # type: ignore[no-any-return]
+    if is_main_process():
+        raise value
+    raise RuntimeError(f"rank 0 failed before training: {type(value).__name__}: {value}") from value

@@ -128,7 +128,7 @@ def discover_document_labels(
     Returns:
         The documents with paths (HNMFk node ids such as ``("2", "2.3")``), and readable node names.
     """
-    from heal_rag.distributed import broadcast_from_main_process
+    from heal_rag.distributed import broadcast_from_main_process, is_main_process
     from heal_rag.hierarchy.discover import discover_labels
 
     def discover() -> tuple[list[list[str]], dict[str, str], str]:
@@ -138,7 +138,7 @@ def discover_document_labels(
         return [list(path) for path in labels.paths], hnmfk.node_names(), hnmfk.format_tree(max_children=8)
 
     paths, node_names, tree = broadcast_from_main_process(discover)
-    if show_progress:
+    if show_progress and is_main_process():
         print(tree, flush=True)
     labelled = [replace(d, path=tuple(path)) for d, path in zip(documents, paths, strict=True)]
     return labelled, node_names
@@ -200,6 +200,7 @@ def fine_tune_documents(
         result = fine_tune_documents(docs, root="manuals/", output_dir="models/manuals", max_steps=10)
         ```
     """
+    from heal_rag.distributed import is_main_process
     from heal_rag.models import load_sentence_transformer
     from heal_rag.outputs import prepare_output_dir
 
@@ -211,16 +212,18 @@ def fine_tune_documents(
         what="Model directory",
         kind="model",
     )
+    # under torchrun, rank 0 alone reports (the trainer's own progress bar is rank 0's too)
+    report_progress = show_progress_bar and is_main_process()
     docs, report = load_documents(
-        documents, path_key=path_key, root=root, max_depth=max_depth, show_progress=show_progress_bar
+        documents, path_key=path_key, root=root, max_depth=max_depth, show_progress=report_progress
     )
-    if report is not None and show_progress_bar:
+    if report is not None and report_progress:
         print(report.summary(), flush=True)
     label_names = None
     if all(d.path is None for d in docs):
-        if show_progress_bar:
+        if report_progress:
             print(f"The documents have no label paths: discovering a {hierarchy_depth}-level hierarchy (HNMFk)")
-        docs, label_names = discover_document_labels(docs, max_depth=hierarchy_depth, show_progress=show_progress_bar)
+        docs, label_names = discover_document_labels(docs, max_depth=hierarchy_depth, show_progress=report_progress)
         fine_tune_kwargs = {**DISCOVERED_LABELS_SETTINGS, **fine_tune_kwargs}
     tokenizer_model = load_sentence_transformer(base_model)
     chunking = chunking.resolved(tokenizer_model)
@@ -229,7 +232,7 @@ def fine_tune_documents(
         tokenizer_model,
         chunk_size=chunking.chunk_size,
         chunk_overlap=chunking.chunk_overlap,
-        show_progress=show_progress_bar,
+        show_progress=report_progress,
     )
     del tokenizer_model
     queries = None

@@ -258,13 +258,19 @@ def find_hierarchical_sampler(dataloader: Any) -> HierarchicalBatchSampler | Non
 class SamplerEpochCallback(TrainerCallback):
     """Tell the :class:`HierarchicalBatchSampler` which epoch begins, however deep accelerate wrapped it.
 
-    The trainer calls ``set_epoch`` two wrappers down at most; a run resumed mid-epoch under ``torchrun`` has three
-    (``SkipBatchSampler`` → ``BatchSamplerShard`` → sampler), so without this the sampler would replay epoch 0's
-    batch plan in the resumed epoch, and the resumed run would differ from an uninterrupted one.
+    The trainer calls ``set_epoch`` on the loader it iterates and on that loader's batch sampler's ``batch_sampler``.
+    A run resumed mid-epoch under ``torchrun`` iterates ``SkipBatchSampler`` → ``BatchSamplerShard`` → sampler, one
+    level too deep, so the sampler would replay epoch 0's batch plan in the resumed epoch. The callback gets the
+    prepared loader (``BatchSamplerShard`` → sampler, the same objects the skipping loader wraps) and sets the epoch
+    there. Elsewhere the trainer sets the same epoch again right after, so nothing changes.
     """
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> None:
-        """Set the sampler's epoch to the one the trainer enters (``state.epoch`` holds e.g. 1.5 when resuming)."""
+        """Set the sampler's epoch to the one the trainer enters (``state.epoch`` holds e.g. 1.5 when resuming).
+
+        ``state.epoch`` is ``epoch + steps / steps_in_epoch``: exactly the next integer at an epoch's end, so its
+        floor is the epoch being entered, fresh or resumed.
+        """
         sampler = find_hierarchical_sampler(train_dataloader)
         if sampler is not None:
-            sampler.set_epoch(math.floor(state.epoch + 1e-6))
+            sampler.set_epoch(math.floor(state.epoch))

@@ -74,6 +74,19 @@ def test_a_single_process_sampler_is_unchanged():
     assert list(single) == list(HierarchicalBatchSampler.from_label_rows(rows, batch_size=8, seed=3, world_size=1))
 
 
+def test_the_sampler_is_found_under_accelerates_wrappers():
+    from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
+    from torch.utils.data import DataLoader
+
+    from heal_rag.sampler import find_hierarchical_sampler
+
+    sampler = HierarchicalBatchSampler.from_label_rows(_label_rows(4), batch_size=8, world_size=2)
+    resumed = DataLoader(range(24), batch_sampler=SkipBatchSampler(BatchSamplerShard(sampler, 2, 0), skip_batches=1))
+    assert find_hierarchical_sampler(resumed) is sampler  # three levels down, as in a resumed torchrun epoch
+    assert find_hierarchical_sampler(DataLoader(range(4), batch_size=2)) is None  # an ordinary loader: nothing
+    assert find_hierarchical_sampler(None) is None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,6 +183,17 @@ def test_under_torchrun_rank_0_alone_discovers_the_labels_every_rank_trains_on(t
     assert ranks[0]["labels"] == ranks[1]["labels"] and len(ranks[0]["labels"]) == 72  # the same paths everywhere
     assert result.stdout.count("saved to") == 1
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 2
+
+
+def test_broadcast_from_rank_0_hands_every_rank_its_result_or_its_error(tmp_path):
+    _torchrun([str(Path(__file__).parent / "scripts" / "distributed_broadcast.py"), str(tmp_path)], cwd=tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["value"] for r in ranks] == [{"from_rank": 0}, {"from_rank": 0}]
+    assert [r["computed_here"] for r in ranks] == [1, 0]
+    assert ranks[0]["error"] == "ValueError: no labels could be discovered"
+    assert (
+        ranks[1]["error"] == "RuntimeError: rank 0 failed before training: ValueError: no labels could be discovered"
+    )
 
 
 def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_file, tmp_path):
