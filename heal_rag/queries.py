@@ -106,3 +106,36 @@ class KeySentenceQueryGenerator:
 def split_sentences(text: str) -> list[str]:
     """Split text into sentences on ``. ! ?`` followed by whitespace and a capital, digit or quote."""
     return [s.strip() for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]
+
+
+#: Fewest words a document keeps after :func:`remove_key_sentence`; below it the document is left whole.
+MIN_WORDS_LEFT = 8
+
+
+def remove_key_sentence(document: str, query: str) -> str | None:
+    """The document without the sentence a key-sentence query was cut from (for the inverse cloze task).
+
+    A generated query is the start of one of the document's own sentences (:class:`KeySentenceQueryGenerator`), so
+    a model trained on the pair can match it by copying words. The inverse cloze task (Lee et al., 2019, *Latent
+    Retrieval for Weakly Supervised Open Domain Question Answering*, §5) pairs the sentence with the rest of its
+    context instead, so the model learns what the passage is about.
+
+    Args:
+        document: The document text.
+        query: The generated query: the sentence's first words, whitespace normalised, end punctuation stripped.
+
+    Returns:
+        The document with that whole sentence cut out, or ``None`` when the query is not the start of a sentence
+        of the document, or when fewer than :data:`MIN_WORDS_LEFT` words would remain.
+    """
+    words = query.split()
+    if not words:
+        return None
+    pattern = r"\s+".join(re.escape(word) for word in words)
+    if words[-1][-1] not in ".!?":  # a cut sentence (or one whose end was stripped): take it to its end
+        pattern += r"[^.!?]*[.!?]*"
+    match = re.search(pattern, document)
+    if match is None:
+        return None
+    rest = (document[: match.start()].rstrip() + " " + document[match.end() :].lstrip()).strip()
+    return rest if len(rest.split()) >= MIN_WORDS_LEFT else None

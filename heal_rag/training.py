@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import random
 import tempfile
 import warnings
 from collections import defaultdict
@@ -44,7 +45,7 @@ from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.models import set_max_seq_length
 from heal_rag.outputs import OutputPathError, atomic_directory, prepare_output_dir
-from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
+from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator, remove_key_sentence
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -110,6 +111,10 @@ class HEALTrainingConfig:
         save_max_seq_length: Token limit saved with the tuned model (``None``: the base model's own limit, whatever
             ``max_seq_length`` training used), so a training-time speed setting never shortens what the deployed
             retriever reads.
+        inverse_cloze_rate: Share (0–1) of the documents whose generated key-sentence query is paired with the
+            document *without* that sentence (the inverse cloze task of Lee et al., 2019), so the model learns what
+            a passage is about instead of copying its words; titles and given queries are never affected (see
+            :func:`heal_rag.queries.remove_key_sentence`). The blend's held-out documents are searched as trained.
 
     Raises:
         ValueError: When a setting is not a finite number in its range (e.g. ``temperature=nan``,
@@ -145,6 +150,7 @@ class HEALTrainingConfig:
     blend_min_validation_queries: int = FEW_VALIDATION_QUERIES
     blend_fallback_share: float = FIXED_SHARE
     save_max_seq_length: int | None = None
+    inverse_cloze_rate: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate every setting up front (finite, in range), so nothing is trained with a value that cannot work.
@@ -211,6 +217,7 @@ class HEALTrainingConfig:
             check_real("blend_candidate_shares", share, minimum=0, maximum=1, max_open=True)
         check_int("blend_min_validation_queries", self.blend_min_validation_queries, minimum=1)
         check_real("blend_fallback_share", self.blend_fallback_share, minimum=0, maximum=1, max_open=True)
+        check_real("inverse_cloze_rate", self.inverse_cloze_rate, minimum=0, maximum=1)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -230,6 +237,8 @@ class TrainingRows:
         paired: Whether the rows are (query, document) pairs.
         document_indices: For each row, the index of its document in the input documents.
         source_level: Whether the finest of the ``n_levels`` is the source document (``fine_tune(source_ids=...)``).
+        document_texts: Each input document as its rows show it (without its key sentence where the inverse cloze
+            task removed it); empty when every document is shown whole.
     """
 
     columns: dict[str, list[Any]]
@@ -237,6 +246,7 @@ class TrainingRows:
     paired: bool
     document_indices: list[int] = field(default_factory=list)
     source_level: bool = False
+    document_texts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.columns["label"])
@@ -249,6 +259,7 @@ class TrainingRows:
             paired=self.paired,
             document_indices=[self.document_indices[i] for i in rows],
             source_level=self.source_level,
+            document_texts=self.document_texts,
         )
 
 
@@ -300,6 +311,8 @@ def build_training_rows(
     queries: Sequence[Query | tuple[str, str]] | None = None,
     query_generator: QueryGenerator | None = DEFAULT_QUERY_GENERATOR,
     source_ids: Sequence[str] | None = None,
+    inverse_cloze_rate: float = 0.0,
+    seed: int = 0,
 ) -> TrainingRows:
     """Turn documents, label paths and queries into trainer rows.
 
@@ -307,7 +320,9 @@ def build_training_rows(
     the loss can pair every query with its own document. Documents without a user query get one from
     ``query_generator``. With no queries and ``query_generator=None`` the rows are documents alone. With
     ``source_ids`` (the source document of each text, e.g. of each chunk) the labels get one more, finest level:
-    texts from the same source are positives there.
+    texts from the same source are positives there. With ``inverse_cloze_rate`` that share of the documents whose
+    query the generator cut from their own text (a key sentence, not a title) is shown without that sentence
+    (:func:`heal_rag.queries.remove_key_sentence`; chosen with ``seed``).
 
     Raises:
         ValueError: On mismatched lengths, unknown document ids, or documents left without a query.
@@ -357,18 +372,41 @@ def build_training_rows(
         for doc_index, text in zip(missing, generated, strict=True):
             if text and text.strip():
                 queries_per_doc[doc_index].append(text.strip())
+    shown = _inverse_cloze(documents, titles, missing, queries_per_doc, inverse_cloze_rate, seed)
 
     row_docs = [d for d in range(n_docs) for _ in queries_per_doc.get(d, [])]
     row_queries = [q for d in range(n_docs) for q in queries_per_doc.get(d, [])]
     per_doc_rows = np.asarray(labels.to_label_rows(extra_ids=list(range(n_docs))))
     label_rows = per_doc_rows[row_docs].tolist()
     return TrainingRows(
-        columns={"query": row_queries, "document": [documents[d] for d in row_docs], "label": label_rows},
+        columns={"query": row_queries, "document": [shown[d] for d in row_docs], "label": label_rows},
         n_levels=labels.depth,
         paired=True,
         document_indices=row_docs,
         source_level=source_ids is not None,
+        document_texts=shown if shown != list(documents) else [],
     )
+
+
+def _inverse_cloze(
+    documents: Sequence[str],
+    titles: Sequence[str | None],
+    generated: Sequence[int],
+    queries_per_doc: Mapping[int, list[str]],
+    rate: float,
+    seed: int,
+) -> list[str]:
+    """Each document as the rows show it: ``rate`` of those with a generated key-sentence query lose the sentence."""
+    shown = list(documents)
+    if rate <= 0:
+        return shown
+    rng = random.Random(seed)
+    for index in generated:
+        title = (titles[index] or "").strip()
+        for query in queries_per_doc.get(index, []):
+            if query != title and rng.random() < rate:
+                shown[index] = remove_key_sentence(documents[index], query) or documents[index]
+    return shown
 
 
 def fine_tune(
@@ -485,6 +523,8 @@ def fine_tune(
         queries=queries,
         query_generator=query_generator,
         source_ids=source_ids,
+        inverse_cloze_rate=config.inverse_cloze_rate,
+        seed=config.seed,
     )
     _check_rows_against_config(rows, config)
     _check_resume_point(checkpoints, resume_from_checkpoint, config)
@@ -884,7 +924,11 @@ def _hold_out_for_share_choice(
     else:
         try:
             kept_rows, validation = hold_out_pairs(
-                rows.document_indices, rows.columns["query"], documents, config.blend_validation_fraction, config.seed
+                rows.document_indices,
+                rows.columns["query"],
+                rows.document_texts or documents,  # as trained: a key sentence is not found in its own text
+                config.blend_validation_fraction,
+                config.seed,
             )
         except HoldOutTooSmallError as exc:
             reason = str(exc)

@@ -56,6 +56,65 @@ def test_custom_query_generator_is_used(corpus):
     assert rows.columns["query"][0] == f"about {texts[0].split()[0]}"
 
 
+PASSAGES = [
+    "Lasers cool atoms to microkelvin temperatures in traps. The cloud is then imaged with a camera and its density "
+    "is measured.",
+    "Proteins fold into shapes that decide their function in cells. Misfolded proteins cause several known diseases "
+    "in humans and animals.",
+    "Rivers carry sediment from high valleys down to the open sea. Deltas grow where the river slows down and "
+    "drops the sand and clay it carried "
+    "from the mountains.",
+]
+
+
+def test_the_inverse_cloze_task_shows_documents_without_their_key_sentence():
+    labels = LabelPaths([["physics", "optics"], ["biology", "cells"], ["earth", "rivers"]])
+    titles = [None, "Protein folding", None]  # a title query is not cut from the text: that document stays whole
+    rows = build_training_rows(PASSAGES, labels, titles=titles, inverse_cloze_rate=1.0)
+    shown = dict(zip(rows.columns["query"], rows.columns["document"], strict=True))
+    for query, document in shown.items():
+        assert query not in document  # never the query's own words to copy
+    assert shown["Protein folding"] == PASSAGES[1]
+    assert len(rows.document_texts) == 3 and rows.document_texts[1] == PASSAGES[1]
+    assert rows.document_texts[0] != PASSAGES[0] and rows.document_texts[0] in PASSAGES[0]
+    assert rows.subset([0]).document_texts == rows.document_texts  # per input document, whatever the rows
+    whole = build_training_rows(PASSAGES, labels, titles=titles)  # the default shows every document whole
+    assert whole.columns["document"] == PASSAGES and whole.document_texts == []
+    half = [
+        build_training_rows(PASSAGES * 20, LabelPaths([["a", "b"]] * 60), inverse_cloze_rate=0.5, seed=s)
+        for s in (0, 1)
+    ]
+    cut = [sum(d not in PASSAGES for d in rows.columns["document"]) for rows in half]
+    assert all(10 < n < 50 for n in cut) and half[0].columns != half[1].columns  # about half, chosen by the seed
+
+
+def test_remove_key_sentence_cuts_the_whole_sentence_or_nothing():
+    from heal_rag.queries import KeySentenceQueryGenerator, remove_key_sentence
+
+    text = (
+        "Intro line. Laser cooling of\n rubidium atoms reaches microkelvin temperatures in a magneto-optical trap, "
+        "as shown by imaging. Then we measured the cloud density."
+    )
+    query = KeySentenceQueryGenerator(max_words=5)([text], [None])[0]
+    assert query == "Laser cooling of rubidium atoms"
+    assert remove_key_sentence(text, query) == "Intro line. Then we measured the cloud density."
+    assert remove_key_sentence(text, "not in the text") is None
+    assert remove_key_sentence("Only one sentence here.", "Only one sentence here") is None  # nothing would remain
+
+
+def test_hold_out_for_the_blend_searches_the_documents_as_trained():
+    from heal_rag.training import _hold_out_for_share_choice
+
+    texts = PASSAGES * 30
+    labels = LabelPaths([["a", "b"], ["c", "d"], ["e", "f"]] * 30)
+    config = HEALTrainingConfig(inverse_cloze_rate=1.0, blend_min_validation_queries=1)
+    rows = build_training_rows(texts, labels, inverse_cloze_rate=1.0)
+    _, validation, reason = _hold_out_for_share_choice(rows, texts, config)
+    assert validation is not None and not reason
+    for query, gold in zip(validation.queries, validation.gold, strict=True):
+        assert query not in validation.corpus[gold]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
