@@ -417,22 +417,12 @@ def _train(args: argparse.Namespace) -> int:
     corpus = read_corpus(args.data, require_labels=False)
     labels, label_names = corpus.labels, None
     if labels is None:
-        from heal_rag.distributed import broadcast_from_main_process
-        from heal_rag.hierarchy.discover import discover_labels
+        from heal_rag.hierarchy.discover import discover_training_labels
 
         print(f"{args.data} has no labels: discovering a {args.hierarchy_depth}-level hierarchy (HNMFk)", flush=True)
-
-        def discover() -> tuple[Any, dict[str, str], str]:
-            hnmfk, found = discover_labels(
-                corpus.texts,
-                max_depth=args.hierarchy_depth,
-                random_state=args.seed or 0,
-                show_progress=args.show_progress,
-            )
-            return found, hnmfk.node_names(), hnmfk.format_tree(max_children=8)
-
-        # under torchrun, rank 0 discovers and every rank trains on its labels (not one HNMFk per rank)
-        labels, label_names, tree = broadcast_from_main_process(discover)
+        labels, label_names, tree = discover_training_labels(
+            corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0, show_progress=args.show_progress
+        )
         print(tree, flush=True)
     if label_names is not None:  # discovered labels: their own measured settings, unless given
         overrides = {**DISCOVERED_LABELS_SETTINGS, **overrides}

@@ -123,24 +123,20 @@ def discover_document_labels(
 
     Whole documents are clustered (not chunks), so every chunk of a document inherits one path. Under ``torchrun``
     rank 0 alone runs HNMFk and every rank gets its labels (see
-    :func:`heal_rag.distributed.broadcast_from_main_process`).
+    :func:`heal_rag.hierarchy.discover.discover_training_labels`).
 
     Returns:
         The documents with paths (HNMFk node ids such as ``("2", "2.3")``), and readable node names.
     """
-    from heal_rag.distributed import broadcast_from_main_process, is_main_process
-    from heal_rag.hierarchy.discover import discover_labels
+    from heal_rag.distributed import is_main_process
+    from heal_rag.hierarchy.discover import discover_training_labels
 
-    def discover() -> tuple[list[list[str]], dict[str, str], str]:
-        hnmfk, labels = discover_labels(
-            [d.text for d in documents], max_depth=max_depth, random_state=random_state, show_progress=show_progress
-        )
-        return [list(path) for path in labels.paths], hnmfk.node_names(), hnmfk.format_tree(max_children=8)
-
-    paths, node_names, tree = broadcast_from_main_process(discover)
+    labels, node_names, tree = discover_training_labels(
+        [d.text for d in documents], max_depth=max_depth, random_state=random_state, show_progress=show_progress
+    )
     if show_progress and is_main_process():
         print(tree, flush=True)
-    labelled = [replace(d, path=tuple(path)) for d, path in zip(documents, paths, strict=True)]
+    labelled = [replace(d, path=tuple(path)) for d, path in zip(documents, labels.paths, strict=True)]
     return labelled, node_names
 
 

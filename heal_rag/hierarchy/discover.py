@@ -29,6 +29,28 @@ def discover_labels(
     return model, model.fit_transform(texts)
 
 
+def discover_training_labels(
+    texts: Sequence[str], *, max_depth: int = 2, random_state: int = 0, show_progress: bool = True
+) -> tuple[LabelPaths, dict[str, str], str]:
+    """Labels to train on, discovered once per run (one HNMFk, not one per ``torchrun`` rank).
+
+    Under ``torchrun`` rank 0 fits HNMFk and every rank gets its labels
+    (:func:`heal_rag.distributed.broadcast_from_main_process`).
+
+    Returns:
+        The label paths (see :func:`discover_labels`), readable node names, and the tree as text for printing.
+    """
+    from heal_rag.distributed import broadcast_from_main_process
+
+    def discover() -> tuple[LabelPaths, dict[str, str], str]:
+        hnmfk, labels = discover_labels(
+            texts, max_depth=max_depth, random_state=random_state, show_progress=show_progress
+        )
+        return labels, hnmfk.node_names(), hnmfk.format_tree(max_children=8)
+
+    return broadcast_from_main_process(discover)
+
+
 def write_labels_jsonl(
     path: str | os.PathLike[str],
     ids: Sequence[str],
