@@ -333,8 +333,10 @@ def run(
 
 def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
     """A dataset's results with a new run's methods added or replaced (a run of some methods keeps the others)."""
-    sizes = ("steps", "heal_overrides", "queries", "train_documents", "train_chunks", "test_documents", "test_chunks")
+    sizes = ("steps", "queries", "train_documents", "train_chunks", "test_documents", "test_chunks")
     if previous is None or any(previous.get(key) != result[key] for key in sizes):
+        return result
+    if (previous.get("heal_overrides") or {}) != (result.get("heal_overrides") or {}):  # none: a run before --heal
         return result
     merged = {**previous, **{k: v for k, v in result.items() if not isinstance(v, dict)}}
     for key in ("metrics", "heal_runs", "top1", "seconds"):

@@ -155,3 +155,6 @@ def test_merge_runs_keeps_other_methods_and_drops_intervals_a_rerun_made_stale()
     assert merged["differences"] == {}  # every interval was against the old HEAL
     other_sizes = run({"heal": 9}, {}) | {"test_chunks": 3}
     assert documents.merge_runs(previous, other_sizes) is other_sizes
+    other_recipe = run({"heal": 9}, {}) | {"heal_overrides": {"learning_rate": 2e-5}}
+    assert documents.merge_runs(previous, other_recipe) is other_recipe  # another HEAL recipe never merges
+    assert documents.merge_runs(previous, run({"mnrl": 5}, {}) | {"heal_overrides": {}})["metrics"]["heal"] == 1
