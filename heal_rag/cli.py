@@ -73,7 +73,15 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--hierarchy-views",
         choices=["both", "documents"],
         default=None,
-        help="who joins the hierarchy levels: both (default) or documents (keeps MRR for title-like queries)",
+        help="who joins the hierarchy levels: both (default; documents when every query is a generated key "
+        "sentence) or documents",
+    )
+    group.add_argument(
+        "--inverse-cloze-rate",
+        type=_finite_float,
+        default=None,
+        help="share of generated key-sentence queries paired with their text without the sentence (default 0; 0.9 "
+        "when every query is a generated key sentence)",
     )
     group.add_argument(
         "--pair-negatives",
@@ -112,6 +120,7 @@ _TRAINING_KEYS = (
     "pair_loss",
     "pair_temperature",
     "hierarchy_views",
+    "inverse_cloze_rate",
     "pair_negatives",
     "consistency_weight",
     "gather_across_devices",
@@ -402,7 +411,7 @@ def _run(args: argparse.Namespace, show_progress: bool) -> int:
 def _train(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus, read_queries
     from heal_rag.outputs import prepare_output_dir
-    from heal_rag.training import DEFAULT_QUERY_GENERATOR, DISCOVERED_LABELS_SETTINGS, fine_tune
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR, fine_tune, measured_settings, only_key_sentence_queries
 
     overrides = _training_overrides(args)
     prepare_output_dir(
@@ -424,9 +433,13 @@ def _train(args: argparse.Namespace) -> int:
             corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0, show_progress=args.show_progress
         )
         print(tree, flush=True)
-    if label_names is not None:  # discovered labels: their own measured settings, unless given
-        overrides = {**DISCOVERED_LABELS_SETTINGS, **overrides}
     queries = read_queries(args.queries, known_ids=corpus.ids) if args.queries else None
+    query_generator = None if args.no_pseudo_queries else DEFAULT_QUERY_GENERATOR
+    overrides = measured_settings(  # discovered labels, generated queries: their measured settings, unless given
+        overrides,
+        discovered_labels=label_names is not None,
+        key_sentence_queries=only_key_sentence_queries(corpus.titles, queries, query_generator),
+    )
     result = fine_tune(
         corpus.texts,
         labels,
@@ -434,7 +447,7 @@ def _train(args: argparse.Namespace) -> int:
         ids=corpus.ids,
         titles=corpus.titles,
         queries=queries,
-        query_generator=None if args.no_pseudo_queries else DEFAULT_QUERY_GENERATOR,
+        query_generator=query_generator,
         output_dir=args.out,
         overwrite=args.overwrite,
         checkpoint_dir=args.checkpoints,

@@ -189,7 +189,7 @@ def _read_and_chunk(
     from heal_rag.chunking import ChunkingConfig, chunk_documents
     from heal_rag.documents import discover_document_labels, load_documents
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
-    from heal_rag.training import DISCOVERED_LABELS_SETTINGS
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR, measured_settings, only_key_sentence_queries
 
     docs, report = load_documents(source, show_progress=progress)
     if report is not None:
@@ -198,17 +198,20 @@ def _read_and_chunk(
         order = sorted(range(len(docs)), key=lambda i: hashlib.sha1(f"heal_rag-demo:{docs[i].id}".encode()).digest())
         docs = [docs[i] for i in sorted(order[:max_documents])]
         print(f"the demo uses a hashed sample of {len(docs)} documents (--documents)", flush=True)
-    label_names, overrides = None, {}
+    label_names = None
     if all(d.path is None for d in docs):
         print("The documents have no label paths: discovering a hierarchy with HNMFk", flush=True)
         docs, label_names = discover_document_labels(docs, show_progress=progress)
-        overrides = dict(DISCOVERED_LABELS_SETTINGS)
     model = load_sentence_transformer(base_model)
     set_max_seq_length(model, DEMO_MAX_SEQ_LENGTH)
     chunking = ChunkingConfig().resolved(model)
-    overrides["training_record"] = {"chunking": chunking.as_dict(), "documents": len(docs)}
     chunks = chunk_documents(docs, model, chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap,
                              show_progress=progress)  # fmt: skip
+    overrides = measured_settings(
+        {"training_record": {"chunking": chunking.as_dict(), "documents": len(docs)}},
+        discovered_labels=label_names is not None,
+        key_sentence_queries=only_key_sentence_queries(chunks.titles, None, DEFAULT_QUERY_GENERATOR),
+    )
     if chunks_per_document is not None:
         metadata = chunks.metadata or []
         chunks = chunks.subset([i for i, m in enumerate(metadata) if m[CHUNK_INDEX_KEY] < chunks_per_document])

@@ -29,7 +29,13 @@ from heal_rag.data import Corpus, read_corpus
 from heal_rag.queries import QueryGenerator
 from heal_rag.sources import ReadReport, SourceDocument, from_langchain, from_llamaindex, read_directory
 from heal_rag.sources.frameworks import PathFrom
-from heal_rag.training import DEFAULT_QUERY_GENERATOR, DISCOVERED_LABELS_SETTINGS, FineTuneResult, fine_tune
+from heal_rag.training import (
+    DEFAULT_QUERY_GENERATOR,
+    FineTuneResult,
+    fine_tune,
+    measured_settings,
+    only_key_sentence_queries,
+)
 
 DocumentsInput = str | os.PathLike[str] | Sequence[Any]
 
@@ -220,7 +226,6 @@ def fine_tune_documents(
         if report_progress:
             print(f"The documents have no label paths: discovering a {hierarchy_depth}-level hierarchy (HNMFk)")
         docs, label_names = discover_document_labels(docs, max_depth=hierarchy_depth, show_progress=report_progress)
-        fine_tune_kwargs = {**DISCOVERED_LABELS_SETTINGS, **fine_tune_kwargs}
     tokenizer_model = load_sentence_transformer(base_model)
     chunking = chunking.resolved(tokenizer_model)
     chunks = chunk_documents(
@@ -235,6 +240,13 @@ def fine_tune_documents(
     if question_generator is not None:
         queries = question_generator.generate(chunks.texts, chunks.ids)
     metadata = chunks.metadata or []
+    fine_tune_kwargs = (
+        measured_settings(  # discovered labels, generated queries: their measured settings, unless given
+            fine_tune_kwargs,
+            discovered_labels=label_names is not None,
+            key_sentence_queries=only_key_sentence_queries(chunks.titles, queries, query_generator),
+        )
+    )
     result = fine_tune(
         chunks.texts,
         chunks.labels,

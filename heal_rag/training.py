@@ -66,6 +66,57 @@ DISCOVERED_LABELS_SETTINGS: Mapping[str, Any] = MappingProxyType(
 #: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
 DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
 
+#: Measured settings for training queries that are all generated key sentences (a folder of plain-text files, a
+#: corpus without titles): the queries stay out of the hierarchy levels, 90 % of them are paired with their document
+#: without the sentence (the inverse cloze task, which lets the blend's validation tell the shares apart) and the
+#: blend may go nearer the base model. Chosen on the 20 Newsgroups folder tree, confirmed on MedQuAD's folder tree
+#: without headings (benchmarks/README.md, "A recipe for generated queries"). ``heal-rag train`` and
+#: :func:`heal_rag.documents.fine_tune_documents` apply them (see :func:`measured_settings`) unless set.
+KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {
+        "hierarchy_views": "documents",
+        "inverse_cloze_rate": 0.9,
+        "blend_candidate_shares": (0.0, 0.2, 0.4, 0.6, 0.7, 0.8),
+    }
+)
+
+
+def only_key_sentence_queries(
+    titles: Sequence[str | None] | None,
+    queries: Sequence[Any] | None,
+    query_generator: QueryGenerator | None,
+) -> bool:
+    """Whether every training query will be a generated key sentence.
+
+    True when no queries are given and the generator is a :class:`~heal_rag.queries.KeySentenceQueryGenerator` that
+    has no title to use (``use_titles=False``, or no document has one); False for any other generator, which may
+    write real questions.
+    """
+    if queries or not isinstance(query_generator, KeySentenceQueryGenerator):
+        return False
+    return not query_generator.use_titles or not any(title and title.strip() for title in titles or ())
+
+
+def measured_settings(
+    overrides: Mapping[str, Any], *, discovered_labels: bool, key_sentence_queries: bool
+) -> dict[str, Any]:
+    """The settings a run gets: ``overrides`` over the measured settings for its kind of data.
+
+    Args:
+        overrides: The user's :class:`HEALTrainingConfig` settings; they always win.
+        discovered_labels: The labels were discovered (HNMFk): :data:`DISCOVERED_LABELS_SETTINGS`.
+        key_sentence_queries: Every training query is a generated key sentence (:func:`only_key_sentence_queries`):
+            :data:`KEY_SENTENCE_QUERY_SETTINGS`, unless the labels were discovered (not measured together).
+
+    Returns:
+        The merged settings, for ``fine_tune(**settings)``.
+    """
+    if discovered_labels:
+        return {**DISCOVERED_LABELS_SETTINGS, **overrides}
+    if key_sentence_queries:
+        return {**KEY_SENTENCE_QUERY_SETTINGS, **overrides}
+    return dict(overrides)
+
 
 @dataclass(frozen=True)
 class HEALTrainingConfig:

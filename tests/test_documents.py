@@ -199,6 +199,7 @@ def test_the_cli_trains_and_indexes_a_folder_with_the_same_chunks(tmp_path, caps
     assert sorted(stored["ids"]) == sorted(trained_on.ids)
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["chunks"] == len(trained_on) and training["chunking"]["chunk_size"] == 16
+    assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0, "headings: the defaults"
     records = dict(zip(stored["ids"], stored["metadatas"], strict=True))
     doc0 = [records[i] for i in sorted(records) if i.startswith("Physics/Optics/doc0.md#")]
     assert [r["chunk_index"] for r in doc0] == list(range(len(doc0))) and len(doc0) >= 2
@@ -224,6 +225,22 @@ def test_a_flat_folder_gets_a_discovered_hierarchy(tmp_path, capsys):
     assert "no label paths: discovering a 1-level hierarchy" in capsys.readouterr().out
     metadata = json.loads((tmp_path / "m" / "heal_rag.json").read_text())
     assert metadata["label_tree"]["depth"] == 1 and metadata["training"]["temperature"] == 0.2  # discovered settings
+
+
+def test_plain_text_folders_train_with_the_settings_measured_for_generated_queries(tmp_path):
+    texts, paths, _ = make_corpus()
+    for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
+        write(tmp_path / "kb" / path[0] / path[1] / f"doc{i}.txt", f"{text}. {text} again.")
+    flags = ["--base-model", str(build_tiny_model()), "--max-steps", "2", "--batch-size", "8"]
+    assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), *flags]) == 0
+    training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
+    assert training["hierarchy_views"] == "documents" and training["inverse_cloze_rate"] == 0.9
+    assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
+    mine = ["--inverse-cloze-rate", "0", "--hierarchy-views", "both", "--overwrite"]
+    assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), *flags, *mine]) == 0
+    training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
+    assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0, "the user's flags win"
+    assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
 
 
 def test_the_cli_refuses_queries_with_a_folder_and_bad_chunk_settings(tmp_path, capsys):

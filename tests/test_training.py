@@ -308,3 +308,29 @@ def test_base_weight_share_out_of_range_is_rejected(corpus, tmp_path, share):
     with pytest.raises(ValueError, match=r"base_weight_share must lie in \[0, 1\)"):
         fine_tune(texts, paths, output_dir=tmp_path / "m", base_weight_share=share)
     assert not (tmp_path / "m").exists()
+
+
+def test_only_key_sentence_queries_is_true_only_when_every_query_will_be_a_key_sentence():
+    from heal_rag.queries import KeySentenceQueryGenerator
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR, only_key_sentence_queries
+
+    assert only_key_sentence_queries([None, " "], None, DEFAULT_QUERY_GENERATOR)
+    assert only_key_sentence_queries(None, None, DEFAULT_QUERY_GENERATOR)
+    assert not only_key_sentence_queries([None, "A title"], None, DEFAULT_QUERY_GENERATOR), "titles become queries"
+    assert only_key_sentence_queries([None, "A title"], None, KeySentenceQueryGenerator(use_titles=False))
+    assert not only_key_sentence_queries([None], [Query("q", "0")], DEFAULT_QUERY_GENERATOR), "given queries"
+    assert not only_key_sentence_queries([None], None, None), "no queries at all"
+    assert not only_key_sentence_queries([None], None, lambda docs, titles: ["q"] * len(docs)), "another generator"
+
+
+def test_measured_settings_never_override_the_users_own():
+    from heal_rag.training import DISCOVERED_LABELS_SETTINGS, KEY_SENTENCE_QUERY_SETTINGS, measured_settings
+
+    mine = {"inverse_cloze_rate": 0.0, "max_steps": 3}
+    settings = measured_settings(mine, discovered_labels=False, key_sentence_queries=True)
+    assert settings == {**KEY_SENTENCE_QUERY_SETTINGS, "inverse_cloze_rate": 0.0, "max_steps": 3}
+    assert settings["hierarchy_views"] == "documents"
+    discovered = measured_settings(mine, discovered_labels=True, key_sentence_queries=True)
+    assert discovered == {**DISCOVERED_LABELS_SETTINGS, **mine}, "discovered labels keep their own settings"
+    assert measured_settings(mine, discovered_labels=False, key_sentence_queries=False) == mine
+    HEALTrainingConfig(**KEY_SENTENCE_QUERY_SETTINGS)  # a valid configuration
