@@ -74,14 +74,14 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         choices=["both", "documents"],
         default=None,
         help="who joins the hierarchy levels: both (default; documents when every query is a generated key "
-        "sentence) or documents",
+        "sentence, unless the labels are discovered) or documents",
     )
     group.add_argument(
         "--inverse-cloze-rate",
         type=_finite_float,
         default=None,
         help="share of generated key-sentence queries paired with their text without the sentence (default 0; 0.9 "
-        "when every query is a generated key sentence)",
+        "when every query is a generated key sentence, unless the labels are discovered)",
     )
     group.add_argument(
         "--pair-negatives",

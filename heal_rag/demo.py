@@ -207,11 +207,6 @@ def _read_and_chunk(
     chunking = ChunkingConfig().resolved(model)
     chunks = chunk_documents(docs, model, chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap,
                              show_progress=progress)  # fmt: skip
-    overrides = measured_settings(
-        {"training_record": {"chunking": chunking.as_dict(), "documents": len(docs)}},
-        discovered_labels=label_names is not None,
-        key_sentence_queries=only_key_sentence_queries(chunks.titles, None, DEFAULT_QUERY_GENERATOR),
-    )
     if chunks_per_document is not None:
         metadata = chunks.metadata or []
         chunks = chunks.subset([i for i, m in enumerate(metadata) if m[CHUNK_INDEX_KEY] < chunks_per_document])
@@ -226,6 +221,12 @@ def _read_and_chunk(
             f"test_fraction {test_fraction:g} leaves {len(train_documents)} of {len(documents)} documents to train "
             "on; lower it (e.g. 0.3) or give more documents."
         )
+    train_titles = [title for i, title in zip(chunks.ids, chunks.titles, strict=True) if i in train_ids]
+    overrides = measured_settings(
+        {"training_record": {"chunking": chunking.as_dict(), "documents": len(docs)}},
+        discovered_labels=label_names is not None,
+        key_sentence_queries=only_key_sentence_queries(train_titles, None, DEFAULT_QUERY_GENERATOR),
+    )
     return chunks, train_ids, label_names, overrides
 
 

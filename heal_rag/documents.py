@@ -185,6 +185,9 @@ def fine_tune_documents(
         base_model: Base model directory (``None``: the embedded all-MiniLM-L6-v2).
         show_progress_bar: Progress bars and stage messages.
         **fine_tune_kwargs: Passed to :func:`heal_rag.fine_tune` (``overwrite``, ``max_steps``, ``epochs``, ...).
+            Unless ``config`` is given whole, discovered labels get
+            :data:`~heal_rag.training.DISCOVERED_LABELS_SETTINGS` and chunks whose queries are all generated key
+            sentences :data:`~heal_rag.training.KEY_SENTENCE_QUERY_SETTINGS`, under the settings given here.
 
     Returns:
         A :class:`DocumentsFineTuneResult`: the model, and the chunks it was tuned on.
@@ -240,13 +243,12 @@ def fine_tune_documents(
     if question_generator is not None:
         queries = question_generator.generate(chunks.texts, chunks.ids)
     metadata = chunks.metadata or []
-    fine_tune_kwargs = (
-        measured_settings(  # discovered labels, generated queries: their measured settings, unless given
+    if "config" not in fine_tune_kwargs:  # a config given whole is used as it is
+        fine_tune_kwargs = measured_settings(  # discovered labels, generated queries: their measured settings
             fine_tune_kwargs,
             discovered_labels=label_names is not None,
             key_sentence_queries=only_key_sentence_queries(chunks.titles, queries, query_generator),
         )
-    )
     result = fine_tune(
         chunks.texts,
         chunks.labels,

@@ -70,8 +70,9 @@ DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
 #: corpus without titles): the queries stay out of the hierarchy levels, 90 % of them are paired with their document
 #: without the sentence (the inverse cloze task, which lets the blend's validation tell the shares apart) and the
 #: blend may go nearer the base model. Chosen on the 20 Newsgroups folder tree, confirmed on MedQuAD's folder tree
-#: without headings (benchmarks/README.md, "A recipe for generated queries"). ``heal-rag train`` and
-#: :func:`heal_rag.documents.fine_tune_documents` apply them (see :func:`measured_settings`) unless set.
+#: without headings (benchmarks/README.md, "A recipe for generated queries"). ``heal-rag train``/``demo`` and
+#: :func:`heal_rag.documents.fine_tune_documents` apply them (see :func:`measured_settings`) unless set, and not to
+#: discovered labels, which have their own.
 KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
     {
         "hierarchy_views": "documents",
@@ -88,11 +89,11 @@ def only_key_sentence_queries(
 ) -> bool:
     """Whether every training query will be a generated key sentence.
 
-    True when no queries are given and the generator is a :class:`~heal_rag.queries.KeySentenceQueryGenerator` that
-    has no title to use (``use_titles=False``, or no document has one); False for any other generator, which may
-    write real questions.
+    True when no queries are given and the generator is a :class:`~heal_rag.queries.KeySentenceQueryGenerator` (not
+    a subclass) that has no title to use (``use_titles=False``, or no document has one); False for any other
+    generator, which may write real questions.
     """
-    if queries or not isinstance(query_generator, KeySentenceQueryGenerator):
+    if queries or type(query_generator) is not KeySentenceQueryGenerator:
         return False
     return not query_generator.use_titles or not any(title and title.strip() for title in titles or ())
 

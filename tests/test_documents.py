@@ -243,6 +243,20 @@ def test_plain_text_folders_train_with_the_settings_measured_for_generated_queri
     assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
 
 
+def test_a_config_given_whole_is_used_as_it_is(tmp_path):
+    from heal_rag.documents import fine_tune_documents
+    from heal_rag.training import HEALTrainingConfig
+
+    texts, paths, _ = make_corpus()
+    for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
+        write(tmp_path / "kb" / path[0] / path[1] / f"doc{i}.txt", f"{text}. {text} again.")
+    config = HEALTrainingConfig(max_steps=2, batch_size=8, hierarchy_views="both")
+    fine_tune_documents(tmp_path / "kb", output_dir=tmp_path / "m", base_model=build_tiny_model(), config=config,
+                        show_progress_bar=False)  # fmt: skip
+    training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
+    assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0
+
+
 def test_the_cli_refuses_queries_with_a_folder_and_bad_chunk_settings(tmp_path, capsys):
     write(tmp_path / "kb" / "a" / "x.md", "# X\n\ntext")
     assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), "--chunk-overlap", "-1"]) == 2

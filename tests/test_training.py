@@ -322,6 +322,11 @@ def test_only_key_sentence_queries_is_true_only_when_every_query_will_be_a_key_s
     assert not only_key_sentence_queries([None], None, None), "no queries at all"
     assert not only_key_sentence_queries([None], None, lambda docs, titles: ["q"] * len(docs)), "another generator"
 
+    class Questions(KeySentenceQueryGenerator):  # a subclass may write real questions
+        pass
+
+    assert not only_key_sentence_queries([None], None, Questions())
+
 
 def test_measured_settings_never_override_the_users_own():
     from heal_rag.training import DISCOVERED_LABELS_SETTINGS, KEY_SENTENCE_QUERY_SETTINGS, measured_settings
