@@ -92,6 +92,14 @@ def only_key_sentence_queries(
     True when no queries are given and the generator is a :class:`~heal_rag.queries.KeySentenceQueryGenerator` (not
     a subclass) that has no title to use (``use_titles=False``, or no document has one); False for any other
     generator, which may write real questions.
+
+    Args:
+        titles: The documents' (or chunks') titles as ``fine_tune`` gets them, ``None`` entries for none.
+        queries: The given training queries, if any.
+        query_generator: The generator ``fine_tune`` will use for documents without a query.
+
+    Returns:
+        Whether :data:`KEY_SENTENCE_QUERY_SETTINGS` applies (see :func:`measured_settings`).
     """
     if queries or type(query_generator) is not KeySentenceQueryGenerator:
         return False
