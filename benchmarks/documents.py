@@ -16,14 +16,15 @@ training chunks and queries, the same step budget (``--steps`` of batch 32, 128 
 - ``heal``: ``fine_tune_documents`` on the training folder with its defaults (source document as the finest level);
 - ``heal-no-source``: the same without the source-document level (the ablation the issue asks for);
 - ``heal-headings`` / ``heal-generator-free``: MedQuAD only, training queries from the headings (the default) or
-  from key sentences alone (no headings), reported separately.
+  from key sentences alone (no headings), reported separately; ``mnrl-generator-free`` /
+  ``llamaindex-generator-free``: the stock fine-tunes on those key-sentence pairs.
 
 Evaluation: each held-out document's query (subject / question) searched among all held-out chunks, cut as the model
 was tuned; the gold passage is the document's first chunk; nDCG@10 graded by shared path, MRR@10, hP@10 per level,
 off-topic@5 and context-miss@5, with 95 % paired bootstrap intervals against HEAL; where each method's first-ranked
 chunk comes from when it is not the gold (another chunk of the same document, the same folder, ...); wall time of
 every stage. ``--blend-curve`` also scores HEAL at every blend share its ``auto`` choice tried; ``--reuse`` evaluates
-the HEAL models a previous run left under runs/ instead of training them again.
+the models a previous run left under runs/ instead of training them again.
 
     python benchmarks/documents.py [--datasets 20newsgroups medquad] [--steps 100] [--methods ...]
 """
@@ -59,7 +60,17 @@ SOURCES = {
     "20newsgroups": ("20newsgroups/20newsgroups.jsonl", "title", "labels", None, ".txt"),
     "medquad": ("medquad/medquad_qa.jsonl", "question", "labels", "doc_id", ".md"),
 }
-METHODS = ("untouched", "bm25", "mnrl", "llamaindex", "heal", "heal-no-source", "heal-generator-free")
+METHODS = (
+    "untouched",
+    "bm25",
+    "mnrl",
+    "llamaindex",
+    "heal",
+    "heal-no-source",
+    "heal-generator-free",
+    "mnrl-generator-free",
+    "llamaindex-generator-free",
+)
 METRICS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
 #: Blend shares beyond ``auto``'s candidates that ``--blend-curve`` also scores.
 EXTRA_SHARES = (0.7, 0.8)
@@ -113,19 +124,28 @@ def build_trees(name: str, train_docs: int, test_docs: int) -> tuple[Path, Path,
     return base / "train", base / "test", queries
 
 
-def training_pairs(chunks: Any) -> tuple[list[str], list[str]]:
-    """The (query, chunk) pairs HEAL trains on: the default query generator's query for every chunk that gets one."""
-    from heal_rag.training import DEFAULT_QUERY_GENERATOR
+def training_pairs(chunks: Any, use_titles: bool = True) -> tuple[list[str], list[str]]:
+    """The (query, chunk) pairs HEAL trains on: the default query generator's query for every chunk that gets one
+    (without ``use_titles``: key sentences only, as ``heal-generator-free`` gets them)."""
+    from heal_rag.queries import KeySentenceQueryGenerator
 
-    queries = DEFAULT_QUERY_GENERATOR(chunks.texts, chunks.titles)
+    queries = KeySentenceQueryGenerator(use_titles=use_titles)(chunks.texts, chunks.titles)
     pairs = [(q, t) for q, t in zip(queries, chunks.texts, strict=True) if q]
     return [q for q, _ in pairs], [t for _, t in pairs]
 
 
-def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path) -> Any:
-    """A stock fine-tune (``mnrl`` or ``llamaindex``, see ``baselines.py``) on HEAL's (query, chunk) pairs."""
-    queries, texts = training_pairs(chunks)
-    if method == "llamaindex":
+def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path, reuse: bool = False) -> Any:
+    """A stock fine-tune (``mnrl`` or ``llamaindex``, see ``baselines.py``) on HEAL's (query, chunk) pairs (or, with
+    ``reuse``, the model an earlier run left in ``output_dir``)."""
+    if reuse and (output_dir / "model.safetensors").is_file():
+        from heal_rag.models import load_sentence_transformer, set_max_seq_length
+
+        print(f"reusing {output_dir}", flush=True)
+        model = load_sentence_transformer(output_dir)
+        set_max_seq_length(model, 128)
+        return model
+    queries, texts = training_pairs(chunks, use_titles=not method.endswith("-generator-free"))
+    if method.startswith("llamaindex"):
         return baselines.train_llamaindex_finetune(
             queries, texts, steps=steps, batch_size=32, max_seq_length=128, seed=42, output_dir=output_dir
         )
@@ -224,7 +244,9 @@ def blend_curve(model: Any, task: Any, selection: dict[str, Any], label: str) ->
     for share in blend_shares.at_shares(model, float(selection["share"]), shares):
         key = f"{share:g}"
         retrieval = evaluate_embedding_model(model, task, key, show_progress_bar=False).retrieval.as_dict()
-        curve[key] = {"validation MRR@10": validation.get(key)} | {m: retrieval[m] for m in METRICS}
+        se = selection.get("difference_se@10", {}).get(key)
+        curve[key] = {"validation MRR@10": validation.get(key), "validation SE": se}
+        curve[key] |= {m: retrieval[m] for m in METRICS}
         print(f"[{label}] share {key}: {json.dumps(curve[key])}", flush=True)
     return curve
 
@@ -276,7 +298,7 @@ def run(
 
     evaluations, summary, top1 = {}, {}, {}
     for method in methods:
-        if method == "heal-generator-free" and name != "medquad":
+        if method.endswith("-generator-free") and name != "medquad":
             continue
         started = time.perf_counter()
         reused = False
@@ -287,8 +309,8 @@ def run(
             top1[method] = top1_breakdown(bm25_rankings(task.corpus.texts, task.query_texts, 1)[:, 0], task)
             times[method] = time.perf_counter() - started
             continue
-        elif method in ("mnrl", "llamaindex"):
-            model = train_baseline(method, train_chunks, steps, WORK / name / method)
+        elif method.startswith(("mnrl", "llamaindex")):
+            model = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
         else:
             model, training, reused = train_heal(
                 method, train_tree, steps, WORK / work_name / method, reuse, overrides
@@ -306,12 +328,14 @@ def run(
         selection = summary.get(method, {}).get("blend_selection") or {}
         if with_blend_curve and "validation_mrr@10" in selection:
             summary[method]["blend_curve"] = blend_curve(model, task, selection, f"{name}/{method}")
-    reference = evaluations.get("heal")
     differences = {}
-    if reference is not None:
+    for heal_method, reference in evaluations.items():
+        if not heal_method.startswith("heal"):
+            continue
         for method, evaluation in evaluations.items():
-            if method != "heal":
-                differences[f"heal - {method}"] = {
+            # every HEAL variant against the baselines; the default HEAL also against the other variants (ablations)
+            if method != heal_method and (heal_method == "heal" or not method.startswith("heal")):
+                differences[f"{heal_method} - {method}"] = {
                     m: paired_difference(reference.retrieval_per_query[m], evaluation.retrieval_per_query[m]).as_dict()
                     for m in METRICS
                 }
@@ -387,7 +411,7 @@ def main() -> None:
         "--blend-curve", action="store_true", help="score HEAL at every blend share its 'auto' choice tried"
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="HEAL methods: evaluate the model a previous run left instead of training"
+        "--reuse", action="store_true", help="evaluate the models a previous run left instead of training them again"
     )
     parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON (runs with --heal: use another)")

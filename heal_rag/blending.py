@@ -3,9 +3,12 @@
 ``fine_tune(..., base_weight_share="auto")`` holds a few of the training documents out of training together with
 their queries, trains on the rest, then tries each candidate share (see
 :func:`heal_rag.models.blend_with_base_weights`) and keeps the one whose blended model ranks the held-out
-documents best for their queries (MRR@10, scored by sentence-transformers' ``InformationRetrievalEvaluator``).
-The held-out documents are searched among training documents as distractors, as in a RAG index built from the
-corpus the model was tuned on.
+documents best for their queries (MRR@10; the ranking is sentence-transformers' ``semantic_search``). The held-out
+documents are searched among training documents as distractors, as in a RAG index built from the corpus the model
+was tuned on. With ``blend_standard_errors`` above 0 it keeps instead the share nearest the base model whose MRR@10 is
+within that many paired standard errors of the best (the one-standard-error rule for 1; Hastie, Tibshirani &
+Friedman, *The Elements of Statistical Learning*, 2nd ed., 2009, §7.10): the validation queries are few and come
+from the training distribution, and where they cannot tell the shares apart the base model is the safer side.
 
 ``"auto"`` is the default. When it cannot choose (no queries at all, or fewer than
 ``blend_min_validation_queries`` held-out queries, where the choice would be noise), ``fine_tune`` trains on every
@@ -19,7 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,12 +82,19 @@ class BlendSelection:
         validation_mrr: MRR@10 on the validation pairs for every candidate share.
         n_queries: Validation queries.
         n_documents: Documents in the validation corpus.
+        best_share: The candidate with the highest validation MRR@10 (ties: the smaller share).
+        standard_errors: The tolerance the choice used, in paired standard errors (0: ``share`` is ``best_share``).
+        difference_se: For every candidate, the standard error of the mean per-query difference of reciprocal
+            ranks between ``best_share`` and it (0 for ``best_share`` itself).
     """
 
     share: float
     validation_mrr: dict[float, float]
     n_queries: int
     n_documents: int
+    best_share: float | None = None
+    standard_errors: float = 0.0
+    difference_se: dict[float, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -93,6 +103,9 @@ class BlendSelection:
             "validation_mrr@10": {f"{share:g}": round(mrr, 6) for share, mrr in self.validation_mrr.items()},
             "validation_queries": self.n_queries,
             "validation_documents": self.n_documents,
+            "best_share": self.share if self.best_share is None else self.best_share,
+            "standard_errors": self.standard_errors,
+            "difference_se@10": {f"{share:g}": round(se, 6) for share, se in self.difference_se.items()},
         }
 
 
@@ -179,29 +192,95 @@ def hold_out_pairs(
     return kept_rows, validation
 
 
+def reciprocal_ranks(
+    model: SentenceTransformer, validation: BlendValidation, *, k: int = 10, batch_size: int = 64
+) -> np.ndarray:
+    """Each validation query's reciprocal rank of its gold document within the top ``k``.
+
+    Args:
+        model: The model to score.
+        validation: Held-out queries, their gold documents and the corpus to search.
+        k: Cut-off: a gold document below rank ``k`` scores 0.
+        batch_size: Encoding batch size.
+
+    Returns:
+        Shape ``(len(validation.queries),)``, values in ``{0} ∪ [1/k, 1]``; their mean is MRR@k.
+    """
+    from sentence_transformers.util import semantic_search
+
+    queries = model.encode_query(validation.queries, batch_size=batch_size, convert_to_tensor=True)
+    corpus = model.encode_document(validation.corpus, batch_size=batch_size, convert_to_tensor=True)
+    hits = semantic_search(queries, corpus, top_k=k)
+    ranks = np.zeros(len(validation.queries))
+    for i, (gold, found) in enumerate(zip(validation.gold, hits, strict=True)):
+        position = next((rank for rank, hit in enumerate(found) if hit["corpus_id"] == gold), None)
+        ranks[i] = 0.0 if position is None else 1.0 / (position + 1)
+    return ranks
+
+
+def choose_share(reciprocal: Mapping[float, np.ndarray], standard_errors: float = 0.0) -> BlendSelection:
+    """Pick a share from every candidate's per-query reciprocal ranks (see the module docstring).
+
+    Args:
+        reciprocal: For each candidate share, the reciprocal ranks of the same validation queries in the same order.
+        standard_errors: 0: the share with the best MRR (ties: the smaller share); above 0: the largest share whose
+            MRR is within this many standard errors of the paired per-query difference from the best.
+
+    Returns:
+        The selection (``n_queries`` filled in, ``n_documents`` 0 for the caller to set).
+    """
+    mrr = {share: float(np.mean(values)) for share, values in reciprocal.items()}
+    best = max(mrr, key=lambda share: (mrr[share], -share))
+    n = len(reciprocal[best])
+    difference_se = {
+        share: float(np.std(reciprocal[best] - values, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        for share, values in reciprocal.items()
+    }
+    chosen = best
+    if standard_errors > 0:
+        chosen = max(share for share in mrr if mrr[best] - mrr[share] <= standard_errors * difference_se[share])
+    return BlendSelection(
+        share=chosen,
+        validation_mrr=mrr,
+        n_queries=n,
+        n_documents=0,
+        best_share=best,
+        standard_errors=float(standard_errors),
+        difference_se=difference_se,
+    )
+
+
 def select_base_weight_share(
     model: SentenceTransformer,
     base_state: Mapping[str, torch.Tensor],
     validation: BlendValidation,
     shares: Sequence[float] = DEFAULT_CANDIDATE_SHARES,
     *,
+    standard_errors: float = 0.0,
     batch_size: int = 64,
     show_progress_bar: bool = False,
 ) -> BlendSelection:
-    """Blend ``model`` with its base at each share, score each blend on ``validation``, keep the best (in place).
+    """Blend ``model`` with its base at each share, score each blend on ``validation``, keep one (in place).
 
-    The score is MRR@10 of each query's own document among ``validation.corpus``; ties go to the smaller share.
+    The score is MRR@10 of each query's own document among ``validation.corpus``. With ``standard_errors=0`` the best
+    share is kept (ties go to the smaller share); above 0, the share nearest the base model whose MRR@10 is within
+    ``standard_errors`` paired standard errors of the best (see :func:`choose_share`).
 
     Args:
         model: The fine-tuned model (left blended at the chosen share).
         base_state: The base model's ``state_dict()``, copied before training.
         validation: Held-out queries, their gold documents and the corpus to search.
         shares: Candidate ``base_weight_share`` values, each in ``[0, 1)``.
+        standard_errors: Tolerance towards the base model, in paired standard errors (``>= 0``; 1: the
+            one-standard-error rule).
         batch_size: Encoding batch size.
         show_progress_bar: Show a bar over the candidate shares.
 
     Returns:
-        The chosen share and every candidate's validation MRR@10.
+        The chosen share, the best one, and every candidate's validation MRR@10 and paired standard error.
+
+    Raises:
+        ValueError: When ``validation`` has no queries, a share is outside ``[0, 1)`` or ``standard_errors < 0``.
 
     Example:
         ```python
@@ -211,33 +290,17 @@ def select_base_weight_share(
         select_base_weight_share(model, base_state, validation, shares=(0.0, 0.4)).share
         ```
     """
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.util import cos_sim
-
     candidates = check_candidate_shares(shares)
     if not validation.queries:
         raise ValueError("The validation set has no queries: nothing to choose the blend on.")
+    if not standard_errors >= 0:
+        raise ValueError(f"blend_standard_errors must be >= 0 (0: keep the best share), got {standard_errors}.")
     if len(validation.queries) < FEW_VALIDATION_QUERIES:
         logger.warning(
             "Choosing base_weight_share on only %d held-out queries: the choice may be noise; "
             "use more documents or a larger blend_validation_fraction.",
             len(validation.queries),
         )
-    evaluator = InformationRetrievalEvaluator(
-        queries={f"q{i}": query for i, query in enumerate(validation.queries)},
-        corpus={f"d{i}": text for i, text in enumerate(validation.corpus)},
-        relevant_docs={f"q{i}": {f"d{gold}"} for i, gold in enumerate(validation.gold)},
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        accuracy_at_k=[1],
-        precision_recall_at_k=[10],
-        map_at_k=[10],
-        batch_size=batch_size,
-        name="blend",
-        write_csv=False,
-        score_functions={"cosine": cos_sim},
-        main_score_function="cosine",
-    )
     tuned_state = copy_weights(model)
     announce(
         f"choosing base_weight_share among {len(candidates)} candidates on {len(validation.queries)} held-out queries "
@@ -245,19 +308,18 @@ def select_base_weight_share(
         "(pass a number, e.g. base_weight_share=0.4 / --base-weight-share 0.4, to skip)",
         show_progress_bar,
     )
-    validation_mrr: dict[float, float] = {}
+    reciprocal: dict[float, np.ndarray] = {}
     for share in tqdm(candidates, desc="Choosing base_weight_share", disable=not show_progress_bar):
         model.load_state_dict(tuned_state)
         blend_with_base_weights(model, base_state, share)
-        metrics = evaluator(model)
-        validation_mrr[share] = float(metrics["blend_cosine_mrr@10"])
-    best = max(candidates, key=lambda share: (validation_mrr[share], -share))
+        reciprocal[share] = reciprocal_ranks(model, validation, batch_size=batch_size)
+    selection = replace(choose_share(reciprocal, standard_errors), n_documents=len(validation.corpus))
     model.load_state_dict(tuned_state)
-    blend_with_base_weights(model, base_state, best)
-    logger.info("base_weight_share=%g chosen on %d held-out queries.", best, len(validation.queries))
-    return BlendSelection(
-        share=best,
-        validation_mrr=validation_mrr,
-        n_queries=len(validation.queries),
-        n_documents=len(validation.corpus),
+    blend_with_base_weights(model, base_state, selection.share)
+    logger.info(
+        "base_weight_share=%g chosen on %d held-out queries (best MRR@10 at %g).",
+        selection.share,
+        len(validation.queries),
+        selection.best_share,
     )
+    return selection

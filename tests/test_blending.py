@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,11 +9,17 @@ import torch
 from conftest import write_corpus_jsonl
 
 from heal_rag import blending
-from heal_rag.blending import BlendValidation, check_candidate_shares, hold_out_pairs, select_base_weight_share
+from heal_rag.blending import (
+    BlendValidation,
+    check_candidate_shares,
+    choose_share,
+    hold_out_pairs,
+    select_base_weight_share,
+)
 from heal_rag.cli import main
 from heal_rag.labels import LabelPaths
 from heal_rag.models import blend_with_base_weights, copy_weights
-from heal_rag.training import build_training_rows, fine_tune
+from heal_rag.training import FineTuneResult, build_training_rows, fine_tune
 
 FAST = {"max_steps": 3, "batch_size": 8, "samples_per_leaf": 2, "learning_rate": 1e-2, "max_seq_length": 32}
 
@@ -110,6 +117,57 @@ def test_select_base_weight_share_scores_every_blend_and_keeps_the_best(corpus, 
         torch.testing.assert_close(left_state[name], tensor)
 
 
+def test_choose_share_keeps_the_best_or_the_share_nearest_the_base_within_the_tolerance():
+    rng = np.random.default_rng(0)
+    best = rng.choice([0.0, 0.5, 1.0], size=400, p=[0.1, 0.2, 0.7])
+    near = best.copy()  # a little worse than the best: 10 queries fall from rank 1 to 2, 8 rise from 2 to 1
+    near[np.flatnonzero(best == 1.0)[:10]] = 0.5
+    near[np.flatnonzero(best == 0.5)[:8]] = 1.0
+    reciprocal = {
+        0.0: best - 0.2 * (best > 0),  # clearly worse
+        0.2: best,
+        0.4: near,
+        0.6: np.clip(best - 0.15 * (best > 0.5), 0, 1),  # worse by several standard errors
+    }
+    differences = {share: best - values for share, values in reciprocal.items()}
+    se = {share: np.std(d, ddof=1) / np.sqrt(len(d)) for share, d in differences.items()}
+    gap = {share: d.mean() for share, d in differences.items()}
+    assert 0 < gap[0.4] <= se[0.4] and gap[0.6] > 3 * se[0.6] and gap[0.0] > 3 * se[0.0]
+
+    plain = choose_share(reciprocal)
+    assert plain.share == plain.best_share == 0.2
+    assert plain.difference_se == pytest.approx(se) and plain.difference_se[0.2] == 0.0
+    one_se = choose_share(reciprocal, standard_errors=1.0)
+    assert one_se.best_share == 0.2 and one_se.share == 0.4
+    assert choose_share(reciprocal, standard_errors=gap[0.6] / se[0.6] + 0.01).share == 0.6
+    # Ties keep the smaller share without a tolerance, the larger with one.
+    tied = {0.0: best, 0.3: best.copy()}
+    assert choose_share(tied).share == 0.0 and choose_share(tied, standard_errors=1.0).share == 0.3
+    record = json.loads(json.dumps(one_se.as_dict()))
+    assert record["share"] == 0.4 and record["best_share"] == 0.2 and record["standard_errors"] == 1.0
+    assert set(record["difference_se@10"]) == {"0", "0.2", "0.4", "0.6"}
+
+
+def test_describe_blend_says_when_the_tolerance_moved_the_choice(tmp_path):
+    selection = choose_share(
+        {0.2: np.array([1.0, 1.0, 0.5, 1.0]), 0.4: np.array([1.0, 0.5, 1.0, 0.5])}, standard_errors=1.0
+    )
+    record = replace(selection, n_documents=8).as_dict()
+    result = FineTuneResult(None, tmp_path, {"training": {"blend_selection": record}}, 0.0, 0.0, 0)
+    assert record["share"] == 0.4 and record["best_share"] == 0.2
+    assert result.describe_blend() == (
+        "base_weight_share 0.4, chosen on 4 held-out queries (MRR@10 0.7500); nearest the base model within 1 "
+        "standard error(s) of the best, 0.2 (MRR@10 0.8750)"
+    )
+
+
+def test_select_base_weight_share_rejects_a_negative_tolerance(tiny_model):
+    state = tiny_model.state_dict()
+    validation = BlendValidation(queries=["a"], gold=[0], corpus=["a"])
+    with pytest.raises(ValueError, match="blend_standard_errors must be >= 0"):
+        select_base_weight_share(tiny_model, state, validation, standard_errors=-1.0)
+
+
 def test_select_base_weight_share_needs_queries(tiny_model):
     state = tiny_model.state_dict()
     with pytest.raises(ValueError, match="no queries"):
@@ -164,6 +222,7 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
         ({"base_weight_share": "auto", "blend_candidate_shares": (0.2, 1.0)}, r"\[0, 1\)"),
         ({"blend_fallback_share": 1.0}, r"blend_fallback_share must lie in \[0, 1\)"),
         ({"blend_min_validation_queries": 0}, r"blend_min_validation_queries must be an integer in \[1"),
+        ({"blend_standard_errors": -1.0}, r"blend_standard_errors must lie in \[0, inf\)"),
     ],
 )
 def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, settings, message):

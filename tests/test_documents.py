@@ -200,6 +200,7 @@ def test_the_cli_trains_and_indexes_a_folder_with_the_same_chunks(tmp_path, caps
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["chunks"] == len(trained_on) and training["chunking"]["chunk_size"] == 16
     assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0, "headings: the defaults"
+    assert training["blend_standard_errors"] == 0
     records = dict(zip(stored["ids"], stored["metadatas"], strict=True))
     doc0 = [records[i] for i in sorted(records) if i.startswith("Physics/Optics/doc0.md#")]
     assert [r["chunk_index"] for r in doc0] == list(range(len(doc0))) and len(doc0) >= 2
@@ -236,10 +237,12 @@ def test_plain_text_folders_train_with_the_settings_measured_for_generated_queri
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["hierarchy_views"] == "documents" and training["inverse_cloze_rate"] == 0.9
     assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
-    mine = ["--inverse-cloze-rate", "0", "--hierarchy-views", "both", "--overwrite"]
+    assert training["blend_standard_errors"] == 1.0
+    mine = ["--inverse-cloze-rate", "0", "--hierarchy-views", "both", "--blend-standard-errors", "0", "--overwrite"]
     assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), *flags, *mine]) == 0
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0, "the user's flags win"
+    assert training["blend_standard_errors"] == 0
     assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
 
 

@@ -55,6 +55,7 @@ NAN, INF = float("nan"), float("inf")
         ("blend_candidate_shares", (0.1, NAN)),
         ("blend_fallback_share", NAN),
         ("blend_min_validation_queries", 0),
+        ("blend_standard_errors", NAN),
         ("seed", -1),
         ("pair_loss", "triplet"),
     ],
