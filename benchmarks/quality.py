@@ -114,6 +114,7 @@ RECIPE_KEYS = (
     "blend_candidate_shares",
     "blend_min_validation_queries",
     "blend_fallback_share",
+    "blend_standard_errors",
 )
 # Recipe keys added after the first cached runs: left out of the recipe (and so of the cache key) while they hold
 # this value, so the runs cached before they existed stay valid.
@@ -126,6 +127,7 @@ LATER_KEYS = {
     "blend_candidate_shares": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6],
     "blend_min_validation_queries": 50,
     "blend_fallback_share": 0.4,
+    "blend_standard_errors": 0.0,
 }
 SWEEP_START = {
     "temperature": 0.1,
