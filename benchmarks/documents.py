@@ -134,22 +134,24 @@ def training_pairs(chunks: Any, use_titles: bool = True) -> tuple[list[str], lis
     return [q for q, _ in pairs], [t for _, t in pairs]
 
 
-def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path, reuse: bool = False) -> Any:
+def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path, reuse: bool = False) -> tuple[Any, bool]:
     """A stock fine-tune (``mnrl`` or ``llamaindex``, see ``baselines.py``) on HEAL's (query, chunk) pairs (or, with
-    ``reuse``, the model an earlier run left in ``output_dir``)."""
+    ``reuse``, the model an earlier run left in ``output_dir``: its steps and pairs are not checked); and whether it
+    was reused."""
     if reuse and (output_dir / "model.safetensors").is_file():
         from heal_rag.models import load_sentence_transformer, set_max_seq_length
 
         print(f"reusing {output_dir}", flush=True)
         model = load_sentence_transformer(output_dir)
         set_max_seq_length(model, 128)
-        return model
+        return model, True
     queries, texts = training_pairs(chunks, use_titles=not method.endswith("-generator-free"))
     if method.startswith("llamaindex"):
-        return baselines.train_llamaindex_finetune(
+        model = baselines.train_llamaindex_finetune(
             queries, texts, steps=steps, batch_size=32, max_seq_length=128, seed=42, output_dir=output_dir
         )
-    return baselines.train_mnrl(
+        return model, False
+    model = baselines.train_mnrl(
         queries,
         texts,
         steps=steps,
@@ -160,6 +162,7 @@ def train_baseline(method: str, chunks: Any, steps: int, output_dir: Path, reuse
         seed=42,
         output_dir=output_dir,
     )
+    return model, False
 
 
 def top1_breakdown(top1: np.ndarray, task: Any) -> dict[str, float]:
@@ -310,7 +313,7 @@ def run(
             times[method] = time.perf_counter() - started
             continue
         elif method.startswith(("mnrl", "llamaindex")):
-            model = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
+            model, reused = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
         else:
             model, training, reused = train_heal(
                 method, train_tree, steps, WORK / work_name / method, reuse, overrides

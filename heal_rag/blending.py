@@ -3,12 +3,13 @@
 ``fine_tune(..., base_weight_share="auto")`` holds a few of the training documents out of training together with
 their queries, trains on the rest, then tries each candidate share (see
 :func:`heal_rag.models.blend_with_base_weights`) and keeps the one whose blended model ranks the held-out
-documents best for their queries (MRR@10; the ranking is sentence-transformers' ``semantic_search``). The held-out
-documents are searched among training documents as distractors, as in a RAG index built from the corpus the model
-was tuned on. With ``blend_standard_errors`` above 0 it keeps instead the share nearest the base model whose MRR@10 is
-within that many paired standard errors of the best (the one-standard-error rule for 1; Hastie, Tibshirani &
-Friedman, *The Elements of Statistical Learning*, 2nd ed., 2009, §7.10): the validation queries are few and come
-from the training distribution, and where they cannot tell the shares apart the base model is the safer side.
+documents best for their queries (MRR@10 by cosine similarity; a duplicate of the gold does not push it down).
+The held-out documents are searched among training documents as distractors, as in a RAG index built from the
+corpus the model was tuned on. With ``blend_standard_errors`` above 0 it keeps instead the share nearest the base
+model whose MRR@10 is within that many paired standard errors of the best (the one-standard-error rule for 1;
+Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, 2nd ed., 2009, §7.10): the validation
+queries are few and come from the training distribution, and where they cannot tell the shares apart the base
+model is the safer side.
 
 ``"auto"`` is the default. When it cannot choose (no queries at all, or fewer than
 ``blend_min_validation_queries`` held-out queries, where the choice would be noise), ``fine_tune`` trains on every
@@ -22,12 +23,13 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from heal_rag._validation import check_real
 from heal_rag.models import blend_with_base_weights, copy_weights
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ DEFAULT_CANDIDATE_SHARES: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 MAX_HELD_OUT_DOCUMENTS = 256
 #: The validation corpus holds the held-out documents and training documents up to this many times their number.
 DISTRACTOR_FACTOR = 4
+#: Cosine similarities closer than this to the gold's count as ties with it (see :func:`reciprocal_ranks`).
+TIE_TOLERANCE = 1e-6
 #: Below this many validation queries the choice is noisy: ``fine_tune`` keeps :data:`FIXED_SHARE` instead (its
 #: ``blend_min_validation_queries``), and :func:`select_base_weight_share` warns.
 FEW_VALIDATION_QUERIES = 50
@@ -92,7 +96,7 @@ class BlendSelection:
     validation_mrr: dict[float, float]
     n_queries: int
     n_documents: int
-    best_share: float | None = None
+    best_share: float
     standard_errors: float = 0.0
     difference_se: dict[float, float] = field(default_factory=dict)
 
@@ -103,7 +107,7 @@ class BlendSelection:
             "validation_mrr@10": {f"{share:g}": round(mrr, 6) for share, mrr in self.validation_mrr.items()},
             "validation_queries": self.n_queries,
             "validation_documents": self.n_documents,
-            "best_share": self.share if self.best_share is None else self.best_share,
+            "best_share": self.best_share,
             "standard_errors": self.standard_errors,
             "difference_se@10": {f"{share:g}": round(se, 6) for share, se in self.difference_se.items()},
         }
@@ -195,55 +199,86 @@ def hold_out_pairs(
 def reciprocal_ranks(
     model: SentenceTransformer, validation: BlendValidation, *, k: int = 10, batch_size: int = 64
 ) -> np.ndarray:
-    """Each validation query's reciprocal rank of its gold document within the top ``k``.
+    """Each validation query's reciprocal rank of its gold document within the top ``k``, by cosine similarity.
+
+    A document that scores as high as the gold (a duplicate text; within 1e-6, what encoding in another batch can
+    move) does not push it down: the rank is one plus the number of documents scoring higher, so the score never
+    depends on an arbitrary order of ties.
 
     Args:
         model: The model to score.
         validation: Held-out queries, their gold documents and the corpus to search.
-        k: Cut-off: a gold document below rank ``k`` scores 0.
+        k: Cut-off (``>= 1``): a gold document below rank ``k`` scores 0.
         batch_size: Encoding batch size.
 
     Returns:
         Shape ``(len(validation.queries),)``, values in ``{0} ∪ [1/k, 1]``; their mean is MRR@k.
-    """
-    from sentence_transformers.util import semantic_search
 
+    Raises:
+        ValueError: When ``k < 1``.
+    """
+    from sentence_transformers.util import cos_sim
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
     queries = model.encode_query(validation.queries, batch_size=batch_size, convert_to_tensor=True)
     corpus = model.encode_document(validation.corpus, batch_size=batch_size, convert_to_tensor=True)
-    hits = semantic_search(queries, corpus, top_k=k)
-    ranks = np.zeros(len(validation.queries))
-    for i, (gold, found) in enumerate(zip(validation.gold, hits, strict=True)):
-        position = next((rank for rank, hit in enumerate(found) if hit["corpus_id"] == gold), None)
-        ranks[i] = 0.0 if position is None else 1.0 / (position + 1)
-    return ranks
+    scores = cos_sim(queries, corpus).float().cpu().numpy()  # (queries, documents); at most 256 x 1,024
+    gold = scores[np.arange(len(validation.gold)), validation.gold]
+    rank = 1 + (scores > gold[:, None] + TIE_TOLERANCE).sum(axis=1)
+    return np.where(rank <= k, 1.0 / rank, 0.0)
 
 
-def choose_share(reciprocal: Mapping[float, np.ndarray], standard_errors: float = 0.0) -> BlendSelection:
+def choose_share(
+    reciprocal: Mapping[float, np.ndarray], standard_errors: float = 0.0, *, n_documents: int = 0
+) -> BlendSelection:
     """Pick a share from every candidate's per-query reciprocal ranks (see the module docstring).
 
     Args:
-        reciprocal: For each candidate share, the reciprocal ranks of the same validation queries in the same order.
-        standard_errors: 0: the share with the best MRR (ties: the smaller share); above 0: the largest share whose
-            MRR is within this many standard errors of the paired per-query difference from the best.
+        reciprocal: For each candidate share, a 1-D array of the reciprocal ranks (in ``[0, 1]``) of the same
+            validation queries in the same order.
+        standard_errors: Finite, ``>= 0``. 0: the share with the best MRR (ties: the smaller share). Above 0: the
+            largest share whose MRR is below the best by at most ``standard_errors`` times the standard error of its
+            per-query differences from the best share (ties: the larger share).
+        n_documents: Documents in the validation corpus, for the record.
 
     Returns:
-        The selection (``n_queries`` filled in, ``n_documents`` 0 for the caller to set).
+        The selection.
+
+    Raises:
+        ValueError: When ``reciprocal`` is empty, its arrays differ in length, are empty or hold values outside
+            ``[0, 1]``, or ``standard_errors`` is negative or not finite.
     """
-    mrr = {share: float(np.mean(values)) for share, values in reciprocal.items()}
+    check_real("blend_standard_errors", standard_errors, minimum=0)
+    if not reciprocal:
+        raise ValueError("No candidate shares to choose from: give at least one.")
+    arrays = {share: np.asarray(values, dtype=np.float64) for share, values in reciprocal.items()}
+    lengths = {values.shape for values in arrays.values()}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1 or next(iter(lengths))[0] == 0:
+        raise ValueError(
+            f"Every share needs the reciprocal ranks of the same queries (1-D, same length); got {lengths}."
+        )
+    if any(not np.all((values >= 0) & (values <= 1)) for values in arrays.values()):
+        raise ValueError("Reciprocal ranks must lie in [0, 1] (no NaN).")
+    mrr = {share: float(values.mean()) for share, values in arrays.items()}
     best = max(mrr, key=lambda share: (mrr[share], -share))
-    n = len(reciprocal[best])
+    n = len(arrays[best])
     difference_se = {
-        share: float(np.std(reciprocal[best] - values, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        for share, values in reciprocal.items()
+        share: float(np.std(arrays[best] - values, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        for share, values in arrays.items()
     }
     chosen = best
     if standard_errors > 0:
-        chosen = max(share for share in mrr if mrr[best] - mrr[share] <= standard_errors * difference_se[share])
+        # The margin keeps a gap that equals the tolerance exactly (one query worse: gap and SE are both d/n) from
+        # being decided by rounding.
+        chosen = max(
+            share for share in mrr if mrr[best] - mrr[share] <= standard_errors * difference_se[share] + 1e-12
+        )
     return BlendSelection(
         share=chosen,
         validation_mrr=mrr,
         n_queries=n,
-        n_documents=0,
+        n_documents=n_documents,
         best_share=best,
         standard_errors=float(standard_errors),
         difference_se=difference_se,
@@ -280,7 +315,8 @@ def select_base_weight_share(
         The chosen share, the best one, and every candidate's validation MRR@10 and paired standard error.
 
     Raises:
-        ValueError: When ``validation`` has no queries, a share is outside ``[0, 1)`` or ``standard_errors < 0``.
+        ValueError: When ``validation`` has no queries, a share is outside ``[0, 1)`` or ``standard_errors`` is
+            negative or not finite (before anything is encoded).
 
     Example:
         ```python
@@ -293,8 +329,7 @@ def select_base_weight_share(
     candidates = check_candidate_shares(shares)
     if not validation.queries:
         raise ValueError("The validation set has no queries: nothing to choose the blend on.")
-    if not standard_errors >= 0:
-        raise ValueError(f"blend_standard_errors must be >= 0 (0: keep the best share), got {standard_errors}.")
+    check_real("blend_standard_errors", standard_errors, minimum=0)
     if len(validation.queries) < FEW_VALIDATION_QUERIES:
         logger.warning(
             "Choosing base_weight_share on only %d held-out queries: the choice may be noise; "
@@ -313,7 +348,7 @@ def select_base_weight_share(
         model.load_state_dict(tuned_state)
         blend_with_base_weights(model, base_state, share)
         reciprocal[share] = reciprocal_ranks(model, validation, batch_size=batch_size)
-    selection = replace(choose_share(reciprocal, standard_errors), n_documents=len(validation.corpus))
+    selection = choose_share(reciprocal, standard_errors, n_documents=len(validation.corpus))
     model.load_state_dict(tuned_state)
     blend_with_base_weights(model, base_state, selection.share)
     logger.info(

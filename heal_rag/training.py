@@ -171,9 +171,10 @@ class HEALTrainingConfig:
         blend_candidate_shares: The shares ``base_weight_share="auto"`` tries.
         blend_min_validation_queries: Fewest held-out queries ``"auto"`` chooses on.
         blend_fallback_share: The share ``"auto"`` keeps when it cannot choose.
-        blend_standard_errors: How ``"auto"`` breaks near-ties, in paired standard errors (``>= 0``): 0 keeps the
-            candidate with the best validation MRR@10; 1 keeps the share nearest the base model within one standard
-            error of it (the one-standard-error rule, see :mod:`heal_rag.blending`).
+        blend_standard_errors: Finite, ``>= 0``: how far below the best validation MRR@10 ``"auto"`` may go
+            towards the base model, in standard errors of the per-query differences. 0 (default) keeps the best
+            candidate; k > 0 keeps the largest share within k standard errors of it (1: the one-standard-error
+            rule, see :mod:`heal_rag.blending`; 1 when every training query is a generated key sentence).
         save_max_seq_length: Token limit saved with the tuned model (``None``: the base model's own limit, whatever
             ``max_seq_length`` training used), so a training-time speed setting never shortens what the deployed
             retriever reads.
@@ -372,8 +373,8 @@ class FineTuneResult:
         if best != selection["share"]:
             best_mrr = selection["validation_mrr@10"][f"{best:g}"]
             line += (
-                f"; nearest the base model within {selection['standard_errors']:g} standard error(s) of the best, "
-                f"{best:g} (MRR@10 {best_mrr:.4f})"
+                f", the share nearest the base model whose MRR@10 is within {selection['standard_errors']:g} standard "
+                f"error(s) of the best ({best_mrr:.4f} at {best:g})"
             )
         return line
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import math
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from heal_rag.blending import (
     check_candidate_shares,
     choose_share,
     hold_out_pairs,
+    reciprocal_ranks,
     select_base_weight_share,
 )
 from heal_rag.cli import main
@@ -116,6 +117,18 @@ def test_select_base_weight_share_scores_every_blend_and_keeps_the_best(corpus, 
     for name, tensor in tiny_model.state_dict().items():
         torch.testing.assert_close(left_state[name], tensor)
 
+    # With a tolerance: the largest share within it, and the model left there (not at the best share).
+    tiny_model.load_state_dict(tuned_state)
+    lenient = select_base_weight_share(tiny_model, base_state, validation, shares, standard_errors=3.0)
+    left_state = copy_weights(tiny_model)
+    within = [s for s in shares if expected[best] - expected[s] <= 3.0 * lenient.difference_se[s] + 1e-9]
+    assert lenient.best_share == best and lenient.share == max(within)
+    assert lenient.share != best, "the tolerance should move the choice here"
+    tiny_model.load_state_dict(tuned_state)
+    blend_with_base_weights(tiny_model, base_state, lenient.share)
+    for name, tensor in tiny_model.state_dict().items():
+        torch.testing.assert_close(left_state[name], tensor)
+
 
 def test_choose_share_keeps_the_best_or_the_share_nearest_the_base_within_the_tolerance():
     rng = np.random.default_rng(0)
@@ -152,20 +165,65 @@ def test_describe_blend_says_when_the_tolerance_moved_the_choice(tmp_path):
     selection = choose_share(
         {0.2: np.array([1.0, 1.0, 0.5, 1.0]), 0.4: np.array([1.0, 0.5, 1.0, 0.5])}, standard_errors=1.0
     )
-    record = replace(selection, n_documents=8).as_dict()
+    record = selection.as_dict()
     result = FineTuneResult(None, tmp_path, {"training": {"blend_selection": record}}, 0.0, 0.0, 0)
     assert record["share"] == 0.4 and record["best_share"] == 0.2
     assert result.describe_blend() == (
-        "base_weight_share 0.4, chosen on 4 held-out queries (MRR@10 0.7500); nearest the base model within 1 "
-        "standard error(s) of the best, 0.2 (MRR@10 0.8750)"
+        "base_weight_share 0.4, chosen on 4 held-out queries (MRR@10 0.7500), the share nearest the base model whose "
+        "MRR@10 is within 1 standard error(s) of the best (0.8750 at 0.2)"
     )
 
 
-def test_select_base_weight_share_rejects_a_negative_tolerance(tiny_model):
+@pytest.mark.parametrize(
+    ("tolerance", "message"), [(-1.0, r"must lie in \[0, inf\)"), (math.inf, "must be a finite number")]
+)
+def test_select_base_weight_share_rejects_a_bad_tolerance(tiny_model, tolerance, message):
     state = tiny_model.state_dict()
     validation = BlendValidation(queries=["a"], gold=[0], corpus=["a"])
-    with pytest.raises(ValueError, match="blend_standard_errors must be >= 0"):
-        select_base_weight_share(tiny_model, state, validation, standard_errors=-1.0)
+    with pytest.raises(ValueError, match=f"blend_standard_errors {message}"):
+        select_base_weight_share(tiny_model, state, validation, standard_errors=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("reciprocal", "message"),
+    [
+        ({}, "No candidate shares"),
+        ({0.0: np.array([1.0, 0.5]), 0.2: np.array([1.0])}, "same length"),
+        ({0.0: np.array([]), 0.2: np.array([])}, "same length"),
+        ({0.0: np.array([1.0, np.nan]), 0.2: np.array([1.0, 0.5])}, r"in \[0, 1\]"),
+    ],
+)
+def test_choose_share_refuses_inconsistent_scores(reciprocal, message):
+    with pytest.raises(ValueError, match=message):
+        choose_share(reciprocal, standard_errors=1.0)
+
+
+def test_choose_share_keeps_a_gap_of_exactly_one_standard_error():
+    # One query of n worse by d: the gap and the standard error are both d / n; rounding must not decide.
+    for n in range(2, 60):
+        for d in (0.5, 0.9, 2 / 3):
+            best = np.ones(n)
+            worse = best.copy()
+            worse[0] -= d
+            assert choose_share({0.2: best, 0.6: worse}, standard_errors=1.0).share == 0.6, (n, d)
+
+
+def test_reciprocal_ranks_cut_at_k_and_do_not_let_a_duplicate_push_the_gold_down(tiny_model):
+    texts = ["qubits and quantum gates", "prime numbers and sieves", "ocean tides and the moon", "baking bread"]
+    validation = BlendValidation(
+        queries=["quantum gates", "ocean tides", "baking bread"],
+        gold=[0, 2, 3],
+        corpus=[*texts, texts[0]],  # an exact duplicate of the first query's gold
+    )
+    scores = tiny_model.encode_query(validation.queries) @ tiny_model.encode_document(validation.corpus).T
+    expected_rank = 1 + (scores > scores[np.arange(3), validation.gold][:, None]).sum(axis=1)
+    assert scores[0, 0] == scores[0, 4]  # the duplicate ties with the gold: it must not count as ranked above it
+    ranks = reciprocal_ranks(tiny_model, validation, k=5)
+    np.testing.assert_allclose(ranks, 1.0 / expected_rank, rtol=1e-6)
+    cut = reciprocal_ranks(tiny_model, validation, k=1)
+    np.testing.assert_allclose(cut, np.where(expected_rank <= 1, 1.0, 0.0))
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        reciprocal_ranks(tiny_model, validation, k=0)
 
 
 def test_select_base_weight_share_needs_queries(tiny_model):
@@ -223,6 +281,7 @@ def test_fine_tune_auto_share_holds_out_pairs_and_records_the_choice(corpus, tin
         ({"blend_fallback_share": 1.0}, r"blend_fallback_share must lie in \[0, 1\)"),
         ({"blend_min_validation_queries": 0}, r"blend_min_validation_queries must be an integer in \[1"),
         ({"blend_standard_errors": -1.0}, r"blend_standard_errors must lie in \[0, inf\)"),
+        ({"blend_standard_errors": float("inf")}, r"blend_standard_errors must be a finite number"),
     ],
 )
 def test_fine_tune_rejects_bad_blend_settings_before_training(corpus, tmp_path, settings, message):
