@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -55,12 +54,6 @@ def write_corpus(split: quality.Split, path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(run: str, corpus: Path, output_dir: Path, steps: int, per_rank_batch: int) -> float:
     """``heal-rag train`` as ``run`` says; returns its wall time in seconds."""
     arguments = ["train", "--data", str(corpus), "--out", str(output_dir), "--overwrite", "--max-steps", str(steps)]
@@ -68,8 +61,9 @@ def train(run: str, corpus: Path, output_dir: Path, steps: int, per_rank_batch: 
     if run == "single":
         command = [sys.executable, "-m", "heal_rag.cli", *arguments, "--batch-size", str(2 * per_rank_batch)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
-        command += ["127.0.0.1", "--master_port", str(_free_port()), "-m", "heal_rag.cli", *arguments]
+        # --standalone: a rendezvous on localhost with a free port, chosen by torchrun
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += ["-m", "heal_rag.cli", *arguments]
         command += ["--batch-size", str(per_rank_batch)]
         if run == "gathered":
             command.append("--gather-across-devices")
@@ -88,8 +82,9 @@ def evaluate(split: quality.Split, model_dir: Path) -> dict[str, Any]:
 
     model = load_sentence_transformer(model_dir)
     set_max_seq_length(model, 128)
-    arrays = quality.embed(model, split)
-    ranked = top_k_indices(arrays["queries"], arrays["documents"], quality.RANK_DEPTH)
+    kwargs = {"batch_size": 64, "normalize_embeddings": True, "convert_to_numpy": True}
+    queries = model.encode_query(split.test_queries, **kwargs)  # the training documents (quality.embed) not needed
+    ranked = top_k_indices(queries, model.encode_document(split.test_texts, **kwargs), quality.RANK_DEPTH)
     retrieval, _ = quality.score(split, ranked, {})
     return {"retrieval": retrieval, "per_query": quality.retrieval_per_query(split, ranked)}
 
