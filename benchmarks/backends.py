@@ -1,11 +1,12 @@
-"""Encoding speed and retrieval quality of the exported backends (ONNX Runtime, OpenVINO, int8) against PyTorch fp32.
+"""Encoding speed and retrieval quality of the exported backends (ONNX Runtime, OpenVINO; bf16, int8) against PyTorch.
 
     python benchmarks/backends.py                 # speed, quality on the three datasets, 21,450-abstract index build
     python benchmarks/backends.py --skip-index    # without the index build (the longest part)
 
 Models: the per-dataset HEAL models of ``benchmarks/rerank_quality.py`` (``runs/rerank/<dataset>/model``, trained
 there when absent: 100 steps, 128 tokens), each exported here to every backend (``heal_rag.backends.export_model``).
-Everything encodes at 128 tokens, the training length.
+Everything encodes at 128 tokens, the training length. ``openvino-bf16`` is measured only on a CPU with native bf16
+(``heal_rag.backends.cpu_has_native_bf16``); the CPU is recorded in the JSON.
 
 * **Speed** (arXiv model): documents at batch 32 (256 held-out abstracts per timing) and queries at batch 1 (100
   titles, one call each), in rounds that interleave the backends; the median round is reported, with the spread.
@@ -37,7 +38,7 @@ from rerank_quality import heal_model  # noqa: E402
 from shared import ARXIV_FULL  # noqa: E402
 
 from heal_rag.artifacts import read_metadata, write_json_atomic  # noqa: E402
-from heal_rag.backends import BACKENDS, export_model  # noqa: E402
+from heal_rag.backends import BACKENDS, cpu_has_native_bf16, export_model  # noqa: E402
 from heal_rag.encoder import HEALEncoder  # noqa: E402
 from heal_rag.evaluation.retrieval import format_paired, paired_difference, per_query_scores, top_k_indices  # noqa: E402
 
@@ -47,12 +48,27 @@ TARGET = 0.005
 MAX_SEQ_LENGTH = 128
 
 
+#: The backends this machine can run as named (bf16 only where the CPU has it natively).
+MEASURED = tuple(b for b in BACKENDS if b != "openvino-bf16" or cpu_has_native_bf16())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), since speed-ups depend on its instruction set."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def export_all(model: Path) -> dict[str, Any]:
     """Export ``model`` to every backend not yet exported; the agreement records from ``heal_rag.json``."""
     done = (read_metadata(model).get("exports") or {}).keys()
-    for backend in BACKENDS[1:]:
+    for backend in MEASURED[1:]:
         if backend not in done:
-            export_model(model, backend.split("-")[0], "int8" if backend.endswith("int8") else None)
+            quantize = "int8" if backend.endswith("int8") else None
+            precision = "bf16" if backend.endswith("bf16") else "fp32"
+            export_model(model, backend.split("-")[0], quantize, precision=precision)
     return read_metadata(model)["exports"]
 
 
@@ -64,13 +80,13 @@ def load(model: Path, backend: str, batch_size: int = 32) -> HEALEncoder:
 
 def speed(model: Path, documents: list[str], queries: list[str], rounds: int) -> dict[str, Any]:
     """Documents/s at batch 32 and queries/s at batch 1 for every backend, interleaved over ``rounds``."""
-    encoders = {backend: load(model, backend) for backend in BACKENDS}
+    encoders = {backend: load(model, backend) for backend in MEASURED}
     for encoder in encoders.values():  # warm-up: first-call allocations and graph compilation are not timed
         encoder.embed_documents(documents[:32])
         encoder.embed_queries(queries[:1])
-    timings: dict[str, dict[str, list[float]]] = {b: {"documents/s": [], "queries/s": []} for b in BACKENDS}
+    timings: dict[str, dict[str, list[float]]] = {b: {"documents/s": [], "queries/s": []} for b in MEASURED}
     for round_number in range(rounds):
-        order = BACKENDS if round_number % 2 == 0 else BACKENDS[::-1]
+        order = MEASURED if round_number % 2 == 0 else MEASURED[::-1]
         for backend in order:
             encoder = encoders[backend]
             started = time.perf_counter()
@@ -86,7 +102,7 @@ def speed(model: Path, documents: list[str], queries: list[str], rounds: int) ->
         table[backend] = {
             name: {"median": statistics.median(v), "min": min(v), "max": max(v)} for name, v in values.items()
         }
-    for backend in BACKENDS:
+    for backend in MEASURED:
         for name in ("documents/s", "queries/s"):
             table[backend][name]["speedup"] = table[backend][name]["median"] / table["torch"][name]["median"]
     return {"documents": len(documents), "queries": len(queries), "rounds": rounds, "backends": table}
@@ -100,7 +116,7 @@ def quality(name: str) -> dict[str, Any] | None:
     agreement = export_all(model)
     gold = np.arange(len(split.test_texts))
     scores = {}
-    for backend in BACKENDS:
+    for backend in MEASURED:
         encoder = load(model, backend)
         ranked = top_k_indices(
             encoder.embed_queries(split.test_queries), encoder.embed_documents(split.test_texts), 10
@@ -134,7 +150,7 @@ def recommended(speeds: dict[str, Any], qualities: dict[str, Any]) -> str:
         figures = speeds["backends"][backend]
         return (figures["documents/s"]["speedup"] * figures["queries/s"]["speedup"]) ** 0.5
 
-    candidates = [b for b in BACKENDS[1:] if within(b)] or ["torch"]
+    candidates = [b for b in MEASURED[1:] if within(b)] or ["torch"]
     return max(candidates, key=speedup)
 
 
@@ -162,14 +178,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds (default 5)")
     parser.add_argument("--skip-index", action="store_true", help="leave out the 21,450-abstract index build")
     args = parser.parse_args()
-    results: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "max_seq_length": MAX_SEQ_LENGTH}
+    results: dict[str, Any] = {
+        "command": "python " + " ".join(sys.argv),
+        "max_seq_length": MAX_SEQ_LENGTH,
+        "cpu": cpu_name(),
+        "native_bf16": "openvino-bf16" in MEASURED,
+    }
 
     qualities = {name: q for name in DATASETS if (q := quality(name)) is not None}
     results["quality"] = qualities
     for name, q in qualities.items():
         print(f"\n### {name}: {q['queries']} held-out queries (backend − torch, paired 95% CI)")
         print("| backend | least cosine to torch | nDCG@10 | MRR@10 |\n|---|---:|---:|---:|")
-        for backend in BACKENDS:
+        for backend in MEASURED:
             cosine = q["agreement"].get(backend, {}).get("min_cosine", 1.0)
             cells = [f"{q['metrics'][backend][m]:.4f}" for m in ("nDCG@10", "MRR@10")]
             if backend != "torch":

@@ -8,10 +8,14 @@ agreement is kept in ``heal_rag.json`` under ``exports``). The PyTorch weights s
 plain sentence-transformers; the files under ``exports/`` are outside the model's fingerprint, and each export
 records its own file hash.
 
-Backends: ``"torch"`` (default), ``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-int8"`` (the int8 ONNX file
-run by OpenVINO). fp32 backends give PyTorch's vectors to within :data:`FP32_TOLERANCE`, so a collection built with
-one can be queried with another; int8 vectors differ more, so an int8 backend has its own fingerprint and a
-collection built with it accepts only it (and vice versa).
+Backends: ``"torch"`` (default), ``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-bf16"``,
+``"openvino-int8"`` (the int8 ONNX file run by OpenVINO). ``"openvino"`` and ``"openvino-int8"`` run in fp32 on
+every CPU (OpenVINO's ``INFERENCE_PRECISION_HINT`` is pinned, since OpenVINO's own default switches to bf16 on CPUs
+that have it); ``"openvino-bf16"`` runs the fp32 ONNX file in bfloat16 and needs a CPU with native bf16 (AVX512_BF16
+or AMX: OpenVINO lists ``BF16`` in the CPU's ``OPTIMIZATION_CAPABILITIES``). fp32 and bf16 backends give PyTorch's
+vectors to within :data:`FP32_TOLERANCE` (checked at export), so a collection built with one can be queried with
+another; int8 vectors differ more, so an int8 backend has its own fingerprint and a collection built with it accepts
+only it (and vice versa).
 
 Needs the ``onnx`` extra (``onnxruntime``, ``onnx``, ``onnxscript``) and, for OpenVINO, the ``openvino`` extra.
 """
@@ -31,12 +35,12 @@ import numpy as np
 from heal_rag._validation import check_choice
 
 #: The backends an encoder can use.
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 #: Folder, inside a model directory, holding the exported files (outside the model's fingerprint).
 EXPORT_DIR = "exports"
 #: Files of each exported backend (OpenVINO compiles the ONNX files).
 EXPORT_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
-#: Largest allowed difference (1 − cosine) between a fp32 backend's vectors and PyTorch's.
+#: Largest allowed difference (1 − cosine) between a fp32 or bf16 backend's vectors and PyTorch's.
 FP32_TOLERANCE = 1e-4
 #: Largest allowed difference (1 − cosine) for int8; int8 backends get their own fingerprint.
 INT8_TOLERANCE = 0.05
@@ -64,6 +68,44 @@ class ExportError(ValueError):
 def base_backend(backend: str) -> str:
     """The ONNX file a backend runs (``"onnx"`` or ``"onnx-int8"``)."""
     return "onnx-int8" if backend.endswith("int8") else "onnx"
+
+
+def export_flags(backend: str) -> str:
+    """The `heal-rag export` options that write a backend, e.g. ``"--backend openvino --precision bf16"``."""
+    check_choice("backend", backend, BACKENDS[1:])
+    flags = f"--backend {backend.split('-')[0]}"
+    if backend.endswith("int8"):
+        flags += " --quantize int8"
+    elif backend.endswith("bf16"):
+        flags += " --precision bf16"
+    return flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether OpenVINO can run bfloat16 natively here (``BF16`` in the CPU's ``OPTIMIZATION_CAPABILITIES``).
+
+    True on CPUs with AVX512_BF16 or AMX (Intel Cooper Lake and Sapphire Rapids onwards, AMD Zen 4 onwards).
+
+    Raises:
+        ImportError: Without the ``openvino`` extra.
+    """
+    core = _runtime_import("openvino").Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _openvino_config(backend: str) -> dict[str, str]:
+    """The compile options of an OpenVINO backend: its inference precision, pinned (see the module docstring)."""
+    if backend != "openvino-bf16":
+        return {"INFERENCE_PRECISION_HINT": "f32"}
+    if not cpu_has_native_bf16():
+        warnings.warn(
+            "This CPU has no native bf16 (AVX512_BF16 or AMX), so 'openvino-bf16' runs in fp32 here (the same "
+            "vectors, without the speed-up); use backend='openvino' on this machine to say so.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return {"INFERENCE_PRECISION_HINT": "f32"}
+    return {"INFERENCE_PRECISION_HINT": "bf16"}
 
 
 def _runtime_import(backend: str) -> Any:
@@ -156,6 +198,10 @@ class RuntimeEncoder:
         backend: One of :data:`BACKENDS` other than ``"torch"``.
         expected_sha256: The export's recorded file hash; a different file is refused.
 
+    Attributes:
+        inference_precision: What the runtime computes in: ``"f32"``, or ``"bf16"`` for ``"openvino-bf16"`` on a
+            CPU with native bf16 (int8 files dequantise to f32 between their int8 products).
+
     Raises:
         ExportError: When the export is missing or its file changed since it was checked.
         ImportError: Without the backend's extra.
@@ -174,13 +220,15 @@ class RuntimeEncoder:
         self.model = model
         self.backend = backend
         if backend.startswith("openvino"):
-            compiled = runtime.Core().compile_model(str(path), "CPU")
+            compiled = runtime.Core().compile_model(str(path), "CPU", _openvino_config(backend))
+            self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
             self.input_names = [port.get_any_name() for port in compiled.inputs]
             self._run = lambda feed: compiled(feed)[0]
         else:
             options = runtime.SessionOptions()
             options.log_severity_level = 3
             session = runtime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.inference_precision = "f32"  # ONNX Runtime's CPU provider; int8 files dequantise to it
             self.input_names = [i.name for i in session.get_inputs()]
             self._run = lambda feed: session.run(None, feed)[0]
         self.pooling = _pooling_mode(model)
@@ -234,6 +282,7 @@ def export_model(
     backend: str = "onnx",
     quantize: str | None = None,
     *,
+    precision: str = "fp32",
     overwrite: bool = False,
 ) -> ExportRecord:
     """Export a model for fast CPU serving and record it in ``heal_rag.json`` (see the module docstring).
@@ -241,16 +290,20 @@ def export_model(
     Args:
         model_dir: A heal_rag model directory.
         backend: ``"onnx"`` or ``"openvino"`` (which runs the ONNX file).
-        quantize: ``None`` (fp32) or ``"int8"`` (dynamic int8 quantisation of the weights).
+        quantize: ``None`` or ``"int8"`` (dynamic int8 quantisation of the weights).
+        precision: ``"fp32"`` or, with ``backend="openvino"`` and no quantisation, ``"bf16"``: OpenVINO computes in
+            bfloat16 (about twice as fast where the CPU has native bf16; see :func:`cpu_has_native_bf16`).
         overwrite: Replace an earlier export of the same kind.
 
     Returns:
-        The :class:`ExportRecord` of the backend (``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-int8"``).
+        The :class:`ExportRecord` of the backend (``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-bf16"``,
+        ``"openvino-int8"``).
 
     Raises:
-        ExportError: For a model that cannot be exported, an existing export without ``overwrite``, or vectors that
-            disagree with PyTorch's beyond :data:`FP32_TOLERANCE` (fp32) or :data:`INT8_TOLERANCE` (int8); nothing is
-            kept then.
+        ExportError: For a model that cannot be exported, an existing export without ``overwrite``, bf16 asked of
+            ONNX Runtime, with int8, or on a CPU without native bf16 (its check would measure fp32), or vectors that
+            disagree with PyTorch's beyond :data:`FP32_TOLERANCE` (fp32, bf16) or :data:`INT8_TOLERANCE` (int8);
+            nothing is kept then.
         ImportError: Without the backend's extra.
     """
     from heal_rag.artifacts import METADATA_FILE, read_metadata, write_json_atomic
@@ -258,9 +311,12 @@ def export_model(
 
     check_choice("backend", backend, ("onnx", "openvino"))
     check_choice("quantize", quantize, (None, "int8"))
-    name = backend + ("-int8" if quantize else "")
+    check_choice("precision", precision, ("fp32", "bf16"))
+    name = backend + ("-int8" if quantize else "-bf16" if precision == "bf16" else "")
     _runtime_import(name)
     _runtime_import("onnx")
+    if precision == "bf16":
+        _check_bf16_export(backend, quantize)
     metadata = read_metadata(model_dir, verify_files=True)
     model = load_sentence_transformer(model_dir)
     _check_exportable(model)
@@ -280,6 +336,19 @@ def export_model(
     metadata["exports"] = records
     write_json_atomic(Path(model_dir) / METADATA_FILE, metadata)
     return record
+
+
+def _check_bf16_export(backend: str, quantize: str | None) -> None:
+    if backend != "openvino" or quantize:
+        raise ExportError(
+            "bf16 runs through OpenVINO on the fp32 file: use backend='openvino' without quantize "
+            "(heal-rag export --backend openvino --precision bf16)."
+        )
+    if not cpu_has_native_bf16():
+        raise ExportError(
+            "This CPU has no native bf16 (AVX512_BF16 or AMX), so a bf16 export cannot be checked here: export it "
+            "on the machine that serves it, or use backend='openvino' (fp32)."
+        )
 
 
 def _write_onnx(model: Any, exports: Path, quantized: bool) -> None:

@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument(
         "--backend",
-        choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"],
+        choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"],
         default="torch",
         help="encode with an exported backend (heal-rag export)",
     )
@@ -282,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help="heal_rag model directory (the export goes into it)")
     export.add_argument("--backend", choices=["onnx", "openvino"], default="onnx")
     export.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation")
+    export.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: OpenVINO computes in bfloat16 (--backend openvino; a CPU with native bf16)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same kind")
 
     evaluate = sub.add_parser(
@@ -510,7 +516,7 @@ def _train_on_folder(args: argparse.Namespace, overrides: dict[str, Any]) -> int
 def _export(args: argparse.Namespace) -> int:
     from heal_rag.backends import export_model
 
-    record = export_model(args.model, args.backend, args.quantize, overwrite=args.overwrite)
+    record = export_model(args.model, args.backend, args.quantize, precision=args.precision, overwrite=args.overwrite)
     print(
         f"{record.backend}: {record.file} written into {args.model}; least cosine to PyTorch on "
         f"{record.texts_checked} texts {record.min_cosine:.6f}. Use it with backend={record.backend!r} "

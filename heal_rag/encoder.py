@@ -192,7 +192,7 @@ class HEALEncoder:
             batch_size: Encoding batch size.
             normalize_embeddings: Return unit-length vectors.
             backend: ``"torch"`` (default), or an exported backend (``"onnx"``, ``"onnx-int8"``, ``"openvino"``,
-                ``"openvino-int8"``; see :mod:`heal_rag.backends` and ``heal-rag export``).
+                ``"openvino-bf16"``, ``"openvino-int8"``; see :mod:`heal_rag.backends` and ``heal-rag export``).
 
         Raises:
             heal_rag.models.ModelNotFoundError: When the model is not found locally.
@@ -202,7 +202,7 @@ class HEALEncoder:
                 written (a retrained or swapped model in the same directory).
             heal_rag.backends.ExportError: When the backend was not exported, or its file changed since.
         """
-        from heal_rag.backends import BACKENDS, ExportError, RuntimeEncoder
+        from heal_rag.backends import BACKENDS, ExportError, RuntimeEncoder, export_flags
         from heal_rag.models import check_model_files, load_sentence_transformer, resolve_model_path
 
         check_choice("backend", backend, BACKENDS)
@@ -215,8 +215,8 @@ class HEALEncoder:
             record = ((metadata or {}).get("exports") or {}).get(backend)
             if record is None:
                 raise ExportError(
-                    f"{path!r} has no checked {backend} export: run `heal-rag export --model {path} --backend "
-                    f"{backend.split('-')[0]}{' --quantize int8' if backend.endswith('int8') else ''}` first."
+                    f"{path!r} has no checked {backend} export: run `heal-rag export --model {path} "
+                    f"{export_flags(backend)}` first."
                 )
             runtime = RuntimeEncoder(loaded, path, backend, expected_sha256=record["sha256"])
         return cls(
@@ -330,9 +330,9 @@ class HEALEncoder:
     def fingerprint(self) -> str:
         """Content fingerprint of what gives the vectors: the model files, and an int8 backend's file.
 
-        The model files' fingerprint comes from ``heal_rag.json`` (computed for a plain model directory). fp32
-        backends give PyTorch's vectors to within :data:`heal_rag.backends.FP32_TOLERANCE`, so they share the model's
-        fingerprint; int8 vectors differ more, so a collection built with one accepts only it.
+        The model files' fingerprint comes from ``heal_rag.json`` (computed for a plain model directory). fp32 and
+        bf16 backends give PyTorch's vectors to within :data:`heal_rag.backends.FP32_TOLERANCE`, so they share the
+        model's fingerprint; int8 vectors differ more, so a collection built with one accepts only it.
         """
         if self.metadata is not None:
             base = str(self.metadata["fingerprint"])

@@ -15,7 +15,7 @@ from conftest import make_corpus
 from reliability.test_truncation_and_prompts import wordpiece_model
 
 from heal_rag.artifacts import METADATA_FILE, MetadataError
-from heal_rag.backends import EXPORT_DIR, ExportError, export_model
+from heal_rag.backends import EXPORT_DIR, ExportError, cpu_has_native_bf16, export_model
 from heal_rag.encoder import HEALEncoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::heal_rag.encoder.TruncationWarning")
@@ -79,6 +79,72 @@ def test_fp32_backends_give_pytorchs_vectors_and_share_its_fingerprint(model_dir
     assert HEALEncoder.load(model_dir).fingerprint == torch_encoder.fingerprint
 
 
+def _native_bf16() -> bool:
+    pytest.importorskip("openvino")
+    return cpu_has_native_bf16()
+
+
+def test_openvino_runs_in_fp32_on_every_cpu(model_dir):
+    """OpenVINO's own default is bf16 where the CPU has it; the ``openvino`` backend pins fp32."""
+    pytest.importorskip("openvino")
+    export_model(model_dir, "openvino")
+    encoder = HEALEncoder.load(model_dir, backend="openvino")
+    assert encoder.runtime.inference_precision == "f32"
+    texts = _texts()
+    np.testing.assert_allclose(
+        encoder.embed_documents(texts), HEALEncoder.load(model_dir).embed_documents(texts), atol=2e-5
+    )
+
+
+def test_bf16_agrees_within_the_fp32_tolerance_and_shares_the_fingerprint(model_dir):
+    if not _native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+    record = export_model(model_dir, "openvino", precision="bf16")
+    assert record.backend == "openvino-bf16"
+    assert record.file == f"{EXPORT_DIR}/model.onnx"  # the fp32 file, computed in bf16
+    assert record.min_cosine > 1 - 1e-4
+    torch_encoder = HEALEncoder.load(model_dir)
+    bf16 = HEALEncoder.load(model_dir, backend="openvino-bf16")
+    assert bf16.runtime.inference_precision == "bf16"
+    texts = _texts()
+    cosines = (bf16.embed_documents(texts) * torch_encoder.embed_documents(texts)).sum(axis=1)
+    assert cosines.min() > 1 - 1e-4
+    assert not np.allclose(bf16.embed_documents(texts), torch_encoder.embed_documents(texts), atol=1e-6, rtol=0)
+    assert bf16.fingerprint == torch_encoder.fingerprint
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    assert set(metadata["exports"]) == {"openvino-bf16"}
+    # Re-exporting the fp32 file invalidates every backend that runs it, bf16 included.
+    export_model(model_dir, "onnx", overwrite=True)
+    assert set(json.loads((model_dir / METADATA_FILE).read_text())["exports"]) == {"onnx"}
+
+
+@pytest.mark.parametrize(
+    ("backend", "quantize"), [("onnx", None), ("openvino", "int8")], ids=["onnx-runtime", "with-int8"]
+)
+def test_bf16_is_refused_outside_openvino_fp32_before_anything_is_written(model_dir, backend, quantize):
+    pytest.importorskip("openvino")
+    with pytest.raises(ExportError, match="--backend openvino --precision bf16"):
+        export_model(model_dir, backend, quantize, precision="bf16")
+    assert not (model_dir / EXPORT_DIR).exists()
+    with pytest.raises(ValueError, match="precision"):
+        export_model(model_dir, "openvino", precision="fp16")
+
+
+def test_without_native_bf16_the_export_is_refused_and_an_existing_one_runs_in_fp32(model_dir, monkeypatch):
+    """A bf16 export checked on a CPU without bf16 would measure fp32; serving one there warns and uses fp32."""
+    from heal_rag import backends
+
+    if not _native_bf16():
+        pytest.skip("needs a CPU with native bf16 to write the export first")
+    export_model(model_dir, "openvino", precision="bf16")
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ExportError, match="no native bf16"):
+        export_model(model_dir, "openvino", precision="bf16", overwrite=True)
+    with pytest.warns(UserWarning, match="runs in fp32 here"):
+        encoder = HEALEncoder.load(model_dir, backend="openvino-bf16")
+    assert encoder.runtime.inference_precision == "f32"
+
+
 def test_int8_agrees_closely_and_has_its_own_fingerprint(model_dir):
     record = export_model(model_dir, "onnx", quantize="int8")
     assert record.backend == "onnx-int8"
@@ -122,6 +188,8 @@ def test_a_collection_built_with_int8_refuses_the_fp32_encoder_and_the_other_way
 def test_a_backend_that_was_not_exported_is_named_with_the_command_to_run(model_dir):
     with pytest.raises(ExportError, match=r"heal-rag export --model .* --backend onnx --quantize int8"):
         HEALEncoder.load(model_dir, backend="onnx-int8")
+    with pytest.raises(ExportError, match=r"heal-rag export --model .* --backend openvino --precision bf16`"):
+        HEALEncoder.load(model_dir, backend="openvino-bf16")
     with pytest.raises(ValueError, match="backend"):
         HEALEncoder.load(model_dir, backend="tensorrt")
 
@@ -178,6 +246,27 @@ def test_the_cli_exports_and_indexes_with_a_backend(model_dir, tmp_path, capsys)
     collection = open_collection(tmp_path / "db", "heal_rag")
     assert collection.count() == len(texts)
     assert collection.configuration_json["embedding_function"]["config"]["backend"] == "onnx-int8"
+
+
+def test_the_cli_exports_bf16_and_indexes_with_it(model_dir, tmp_path, capsys):
+    from conftest import write_corpus_jsonl
+
+    from heal_rag.chroma import open_collection
+    from heal_rag.cli import main
+
+    if not _native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+    assert main(["export", "--model", str(model_dir), "--backend", "openvino", "--precision", "bf16"]) == 0
+    assert "--backend openvino-bf16" in capsys.readouterr().out
+    texts, labels, titles = make_corpus()
+    data = write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, labels, titles)
+    args = ["index", "--model", str(model_dir), "--data", str(data), "--db", str(tmp_path / "db"), "--quiet"]
+    assert main([*args, "--backend", "openvino-bf16"]) == 0
+    collection = open_collection(tmp_path / "db", "heal_rag")
+    assert collection.configuration_json["embedding_function"]["config"]["backend"] == "openvino-bf16"
+    # bf16 shares the model's fingerprint, so the PyTorch encoder may query this collection.
+    open_collection(tmp_path / "db", "heal_rag", model=HEALEncoder.load(model_dir))
+    assert collection.query(query_texts=[texts[0]], n_results=1)["ids"][0] == ["d0"]
 
 
 def test_every_adapter_takes_the_backend_and_encodes_through_it(model_dir):

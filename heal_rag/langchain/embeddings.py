@@ -36,7 +36,8 @@ class HEALEmbeddings(BaseModel, Embeddings):
     device: str | None = None
     """Torch device (default: CUDA when available, else CPU)."""
     backend: str = "torch"
-    """``"torch"``, or an exported backend: ``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-int8"``."""
+    """``"torch"``, or an exported backend: ``"onnx"``, ``"onnx-int8"``, ``"openvino"``, ``"openvino-bf16"``,
+    ``"openvino-int8"``."""
     encoder: Any = Field(default=None, exclude=True)
     """An already loaded :class:`~heal_rag.encoder.HEALEncoder` to share with other adapters (overrides the rest)."""
 

@@ -39,7 +39,9 @@ class HEALEmbedding(BaseEmbedding):
     """
 
     device: str | None = Field(default=None, description="Torch device.")
-    backend: str = Field(default="torch", description="'torch', 'onnx', 'onnx-int8', 'openvino' or 'openvino-int8'.")
+    backend: str = Field(
+        default="torch", description="'torch', 'onnx', 'onnx-int8', 'openvino', 'openvino-bf16' or 'openvino-int8'."
+    )
     _encoder: HEALEncoder = PrivateAttr()
 
     def __init__(
