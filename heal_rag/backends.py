@@ -388,9 +388,10 @@ def _check_agreement(model: Any, model_dir: str | os.PathLike[str], name: str, p
     if not 1.0 - min_cosine <= tolerance:
         if not name.startswith("openvino"):
             path.unlink(missing_ok=True)
+        fallback = "an fp32 backend ('openvino' or 'onnx')" if name.endswith("bf16") else "the torch backend"
         raise ExportError(
             f"The {name} export disagrees with PyTorch (least cosine {min_cosine:.6f}, allowed {1 - tolerance:.6f}); "
-            "it is not kept. Keep the torch backend for this model."
+            f"it is not kept. Keep {fallback} for this model."
         )
     return ExportRecord(name, f"{EXPORT_DIR}/{path.name}", _sha256(path), round(min_cosine, 6), len(CHECK_TEXTS))
 
