@@ -99,8 +99,8 @@ def _openvino_config(backend: str) -> dict[str, str]:
         return {"INFERENCE_PRECISION_HINT": "f32"}
     if not cpu_has_native_bf16():
         warnings.warn(
-            "This CPU has no native bf16 (AVX512_BF16 or AMX), so 'openvino-bf16' runs in fp32 here (the same "
-            "vectors, without the speed-up); use backend='openvino' on this machine to say so.",
+            "This CPU has no native bf16 (AVX512_BF16 or AMX), so 'openvino-bf16' runs in fp32 here: the same "
+            "vectors, without the bf16 speed-up (an 'onnx' export is the fp32 backend to choose on such a CPU).",
             UserWarning,
             stacklevel=4,
         )
@@ -214,7 +214,10 @@ class RuntimeEncoder:
         runtime = _runtime_import(backend)
         path = Path(model_dir) / EXPORT_DIR / EXPORT_FILES[base_backend(backend)]
         if not path.is_file():
-            raise ExportError(f"{str(model_dir)!r} has no {backend} export: run `heal-rag export --model DIR` first.")
+            raise ExportError(
+                f"{str(model_dir)!r} has no {backend} export file: run `heal-rag export --model {model_dir} "
+                f"{export_flags(backend)}` first."
+            )
         if expected_sha256 is not None and _sha256(path) != expected_sha256:
             raise ExportError(f"{path} changed after it was exported and checked; export the model again.")
         self.model = model
@@ -323,13 +326,25 @@ def export_model(
     exports = Path(model_dir) / EXPORT_DIR
     target = exports / EXPORT_FILES[base_backend(name)]
     records = dict(metadata.get("exports") or {})
-    if name in records and not overwrite:
-        raise ExportError(f"{str(model_dir)!r} already has a {name} export; pass overwrite=True (--overwrite).")
-    if not target.is_file() or (overwrite and name in EXPORT_FILES):
+    sharing = {k for k in records if base_backend(k) == base_backend(name)}  # the backends that run this file
+    intact = target.is_file() and _sha256(target) in {records[k]["sha256"] for k in sharing}
+    if name in records and intact and not overwrite:
+        raise ExportError(
+            f"{str(model_dir)!r} already has a checked {name} export; pass overwrite=True (CLI: --overwrite) to "
+            "export it again."
+        )
+    if not intact or (overwrite and name in EXPORT_FILES):  # missing, changed or unrecorded files are written anew
         exports.mkdir(exist_ok=True)
         _write_onnx(model, exports, quantized=bool(quantize))
-        # Every backend that runs this file must be checked again.
-        records = {k: v for k, v in records.items() if base_backend(k) != base_backend(name)}
+        dropped = sorted(sharing - {name})
+        if dropped:
+            warnings.warn(
+                f"{target.name} was written anew, so its checked {', '.join(dropped)} export(s) were dropped from "
+                "heal_rag.json: export them again to use them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        records = {k: v for k, v in records.items() if k not in sharing}
     record = _check_agreement(model, model_dir, name, target)
     records[name] = record.as_dict()
     metadata = read_metadata(model_dir)
@@ -341,13 +356,13 @@ def export_model(
 def _check_bf16_export(backend: str, quantize: str | None) -> None:
     if backend != "openvino" or quantize:
         raise ExportError(
-            "bf16 runs through OpenVINO on the fp32 file: use backend='openvino' without quantize "
-            "(heal-rag export --backend openvino --precision bf16)."
+            "bf16 needs backend='openvino' and no int8 quantisation (heal-rag export --backend openvino --precision "
+            "bf16)."
         )
     if not cpu_has_native_bf16():
         raise ExportError(
             "This CPU has no native bf16 (AVX512_BF16 or AMX), so a bf16 export cannot be checked here: export it "
-            "on the machine that serves it, or use backend='openvino' (fp32)."
+            "on the machine that serves it, or use the fp32 backend 'onnx' here (heal-rag export --backend onnx)."
         )
 
 

@@ -25,6 +25,18 @@ class StaleModelError(ValueError):
     """The model differs from the one a collection was built with (a same-width fine-tune would pass silently)."""
 
 
+def short_fingerprint(fingerprint: object) -> str:
+    """A fingerprint for messages: its first 12 hex digits, and the backend when it has its own (int8).
+
+    Args:
+        fingerprint: A model fingerprint (``sha256:<hex>``, or ``sha256:<hex>|<backend>|sha256:<hex>`` for an int8
+            export; see :attr:`heal_rag.encoder.HEALEncoder.fingerprint`).
+    """
+    model, _, rest = str(fingerprint).partition("|")
+    backend = rest.split("|", 1)[0]
+    return f"{model[:19]}…" + (f" with backend {backend!r}" if backend else "")
+
+
 def calling_collection() -> Any:
     """The Chroma collection on the call stack (a collection, or a LangChain/LlamaIndex store holding one), if any."""
     try:
@@ -61,8 +73,9 @@ def check_calling_collection(fingerprint: str, model_path: Any) -> None:
     expected = (collection.metadata or {}).get(FINGERPRINT_KEY) if collection is not None else None
     if expected is not None and expected != fingerprint:
         raise StaleModelError(
-            f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…) than "
-            f"{str(model_path)!r} ({fingerprint[:19]}…); its vectors are not comparable with this model's. Reopen it "
+            f"Collection {collection.name!r} was built by another model or backend (fingerprint "
+            f"{short_fingerprint(expected)}) than {str(model_path)!r} ({short_fingerprint(fingerprint)}); its vectors "
+            "are not comparable with this model's. Reopen it "
             "with heal_rag.chroma.open_collection, or the heal_rag.langchain / heal_rag.llamaindex Chroma helpers, "
             "with the model that built it."
         )

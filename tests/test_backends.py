@@ -113,8 +113,9 @@ def test_bf16_agrees_within_the_fp32_tolerance_and_shares_the_fingerprint(model_
     assert bf16.fingerprint == torch_encoder.fingerprint
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     assert set(metadata["exports"]) == {"openvino-bf16"}
-    # Re-exporting the fp32 file invalidates every backend that runs it, bf16 included.
-    export_model(model_dir, "onnx", overwrite=True)
+    # Re-exporting the fp32 file invalidates every backend that runs it, bf16 included, and says so.
+    with pytest.warns(UserWarning, match="openvino-bf16 export"):
+        export_model(model_dir, "onnx", overwrite=True)
     assert set(json.loads((model_dir / METADATA_FILE).read_text())["exports"]) == {"onnx"}
 
 
@@ -177,9 +178,9 @@ def test_a_collection_built_with_int8_refuses_the_fp32_encoder_and_the_other_way
     fp32_collection = open_collection(tmp_path / "db", "fp32")
     assert fp32_collection.query(query_texts=[texts[0]], n_results=1)["ids"][0] == ["d0"]
 
-    with pytest.raises(StaleModelError):
+    with pytest.raises(StaleModelError, match="with backend 'onnx-int8'"):  # the message names what built it
         open_collection(tmp_path / "db", "int8", model=HEALEncoder.load(model_dir))
-    with pytest.raises(StaleModelError):
+    with pytest.raises(StaleModelError, match="this encoder is .* with backend 'onnx-int8'"):
         open_collection(tmp_path / "db", "fp32", model=HEALEncoder.load(model_dir, backend="onnx-int8"))
     # fp32 ONNX and PyTorch give the same vectors, so they may share a collection.
     open_collection(tmp_path / "db", "fp32", model=HEALEncoder.load(model_dir))
@@ -200,6 +201,35 @@ def test_a_changed_export_file_is_refused(model_dir):
     path.write_bytes(path.read_bytes()[:-16] + b"\0" * 16)
     with pytest.raises(ExportError, match="changed after it was exported"):
         HEALEncoder.load(model_dir, backend="onnx-int8")
+
+
+def test_a_damaged_shared_file_is_written_anew_by_any_backend_that_runs_it(model_dir):
+    """``openvino --overwrite`` must not re-check a damaged ONNX file; other checked backends on it are dropped."""
+    pytest.importorskip("openvino")
+    export_model(model_dir, "onnx")
+    export_model(model_dir, "openvino")
+    path = model_dir / EXPORT_DIR / "model.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ExportError, match="changed after it was exported"):
+        HEALEncoder.load(model_dir, backend="openvino")
+    with pytest.warns(UserWarning, match=r"its checked onnx export\(s\) were dropped"):
+        export_model(model_dir, "openvino", overwrite=True)
+    assert set(json.loads((model_dir / METADATA_FILE).read_text())["exports"]) == {"openvino"}
+    texts = _texts()
+    np.testing.assert_allclose(
+        HEALEncoder.load(model_dir, backend="openvino").embed_documents(texts),
+        HEALEncoder.load(model_dir).embed_documents(texts),
+        atol=2e-5,
+    )
+
+
+def test_a_deleted_export_file_names_its_command_and_is_exported_again_without_overwrite(model_dir):
+    export_model(model_dir, "onnx", quantize="int8")
+    (model_dir / EXPORT_DIR / "model_int8.onnx").unlink()
+    with pytest.raises(ExportError, match=r"heal-rag export --model .* --backend onnx --quantize int8`"):
+        HEALEncoder.load(model_dir, backend="onnx-int8")
+    export_model(model_dir, "onnx", quantize="int8")  # the record without its file does not block a new export
+    assert HEALEncoder.load(model_dir, backend="onnx-int8").embed_query("laser optics").shape[0] > 0
 
 
 def test_exporting_twice_needs_overwrite_and_leaves_no_staging_files(model_dir):

@@ -11,7 +11,7 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from heal_rag.artifacts import METADATA_FILE
 from heal_rag.encoder import HEALEncoder
-from heal_rag.stale import FINGERPRINT_KEY, StaleModelError, check_calling_collection
+from heal_rag.stale import FINGERPRINT_KEY, StaleModelError, check_calling_collection, short_fingerprint
 
 __all__ = ["FINGERPRINT_KEY", "HEALEmbeddingFunction", "StaleModelError"]
 
@@ -67,7 +67,8 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         if fingerprint is not None and fingerprint != encoder.fingerprint:
             raise StaleModelError(
                 f"The model at {self.model_path!r} has changed since this collection was built (fingerprint "
-                f"{encoder.fingerprint[:19]}…, collection expects {fingerprint[:19]}…). Its stored vectors come from "
+                f"{short_fingerprint(encoder.fingerprint)}, collection expects {short_fingerprint(fingerprint)}). "
+                "Its stored vectors come from "
                 "another model and are not comparable: re-index the collection with this model."
             )
 

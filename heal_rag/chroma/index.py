@@ -23,6 +23,7 @@ from heal_rag.data import Corpus
 from heal_rag.encoder import HEALEncoder, TruncationWarning
 from heal_rag.metadata import PATH_KEY, flatten_metadata, path_metadata
 from heal_rag.outputs import OutputPathError, check_writable
+from heal_rag.stale import short_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +220,10 @@ def check_collection(collection: Any, model: Any) -> None:
         )
     if expected != actual:
         raise StaleModelError(
-            f"Collection {collection.name!r} was built by another model (fingerprint {expected[:19]}…); this model "
-            f"is {actual[:19]}…. Vectors of different models are not comparable, even at the same width: query with "
-            "the model that built it, or rebuild the collection."
+            f"Collection {collection.name!r} was built by another model or backend (fingerprint "
+            f"{short_fingerprint(expected)}); this encoder is {short_fingerprint(actual)}. Vectors of different "
+            "models (or of an int8 export and its model) are not comparable, even at the same width: query with the "
+            "model and backend that built it, or rebuild the collection."
         )
 
 
@@ -279,8 +281,9 @@ def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction,
             client.delete_collection(name)
         elif stored[FINGERPRINT_KEY] != function.fingerprint:
             raise StaleModelError(
-                f"Collection {name!r} in {_where(db_path)} was built by a different model (fingerprint "
-                f"{str(stored.get(FINGERPRINT_KEY))[:19]}…); {function.model_path!r} is {function.fingerprint[:19]}…. "
+                f"Collection {name!r} in {_where(db_path)} was built by a different model or backend (fingerprint "
+                f"{short_fingerprint(stored.get(FINGERPRINT_KEY))}); {function.model_path!r} is "
+                f"{short_fingerprint(function.fingerprint)}. "
                 "Vectors of different models are not comparable, even at the same width: index into a new "
                 "collection, or rebuild this one (--rebuild / rebuild=True)."
             )
