@@ -38,7 +38,7 @@ from rerank_quality import heal_model  # noqa: E402
 from shared import ARXIV_FULL  # noqa: E402
 
 from heal_rag.artifacts import read_metadata, write_json_atomic  # noqa: E402
-from heal_rag.backends import BACKENDS, cpu_has_native_bf16, export_model  # noqa: E402
+from heal_rag.backends import BACKENDS, cpu_has_native_bf16, export_model, export_options  # noqa: E402
 from heal_rag.encoder import HEALEncoder  # noqa: E402
 from heal_rag.evaluation.retrieval import format_paired, paired_difference, per_query_scores, top_k_indices  # noqa: E402
 
@@ -66,9 +66,7 @@ def export_all(model: Path) -> dict[str, Any]:
     done = (read_metadata(model).get("exports") or {}).keys()
     for backend in MEASURED[1:]:
         if backend not in done:
-            quantize = "int8" if backend.endswith("int8") else None
-            precision = "bf16" if backend.endswith("bf16") else "fp32"
-            export_model(model, backend.split("-")[0], quantize, precision=precision)
+            export_model(model, **export_options(backend))
     return read_metadata(model)["exports"]
 
 

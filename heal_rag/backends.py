@@ -70,14 +70,31 @@ def base_backend(backend: str) -> str:
     return "onnx-int8" if backend.endswith("int8") else "onnx"
 
 
+def export_options(backend: str) -> dict[str, str | None]:
+    """The :func:`export_model` arguments that write a backend, e.g. ``openvino``, ``None``, ``bf16``.
+
+    Returns:
+        ``{"backend": "onnx" | "openvino", "quantize": None | "int8", "precision": "fp32" | "bf16"}``.
+
+    Raises:
+        ValueError: For ``"torch"`` or an unknown backend.
+    """
+    check_choice("backend", backend, BACKENDS[1:])
+    return {
+        "backend": backend.split("-")[0],
+        "quantize": "int8" if backend.endswith("int8") else None,
+        "precision": "bf16" if backend.endswith("bf16") else "fp32",
+    }
+
+
 def export_flags(backend: str) -> str:
     """The `heal-rag export` options that write a backend, e.g. ``"--backend openvino --precision bf16"``."""
-    check_choice("backend", backend, BACKENDS[1:])
-    flags = f"--backend {backend.split('-')[0]}"
-    if backend.endswith("int8"):
-        flags += " --quantize int8"
-    elif backend.endswith("bf16"):
-        flags += " --precision bf16"
+    options = export_options(backend)
+    flags = f"--backend {options['backend']}"
+    if options["quantize"]:
+        flags += f" --quantize {options['quantize']}"
+    if options["precision"] != "fp32":
+        flags += f" --precision {options['precision']}"
     return flags
 
 

@@ -260,40 +260,39 @@ def test_a_model_that_cannot_be_exported_is_refused_before_anything_is_written(t
     assert not (model / EXPORT_DIR).exists()
 
 
-def test_the_cli_exports_and_indexes_with_a_backend(model_dir, tmp_path, capsys):
+def _export_and_index_with_the_cli(model_dir, tmp_path, capsys, export_args: list[str], backend: str):
+    """``heal-rag export`` then ``heal-rag index --backend``; the collection, after checking the backend it records."""
     from conftest import write_corpus_jsonl
 
+    from heal_rag.chroma import open_collection
     from heal_rag.cli import main
 
-    assert main(["export", "--model", str(model_dir), "--backend", "onnx", "--quantize", "int8"]) == 0
-    assert "onnx-int8" in capsys.readouterr().out
+    assert main(["export", "--model", str(model_dir), *export_args]) == 0
+    assert f"--backend {backend}" in capsys.readouterr().out
     texts, labels, titles = make_corpus()
     data = write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, labels, titles)
     args = ["index", "--model", str(model_dir), "--data", str(data), "--db", str(tmp_path / "db"), "--quiet"]
-    assert main([*args, "--backend", "onnx-int8"]) == 0
-    from heal_rag.chroma import open_collection
-
+    assert main([*args, "--backend", backend]) == 0
     collection = open_collection(tmp_path / "db", "heal_rag")
     assert collection.count() == len(texts)
-    assert collection.configuration_json["embedding_function"]["config"]["backend"] == "onnx-int8"
+    assert collection.configuration_json["embedding_function"]["config"]["backend"] == backend
+    return collection, texts
+
+
+def test_the_cli_exports_and_indexes_with_a_backend(model_dir, tmp_path, capsys):
+    _export_and_index_with_the_cli(
+        model_dir, tmp_path, capsys, ["--backend", "onnx", "--quantize", "int8"], "onnx-int8"
+    )
 
 
 def test_the_cli_exports_bf16_and_indexes_with_it(model_dir, tmp_path, capsys):
-    from conftest import write_corpus_jsonl
-
     from heal_rag.chroma import open_collection
-    from heal_rag.cli import main
 
     if not _native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512_BF16 or AMX)")
-    assert main(["export", "--model", str(model_dir), "--backend", "openvino", "--precision", "bf16"]) == 0
-    assert "--backend openvino-bf16" in capsys.readouterr().out
-    texts, labels, titles = make_corpus()
-    data = write_corpus_jsonl(tmp_path / "corpus.jsonl", texts, labels, titles)
-    args = ["index", "--model", str(model_dir), "--data", str(data), "--db", str(tmp_path / "db"), "--quiet"]
-    assert main([*args, "--backend", "openvino-bf16"]) == 0
-    collection = open_collection(tmp_path / "db", "heal_rag")
-    assert collection.configuration_json["embedding_function"]["config"]["backend"] == "openvino-bf16"
+    collection, texts = _export_and_index_with_the_cli(
+        model_dir, tmp_path, capsys, ["--backend", "openvino", "--precision", "bf16"], "openvino-bf16"
+    )
     # bf16 shares the model's fingerprint, so the PyTorch encoder may query this collection.
     open_collection(tmp_path / "db", "heal_rag", model=HEALEncoder.load(model_dir))
     assert collection.query(query_texts=[texts[0]], n_results=1)["ids"][0] == ["d0"]
