@@ -88,6 +88,31 @@ def flatten_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str | int 
     return flat
 
 
+def record_metadata(
+    metadata: Mapping[str, Any] | None, path: Sequence[str] | None = None, title: str | None = None
+) -> dict[str, str | int | float | bool]:
+    """A record's metadata as heal_rag stores it: the user's own fields (flattened), the title, the label path.
+
+    The user's fields go through :func:`flatten_metadata`, except :data:`PATH_KEY`, which the record's own
+    ``path`` replaces (:func:`path_metadata`); ``title`` is added unless the user's fields already hold one. Used by
+    the Chroma index and by both frameworks' folder loaders and chunk converters, so a record carries the same
+    metadata whichever way it was stored.
+
+    Example:
+        ```python
+        record_metadata({"source": "a.md", "tags": ["x", "y"]}, path=["Physics", "Optics"], title="Lenses")
+        # {"source": "a.md", "tags": "x, y", "title": "Lenses", "heal_path": "Physics > Optics",
+        #  "heal_l0": "Physics", "heal_l1": "Optics"}
+        ```
+    """
+    flat = flatten_metadata({key: value for key, value in (metadata or {}).items() if key != PATH_KEY})
+    if title:
+        flat.setdefault("title", title)
+    if path:
+        flat.update(path_metadata(path))
+    return flat
+
+
 def level_match(query_labels: Sequence[int], document_labels: Sequence[int]) -> int:
     """Number of levels, from the top, at which the document's label is the query's most likely one."""
     matched = 0

@@ -21,7 +21,7 @@ from heal_rag._validation import check_int
 from heal_rag.chroma.embedding_function import FINGERPRINT_KEY, HEALEmbeddingFunction, StaleModelError
 from heal_rag.data import Corpus
 from heal_rag.encoder import HEALEncoder, TruncationWarning
-from heal_rag.metadata import PATH_KEY, flatten_metadata, path_metadata
+from heal_rag.metadata import record_metadata
 from heal_rag.outputs import OutputPathError, check_writable
 from heal_rag.stale import short_fingerprint
 
@@ -257,16 +257,6 @@ def prepare_collection_for(client: Any, collection_name: str, encoder: HEALEncod
     )
 
 
-def _chroma_metadata(path: Sequence[str] | None, title: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """Record metadata: the user's own fields (flattened), the title, and the label path as flat keys."""
-    metadata = flatten_metadata({k: v for k, v in (extra or {}).items() if k != PATH_KEY})
-    if title:
-        metadata.setdefault("title", title)
-    if path:
-        metadata.update(path_metadata(path))
-    return metadata
-
-
 def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction, db_path: Any, rebuild: bool) -> Any:
     """Get or create the collection, refusing one built by another model; ``rebuild`` drops only our own."""
     existing = {c.name for c in client.list_collections()}
@@ -452,7 +442,7 @@ def _upsert_batch(
             p if p is not None else tree.leaf_path(int(row[-1])) for p, row in zip(batch_paths, level_ids, strict=True)
         ]
     metadatas = [
-        {**_chroma_metadata(path, titles[row], extras[row]), CONTENT_KEY: hashes[row]}
+        {**record_metadata(extras[row], path, titles[row]), CONTENT_KEY: hashes[row]}
         for path, row in zip(batch_paths, todo, strict=True)
     ]
     collection.upsert(ids=[ids[row] for row in todo], documents=texts, embeddings=vectors, metadatas=metadatas)

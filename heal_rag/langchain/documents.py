@@ -7,7 +7,7 @@ import os
 from langchain_core.documents import Document
 
 from heal_rag.data import Corpus
-from heal_rag.metadata import flatten_metadata, path_metadata
+from heal_rag.metadata import record_metadata
 from heal_rag.sources import read_directory
 
 
@@ -33,11 +33,7 @@ def load_folder(
     report = read_directory(root, max_depth=max_depth, show_progress=show_progress)
     out = []
     for document in report.documents:
-        metadata = flatten_metadata(document.metadata)
-        if document.title:
-            metadata["title"] = document.title
-        if document.path:
-            metadata.update(path_metadata(document.path))
+        metadata = record_metadata(document.metadata, document.path, document.title)
         out.append(Document(page_content=document.text, metadata=metadata, id=document.id))
     return out
 
@@ -59,8 +55,6 @@ def to_documents(chunks: Corpus) -> list[Document]:
     metadata = chunks.metadata or [{} for _ in range(len(chunks))]
     out = []
     for chunk_id, text, path, extra in zip(chunks.ids, chunks.texts, paths, metadata, strict=True):
-        flat = flatten_metadata(extra)
-        if path:
-            flat.update(path_metadata(path))
+        flat = record_metadata(extra, path)
         out.append(Document(page_content=text, metadata=flat, id=chunk_id))
     return out

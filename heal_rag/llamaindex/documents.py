@@ -8,7 +8,7 @@ from llama_index.core.schema import Document, TextNode
 
 from heal_rag.data import Corpus
 from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
-from heal_rag.metadata import flatten_metadata, path_metadata
+from heal_rag.metadata import record_metadata
 from heal_rag.sources import read_directory
 
 
@@ -34,11 +34,7 @@ def load_folder(
     report = read_directory(root, max_depth=max_depth, show_progress=show_progress)
     out = []
     for document in report.documents:
-        metadata = flatten_metadata(document.metadata)
-        if document.title:
-            metadata["title"] = document.title
-        if document.path:
-            metadata.update(path_metadata(document.path))
+        metadata = record_metadata(document.metadata, document.path, document.title)
         out.append(exclude_hierarchy_metadata(Document(text=document.text, metadata=metadata, id_=document.id)))
     return out
 
@@ -49,8 +45,6 @@ def to_nodes(chunks: Corpus) -> list[TextNode]:
     metadata = chunks.metadata or [{} for _ in range(len(chunks))]
     out = []
     for chunk_id, text, path, extra in zip(chunks.ids, chunks.texts, paths, metadata, strict=True):
-        flat = flatten_metadata(extra)
-        if path:
-            flat.update(path_metadata(path))
+        flat = record_metadata(extra, path)
         out.append(exclude_hierarchy_metadata(TextNode(text=text, metadata=flat, id_=chunk_id)))
     return out
