@@ -6,8 +6,9 @@ shared split (``quality.py``'s sample, title → text, its true label paths) thr
 step budget, on CPU with the gloo backend:
 
 - ``single``: one process, batch ``2 × --per-rank-batch`` (what the gathered loss is meant to recover);
-- ``ranks``: ``torchrun --nproc_per_node 2``, ``--per-rank-batch`` per rank, each rank's loss on its own rows;
-- ``gathered``: the same with ``--gather-across-devices``.
+- ``ranks``: ``torchrun --nproc_per_node 2``, ``--per-rank-batch`` per rank, each rank's loss on its own rows
+  (``--no-gather-across-devices``);
+- ``gathered``: the same with ``--gather-across-devices`` (the default since this benchmark's two datasets).
 
 Every run is ``heal-rag train`` on a JSONL file written under runs/ (from ../shared/data; never committed), with
 ``--base-weight-share 0`` so that the loss alone is compared (the blend would move each run by its own choice).
@@ -65,8 +66,7 @@ def train(run: str, corpus: Path, output_dir: Path, steps: int, per_rank_batch: 
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         command += ["-m", "heal_rag.cli", *arguments]
         command += ["--batch-size", str(per_rank_batch)]
-        if run == "gathered":
-            command.append("--gather-across-devices")
+        command.append("--gather-across-devices" if run == "gathered" else "--no-gather-across-devices")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if run != "single":
         env["OMP_NUM_THREADS"] = "1"  # one core per rank on the 2-core machine

@@ -92,9 +92,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
     group.add_argument(
         "--gather-across-devices",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="under torchrun: every rank's batch joins each rank's loss as positives and negatives",
+        help="under torchrun: every rank's batch joins each rank's loss as positives and negatives (default: on)",
     )
     group.add_argument("--samples-per-leaf", type=_positive_int, default=None)
     group.add_argument("--leaves-per-parent", type=_positive_int, default=None)

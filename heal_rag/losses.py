@@ -140,7 +140,8 @@ class HEALLoss(nn.Module):
             (with gradients, as sentence-transformers' ``gather_across_devices`` does for its in-batch-negative
             losses), so each rank's anchors find positives and negatives in the whole global batch; each rank's loss
             still averages over its own anchors. Batches of different lengths are padded and the padding is masked.
-            No effect in a single process.
+            No effect in a single process. On by default (unlike sentence-transformers' losses): with two ranks it
+            raised nDCG@10 and leaf precision on both datasets measured, at level MRR (``benchmarks/distributed.py``).
 
     References:
         M. Bhattarai et al., "HEAL: Hierarchical Embedding Alignment Loss for Improved Retrieval and Representation
@@ -192,7 +193,7 @@ class HEALLoss(nn.Module):
         symmetric_pairs: bool = False,
         pair_negatives: PairNegatives = "all",
         query_hierarchy_weight: float = 1.0,
-        gather_across_devices: bool = False,
+        gather_across_devices: bool = True,
     ) -> None:
         super().__init__()
         check_real("temperature", temperature, minimum=0, min_open=True)

@@ -158,7 +158,8 @@ class HEALTrainingConfig:
         pair_negatives: ``"all"`` or ``"other_leaves"``: which batch documents are a query's negatives.
         query_hierarchy_weight: Weight of the queries in the hierarchy levels (``hierarchy_views="both"``).
         gather_across_devices: Under ``torchrun``, every rank's rows join each rank's loss as positives and
-            negatives (see :class:`heal_rag.HEALLoss`); no effect in one process.
+            negatives (see :class:`heal_rag.HEALLoss`; on by default, ``False`` gives each rank's loss its own rows
+            only); no effect in one process.
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
         base_weight_share: After training, blend this share of the base model's weights back into the tuned
@@ -208,7 +209,7 @@ class HEALTrainingConfig:
     symmetric_pairs: bool = False
     pair_negatives: str = "all"
     query_hierarchy_weight: float = 1.0
-    gather_across_devices: bool = False
+    gather_across_devices: bool = True
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
     base_weight_share: float | str = "auto"

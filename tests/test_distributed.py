@@ -3,6 +3,7 @@ and ``torchrun --nproc_per_node 2`` (gloo, CPU) trains one model that only rank 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -129,6 +130,8 @@ def test_torchrun_two_processes_train_one_model_that_rank_0_writes(corpus_file, 
         assert seen == Counter(range(n_rows))
     assert (out / "heal_rag.json").is_file() and (out / "model.safetensors").is_file()
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # the loss saw both ranks' rows (the default, measured in benchmarks/distributed.py)
+    assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is True
 
     from heal_rag.encoder import HEALEncoder
 
@@ -201,13 +204,13 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
     result = _torchrun(
         ["-m", "heal_rag.cli", "train", "--data", str(corpus_file), "--out", str(out), "--base-model",
          str(build_tiny_model()), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2", "--base-weight-share", "0",
-         "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-steps", "2", "--gather-across-devices"],
+         "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-steps", "2", "--no-gather-across-devices"],
         cwd=tmp_path,
     )  # fmt: skip
     assert result.stdout.count("saved to") == 1, result.stdout
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 3
     assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
-    assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is True
+    assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is False
 
 
 def test_gathered_loss_and_gradients_equal_the_single_process_reference(tmp_path):
@@ -237,3 +240,17 @@ def test_anchor_and_padding_masks_leave_the_loss_unchanged_in_one_process():
     assert plain.keys() == padded.keys()
     for name, value in plain.items():
         assert float(padded[name]) == pytest.approx(float(value), rel=1e-6), name
+
+
+def test_gathering_across_ranks_is_the_default_and_the_cli_can_switch_it_off():
+    from heal_rag.cli import _training_overrides, build_parser
+    from heal_rag.training import HEALTrainingConfig
+
+    def config(*flags: str) -> HEALTrainingConfig:
+        args = build_parser().parse_args(["train", "--data", "corpus.jsonl", "--out", "model", *flags])
+        return HEALTrainingConfig(**_training_overrides(args))
+
+    assert config().gather_across_devices is True
+    assert config("--no-gather-across-devices").gather_across_devices is False
+    assert config("--gather-across-devices").gather_across_devices is True
+    assert inspect.signature(HEALLoss).parameters["gather_across_devices"].default is True
