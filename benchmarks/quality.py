@@ -395,6 +395,26 @@ def retrieval_per_query(split: Split, ranked: np.ndarray) -> dict[str, np.ndarra
     )
 
 
+def precision_ceiling(level_ids: np.ndarray, k: int = 10) -> list[float]:
+    """The highest hP@k each level allows, since retrieval ranks only the held-out documents.
+
+    Per query, ``min(k, held-out documents sharing its path down to the level) / k`` (its own document included),
+    averaged over queries: a level of many small groups caps hP@k below 1 whatever the model does.
+
+    Args:
+        level_ids: ``(held-out documents, levels)`` label ids, one row per query's document.
+        k: The cut-off of hP@k.
+
+    Returns:
+        One ceiling in [0, 1] per level, most general first.
+    """
+    ceilings = []
+    for level in range(level_ids.shape[1]):
+        _, inverse, counts = np.unique(level_ids[:, : level + 1], axis=0, return_inverse=True, return_counts=True)
+        ceilings.append(float(np.minimum(counts[inverse.ravel()], k).mean() / k))
+    return ceilings
+
+
 def first_ranked_breakdown(split: Split, ranked: np.ndarray) -> dict[str, float]:
     """Where each query's first-ranked document comes from when it is not the gold, as shares of all queries.
 
@@ -775,7 +795,12 @@ def main() -> None:
         if split is None:
             continue
         split.heal_labels = args.heal_labels
-        print(f"[{name}] train {len(split.train_texts)}, held out {len(split.test_texts)}", flush=True)
+        ceiling = precision_ceiling(np.asarray(split.test_level_ids))
+        print(
+            f"[{name}] train {len(split.train_texts)}, held out {len(split.test_texts)}; "
+            f"highest hP@10 the held-out documents allow, per level: {', '.join(f'{c:.4f}' for c in ceiling)}",
+            flush=True,
+        )
         results, rankings = {}, {}
         for method in args.methods:
             seeds = args.seeds if method in TRAINED_METHODS else args.seeds[:1]
@@ -799,6 +824,7 @@ def main() -> None:
         report["datasets"][name] = {
             "n_train": len(split.train_texts),
             "n_test": len(split.test_texts),
+            "hP@10 ceiling": ceiling,
             **results,
             "first_ranked": breakdown,
         }
