@@ -649,6 +649,7 @@ def fine_tune(
         "paired_queries": rows.paired,
         "source_level": rows.source_level,
         "global_steps": int(train_output.global_step),
+        "world_size": get_world_size(),  # processes that trained; batch_size is per process
         "training_prompts": _training_prompts(model),
         **dict(training_record or {}),
     }

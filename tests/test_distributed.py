@@ -131,7 +131,9 @@ def test_torchrun_two_processes_train_one_model_that_rank_0_writes(corpus_file, 
     assert (out / "heal_rag.json").is_file() and (out / "model.safetensors").is_file()
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     # the loss saw both ranks' rows (the default, measured in benchmarks/distributed.py)
-    assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is True
+    training = json.loads((out / "heal_rag.json").read_text())["training"]
+    assert training["gather_across_devices"] is True
+    assert training["world_size"] == 2
 
     from heal_rag.encoder import HEALEncoder
 
@@ -211,6 +213,25 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 3
     assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
     assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is False
+
+
+def test_the_cli_under_accelerate_launch_trains_on_two_processes(corpus_file, tmp_path):
+    # accelerate's --cpu flag starts a single process; --multi_gpu starts one per --num_processes, with gloo on CPU
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the machine's
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]  # fmt: skip
+    train = ["-m", "heal_rag.cli", "train", "--data", str(corpus_file), "--out", str(out), "--base-model",
+             str(build_tiny_model()), "--max-steps", "3", "--batch-size", "8", "--base-weight-share", "0"]  # fmt: skip
+    command = launcher + train
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.stdout.count("saved to") == 1, result.stdout  # rank 0 alone prints and writes
+    training = json.loads((out / "heal_rag.json").read_text())["training"]
+    assert training["world_size"] == 2 and training["global_steps"] == 3
 
 
 def test_gathered_loss_and_gradients_equal_the_single_process_reference(tmp_path):
