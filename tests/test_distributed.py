@@ -94,9 +94,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _launcher_env() -> dict[str, str]:
+    """The environment of a launched run: one thread a process, offline, this checkout importable."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = _launcher_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -218,9 +224,7 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
 def test_the_cli_under_accelerate_launch_trains_on_two_processes(corpus_file, tmp_path):
     # accelerate's --cpu flag starts a single process; --multi_gpu starts one per --num_processes, with gloo on CPU
     out = tmp_path / "model"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the machine's
+    env = {**_launcher_env(), "HF_HOME": str(tmp_path / "hf")}  # no accelerate config of the machine's
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]  # fmt: skip
