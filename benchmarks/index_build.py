@@ -117,29 +117,29 @@ def collection_state(db: Path) -> dict[str, str]:
 
 def corpus_state(corpus: Path) -> dict[str, str]:
     """Id → content hash of every record of ``corpus`` as ``heal-rag index`` computes it: a complete build's state."""
-    from heal_rag.chroma.index import content_hash
+    from heal_rag.chroma.index import content_hashes
     from heal_rag.data import iter_corpus
 
     state: dict[str, str] = {}
     for batch in iter_corpus(corpus):
-        n = len(batch.ids)
-        paths = batch.labels.paths if batch.labels is not None else [None] * n
-        extras = batch.metadata or [None] * n
-        fields = zip(batch.texts, batch.titles, paths, extras, strict=True)
-        state.update({doc_id: content_hash(*f) for doc_id, f in zip(batch.ids, fields, strict=True)})
+        state.update(zip(batch.ids, content_hashes(batch), strict=True))
     return state
+
+
+def saved_results() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
 
 
 def saved(key: str) -> dict[str, Any]:
     """The result saved under ``key`` (the full build ``--resume-only`` is timed from)."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = saved_results()
     if key not in results:
         raise SystemExit(f"--resume-only needs a full build saved under {key!r} in {RESULTS}; run without it first.")
     return results[key]
 
 
 def save(key: str, result: dict[str, Any]) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = saved_results()
     results[key] = result
     write_json_atomic(RESULTS, results)
 

@@ -126,3 +126,14 @@ def test_processes_are_refused_with_a_runtime_backend_or_below_one(corpus_file, 
     with pytest.raises(ValueError, match="applies to the torch backend"):
         build_index(model, read_corpus(corpus_file), tmp_path / "db", processes=2, backend="onnx", show_progress=False)
     assert not (tmp_path / "db").exists()  # refused before anything was created
+
+
+def test_content_hashes_are_what_the_build_stores(corpus_file, tmp_path):
+    from heal_rag.chroma.index import CONTENT_KEY, content_hashes
+
+    corpus = read_corpus(corpus_file)
+    collection = build_index(build_tiny_heal_model(), corpus, tmp_path / "db", "papers", show_progress=False)
+    stored = collection.get(include=["metadatas"])
+    expected = dict(zip(corpus.ids, content_hashes(corpus), strict=True))
+    assert {i: m[CONTENT_KEY] for i, m in zip(stored["ids"], stored["metadatas"], strict=True)} == expected
+    assert len(set(expected.values())) == len(corpus)  # one per record: the text, title and path all count

@@ -402,6 +402,20 @@ def content_hash(text: str, title: str | None, path: Sequence[str] | None, metad
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def _record_fields(corpus: Corpus, start: int, stop: int) -> tuple[list[str], list[Any], list[Any], list[Any]]:
+    """Texts, titles, label paths (``None`` when unlabelled) and user metadata of ``corpus[start:stop]``."""
+    n = stop - start
+    paths = list(corpus.labels.paths[start:stop]) if corpus.labels is not None else [None] * n
+    extras = corpus.metadata[start:stop] if corpus.metadata else [None] * n
+    return list(corpus.texts[start:stop]), list(corpus.titles[start:stop]), paths, list(extras)
+
+
+def content_hashes(corpus: Corpus) -> list[str]:
+    """:func:`content_hash` of every record of ``corpus``, as :func:`build_index` stores them (one per document)."""
+    fields = _record_fields(corpus, 0, len(corpus.ids))
+    return [content_hash(*record) for record in zip(*fields, strict=True)]
+
+
 def _upsert_batch(
     collection: Any,
     function: HEALEmbeddingFunction,
@@ -417,10 +431,7 @@ def _upsert_batch(
         How many documents were embedded (the rest were already stored unchanged).
     """
     ids = corpus.ids[start:stop]
-    paths = list(corpus.labels.paths[start:stop]) if corpus.labels is not None else [None] * (stop - start)
-    extras = corpus.metadata[start:stop] if corpus.metadata else [None] * (stop - start)
-    titles = corpus.titles[start:stop]
-    texts = corpus.texts[start:stop]
+    texts, titles, paths, extras = _record_fields(corpus, start, stop)
     hashes = [content_hash(*fields) for fields in zip(texts, titles, paths, extras, strict=True)]
     stored = collection.get(ids=ids, include=["metadatas"])
     known = {i: (m or {}).get(CONTENT_KEY) for i, m in zip(stored["ids"], stored["metadatas"], strict=True)}
