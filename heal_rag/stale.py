@@ -37,6 +37,21 @@ def short_fingerprint(fingerprint: object) -> str:
     return f"{model[:19]}…" + (f" with backend {backend!r}" if backend else "")
 
 
+def stale_model_error(built_by: str, expected: object, actual: str, fix: str) -> StaleModelError:
+    """The error for a collection's vectors used with a model other than the one that embedded them.
+
+    Args:
+        built_by: What was built and by what, e.g. ``"Collection 'docs' was built by another model or backend"``.
+        expected: The fingerprint the collection records.
+        actual: The model in use and its fingerprint, e.g. ``"this encoder is sha256:…"``.
+        fix: What to do instead, as a sentence.
+    """
+    return StaleModelError(
+        f"{built_by} (fingerprint {short_fingerprint(expected)}); {actual}. Vectors of different models or backends "
+        f"are not comparable, even at the same width: {fix}"
+    )
+
+
 def calling_collection() -> Any:
     """The Chroma collection on the call stack (a collection, or a LangChain/LlamaIndex store holding one), if any."""
     try:
@@ -72,10 +87,10 @@ def check_calling_collection(fingerprint: str, model_path: Any) -> None:
     collection = calling_collection()
     expected = (collection.metadata or {}).get(FINGERPRINT_KEY) if collection is not None else None
     if expected is not None and expected != fingerprint:
-        raise StaleModelError(
-            f"Collection {collection.name!r} was built by another model or backend (fingerprint "
-            f"{short_fingerprint(expected)}) than {str(model_path)!r} ({short_fingerprint(fingerprint)}); its vectors "
-            "are not comparable with this model's. Reopen it "
-            "with heal_rag.chroma.open_collection, or the heal_rag.langchain / heal_rag.llamaindex Chroma helpers, "
-            "with the model that built it."
+        raise stale_model_error(
+            f"Collection {collection.name!r} was built by another model or backend",
+            expected,
+            f"{str(model_path)!r} is {short_fingerprint(fingerprint)}",
+            "reopen it with heal_rag.chroma.open_collection, or the heal_rag.langchain / heal_rag.llamaindex Chroma "
+            "helpers, with the model that built it.",
         )

@@ -11,7 +11,13 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from heal_rag.artifacts import METADATA_FILE
 from heal_rag.encoder import HEALEncoder
-from heal_rag.stale import FINGERPRINT_KEY, StaleModelError, check_calling_collection, short_fingerprint
+from heal_rag.stale import (
+    FINGERPRINT_KEY,
+    StaleModelError,
+    check_calling_collection,
+    short_fingerprint,
+    stale_model_error,
+)
 
 __all__ = ["FINGERPRINT_KEY", "HEALEmbeddingFunction", "StaleModelError"]
 
@@ -65,11 +71,11 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
         self.model_path = encoder.model_path
         self.batch_size = batch_size
         if fingerprint is not None and fingerprint != encoder.fingerprint:
-            raise StaleModelError(
-                f"The model at {self.model_path!r} has changed since this collection was built (fingerprint "
-                f"{short_fingerprint(encoder.fingerprint)}, collection expects {short_fingerprint(fingerprint)}). "
-                "Its stored vectors come from "
-                "another model and are not comparable: re-index the collection with this model."
+            raise stale_model_error(
+                f"The model at {self.model_path!r} has changed since this collection was built, which expects",
+                fingerprint,
+                f"the model is now {short_fingerprint(encoder.fingerprint)}",
+                "re-index the collection with this model.",
             )
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma requires the name `input`

@@ -23,7 +23,7 @@ from heal_rag.data import Corpus
 from heal_rag.encoder import HEALEncoder, TruncationWarning
 from heal_rag.metadata import record_metadata
 from heal_rag.outputs import OutputPathError, check_writable
-from heal_rag.stale import short_fingerprint
+from heal_rag.stale import short_fingerprint, stale_model_error
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +219,11 @@ def check_collection(collection: Any, model: Any) -> None:
             "checked against this model; build it with heal_rag.chroma.build_index."
         )
     if expected != actual:
-        raise StaleModelError(
-            f"Collection {collection.name!r} was built by another model or backend (fingerprint "
-            f"{short_fingerprint(expected)}); this encoder is {short_fingerprint(actual)}. Vectors of different "
-            "models (or of an int8 export and its model) are not comparable, even at the same width: query with the "
-            "model and backend that built it, or rebuild the collection."
+        raise stale_model_error(
+            f"Collection {collection.name!r} was built by another model or backend",
+            expected,
+            f"this encoder is {short_fingerprint(actual)}",
+            "query with the model and backend that built it, or rebuild the collection.",
         )
 
 
@@ -270,12 +270,11 @@ def _prepare_collection(client: Any, name: str, function: HEALEmbeddingFunction,
         if rebuild:
             client.delete_collection(name)
         elif stored[FINGERPRINT_KEY] != function.fingerprint:
-            raise StaleModelError(
-                f"Collection {name!r} in {_where(db_path)} was built by a different model or backend (fingerprint "
-                f"{short_fingerprint(stored.get(FINGERPRINT_KEY))}); {function.model_path!r} is "
-                f"{short_fingerprint(function.fingerprint)}. "
-                "Vectors of different models are not comparable, even at the same width: index into a new "
-                "collection, or rebuild this one (--rebuild / rebuild=True)."
+            raise stale_model_error(
+                f"Collection {name!r} in {_where(db_path)} was built by a different model or backend",
+                stored[FINGERPRINT_KEY],
+                f"{function.model_path!r} is {short_fingerprint(function.fingerprint)}",
+                "index into a new collection, or rebuild this one (--rebuild / rebuild=True).",
             )
     return client.get_or_create_collection(
         name,
