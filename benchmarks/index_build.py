@@ -16,9 +16,9 @@ in a child process:
 3. the same command once more over the complete collection: what a re-run costs when nothing is left to embed (it
    reads every record's stored hash back and embeds nothing).
 
-``--resume-only`` runs steps 2 and 3 alone, killed at half the full build time saved for the same documents, backend and
-processes in the results file (a 200,000-document full build takes over an hour here); the resumed collection is
-then checked against the corpus only.
+``--resume-only`` runs steps 2 and 3 alone, killed at half the full build time saved for the same documents, backend
+and processes in the results file (a 200,000-document full build takes over an hour here); the resumed collection
+is then checked against the corpus only.
 
 The model is the arXiv HEAL model of ``benchmarks/rerank_quality.py`` (trained there when absent). Writes
 ``benchmarks/results/index_build.json`` and prints a Markdown table.
