@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import quality  # noqa: E402
+from shared import output_file  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.evaluation.retrieval import format_paired, paired_difference  # noqa: E402
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--per-rank-batch", type=int, default=16)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=output_file, default=RESULTS)
     args = parser.parse_args()
 
     split = quality.load_split(args.dataset, *quality.DEFAULT_SIZES)

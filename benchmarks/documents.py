@@ -48,7 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import baselines  # noqa: E402
 import blend_shares  # noqa: E402
 import numpy as np  # noqa: E402
-from shared import SHARED_DATA, parse_overrides  # noqa: E402
+from shared import SHARED_DATA, output_file, parse_overrides  # noqa: E402
 
 from heal_rag.artifacts import write_json_atomic  # noqa: E402
 from heal_rag.evaluation.retrieval import format_paired, paired_difference  # noqa: E402
@@ -417,7 +417,9 @@ def main() -> None:
         "--reuse", action="store_true", help="evaluate the models a previous run left instead of training them again"
     )
     parser.add_argument("--heal", nargs="*", default=[], metavar="KEY=VALUE", help="HEALTrainingConfig overrides")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON (runs with --heal: use another)")
+    parser.add_argument(
+        "--output", type=output_file, default=RESULTS, help="results JSON (runs with --heal: use another)"
+    )
     args = parser.parse_args()
     overrides = parse_overrides(args.heal)
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}

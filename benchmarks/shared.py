@@ -22,6 +22,14 @@ def require(path: Path) -> Path:
     return path
 
 
+def output_file(value: str) -> Path:
+    """``--output``'s argparse type: the path, with its folder created now, so a long run never fails at its last
+    write because the folder was missing."""
+    path = Path(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs (``--heal``) as :class:`heal_rag.HEALTrainingConfig` overrides; values parsed as JSON when
     they are JSON (``learning_rate=2e-5`` is a float), else kept as strings. Exits naming an unknown key."""
