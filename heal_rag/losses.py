@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -143,11 +142,6 @@ class HEALLoss(nn.Module):
             still averages over its own anchors. Batches of different lengths are padded and the padding is masked.
             No effect in a single process. On by default (unlike sentence-transformers' losses): with two ranks it
             raised nDCG@10 and leaf precision on both datasets measured, at level MRR (``benchmarks/distributed.py``).
-        base_similarity_weight: Weight of a similarity-preserving term (0: off): each batch document's softmax over
-            the batch's other documents (cosine / ``temperature``) is pulled towards the one a frozen copy of the
-            base model gives (KL divergence, base model as target), so the fine-tune keeps the base model's
-            document neighbourhoods where the hierarchy does not ask otherwise (relational knowledge distillation,
-            Park et al., CVPR 2019, with the base model as teacher). Costs one extra forward pass of the documents.
 
     References:
         M. Bhattarai et al., "HEAL: Hierarchical Embedding Alignment Loss for Improved Retrieval and Representation
@@ -200,7 +194,6 @@ class HEALLoss(nn.Module):
         pair_negatives: PairNegatives = "all",
         query_hierarchy_weight: float = 1.0,
         gather_across_devices: bool = True,
-        base_similarity_weight: float = 0.0,
     ) -> None:
         super().__init__()
         check_real("temperature", temperature, minimum=0, min_open=True)
@@ -214,7 +207,6 @@ class HEALLoss(nn.Module):
         check_choice("pair_negatives", pair_negatives, ("all", "other_leaves"))
         check_real("pair_level_discount", pair_level_discount, minimum=0, maximum=1, max_open=True)
         check_real("query_hierarchy_weight", query_hierarchy_weight, minimum=0, maximum=1)
-        check_real("base_similarity_weight", base_similarity_weight, minimum=0)
         if pair_loss == "supcon" and (symmetric_pairs or pair_negatives != "all" or query_hierarchy_weight != 1.0):
             raise ValueError(
                 "symmetric_pairs, pair_negatives and query_hierarchy_weight go with the ranking form of the "
@@ -249,9 +241,6 @@ class HEALLoss(nn.Module):
         self.pair_negatives: PairNegatives = pair_negatives
         self.query_hierarchy_weight = float(query_hierarchy_weight)
         self.gather_across_devices = bool(gather_across_devices)
-        self.base_similarity_weight = float(base_similarity_weight)
-        # a list, so the frozen copy is neither a submodule (not trained, not saved) nor moved by the trainer
-        self._base_model: list[nn.Module] = [_frozen_copy(model)] if base_similarity_weight > 0 else []
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         """Embed each text column in its own forward pass and compute the loss components.
@@ -260,19 +249,12 @@ class HEALLoss(nn.Module):
             NonFiniteLossError: When a component is NaN or infinite (e.g. the weights diverged), so training stops
                 at the first bad step instead of saving a broken model.
         """
-        sentence_features = list(sentence_features)
-        base_documents = self._base_embeddings(sentence_features[-1]) if self._base_model else None
         embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
-        documents = embeddings[-1]  # this rank's own, before any gathering
         if self.gather_across_devices and _world_size() > 1:
             embeddings, labels, anchors, present = _gather_batch(embeddings, labels)
             components = self.compute_loss_from_embeddings(embeddings, labels, anchors=anchors, present=present)
         else:
             components = self.compute_loss_from_embeddings(embeddings, labels)
-        if base_documents is not None:
-            components["base_similarity"] = self.base_similarity_weight * _similarity_distillation(
-                documents, base_documents, self.temperature
-            )
         total = sum(components.values())
         if not bool(torch.isfinite(total)):
             values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in components.items())
@@ -281,15 +263,6 @@ class HEALLoss(nn.Module):
                 "rate, check the temperatures, and check that the base model's weights are finite."
             )
         return components
-
-    def _base_embeddings(self, features: dict[str, Tensor]) -> Tensor:
-        """``(B, D)`` embeddings of a text column by the frozen base model (no gradients)."""
-        base = self._base_model[0]
-        device = features["input_ids"].device
-        if next(base.parameters()).device != device:
-            base.to(device)
-        with torch.no_grad():
-            return base(dict(features))["sentence_embedding"]  # a copy: the model writes into the dict it gets
 
     def compute_loss_from_embeddings(
         self,
@@ -391,7 +364,6 @@ class HEALLoss(nn.Module):
             "pair_negatives": self.pair_negatives,
             "query_hierarchy_weight": self.query_hierarchy_weight,
             "gather_across_devices": self.gather_across_devices,
-            "base_similarity_weight": self.base_similarity_weight,
         }
 
     @property
@@ -491,32 +463,6 @@ def _ranking_loss(
         target = target.masked_fill(excluded & ~own, 0.0)
     target = target / target.sum(dim=1, keepdim=True)
     return -(target * log_prob.masked_fill(target == 0, 0.0)).sum(dim=1).mean()
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with gradients off: the teacher of the similarity-preserving term."""
-    frozen = copy.deepcopy(model).eval()
-    frozen.requires_grad_(False)
-    return frozen
-
-
-def _similarity_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """Mean over rows of ``KL(softmax(T_i) || softmax(S_i))`` for the in-batch cosine rows ``/ temperature``.
-
-    ``student`` and ``teacher`` are ``(B, D)`` embeddings of the same texts; a row's softmax runs over the other
-    ``B - 1`` texts (never itself). Returns a scalar, 0 when the two models rank and space the batch alike.
-    """
-    eye = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
-    if student.shape[0] < 2:
-        return student.sum() * 0.0
-
-    def log_softmax_rows(embeddings: Tensor) -> Tensor:
-        z = F.normalize(embeddings.float(), dim=-1)
-        logits = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
-        return (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(eye, 0.0)
-
-    log_student, log_teacher = log_softmax_rows(student), log_softmax_rows(teacher.detach())
-    return (log_teacher.exp().masked_fill(eye, 0.0) * (log_teacher - log_student)).sum(dim=1).mean()
 
 
 def _same_label_masks(ids: Tensor, eye: Tensor) -> Tensor:

@@ -160,8 +160,6 @@ class HEALTrainingConfig:
         gather_across_devices: Under ``torchrun``, every rank's rows join each rank's loss as positives and
             negatives (see :class:`heal_rag.HEALLoss`; on by default, ``False`` gives each rank's loss its own rows
             only); no effect in one process.
-        base_similarity_weight: Weight of the term that keeps each batch document's similarities to the others
-            near the base model's (0: off; see :class:`heal_rag.HEALLoss`).
         samples_per_leaf: Rows per leaf in a batch (see :class:`heal_rag.HierarchicalBatchSampler`).
         leaves_per_parent: Sibling leaves per parent in a batch.
         base_weight_share: After training, blend this share of the base model's weights back into the tuned
@@ -212,7 +210,6 @@ class HEALTrainingConfig:
     pair_negatives: str = "all"
     query_hierarchy_weight: float = 1.0
     gather_across_devices: bool = True
-    base_similarity_weight: float = 0.0
     samples_per_leaf: int = 2
     leaves_per_parent: int = 4
     base_weight_share: float | str = "auto"
@@ -255,7 +252,6 @@ class HEALTrainingConfig:
         check_choice("symmetric_pairs", self.symmetric_pairs, (True, False))
         check_choice("pair_negatives", self.pair_negatives, ("all", "other_leaves"))
         check_real("query_hierarchy_weight", self.query_hierarchy_weight, minimum=0, maximum=1)
-        check_real("base_similarity_weight", self.base_similarity_weight, minimum=0)
         check_int("samples_per_leaf", self.samples_per_leaf, minimum=2)
         check_int("leaves_per_parent", self.leaves_per_parent, minimum=1)
         if (
@@ -734,7 +730,6 @@ def _train(
         pair_negatives=config.pair_negatives,
         query_hierarchy_weight=config.query_hierarchy_weight,
         gather_across_devices=config.gather_across_devices,
-        base_similarity_weight=config.base_similarity_weight,
     )
     steps_hint = config.max_steps or max(1, int(config.epochs * len(rows) / config.batch_size))
     args_kwargs: dict[str, Any] = {

@@ -337,33 +337,6 @@ def test_forward_embeds_each_column_separately(tiny_model):
     assert len(seen_lengths) == 2 and seen_lengths[0] < seen_lengths[1]
 
 
-def test_base_similarity_term_pulls_towards_the_frozen_base_model(tiny_model):
-    """The term is 0 while the model is the base, grows as training moves it, and the teacher never moves."""
-    tiny_model.eval()  # no dropout: student and teacher must agree exactly at the start
-    texts = ["laser light lens beam", "laser photon mirror", "plasma ion fusion", "plasma tokamak electron gas"]
-    documents = tiny_model.preprocess(texts)
-    labels = torch.tensor([[0, 0], [0, 0], [1, 1], [1, 1]])
-    loss = HEALLoss(tiny_model, base_similarity_weight=2.0)
-    teacher_before = [p.detach().clone() for p in loss._base_model[0].parameters()]
-    assert not any(p is q for p in loss.parameters() for q in loss._base_model[0].parameters())
-    first = loss.forward([dict(documents)], labels)
-    assert set(first) == {"level_0", "level_1", "base_similarity"}
-    assert float(first["base_similarity"]) == pytest.approx(0.0, abs=1e-6)
-    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=1.0)
-    for _ in range(3):  # the hierarchy levels pull each topic together, away from the base model's geometry
-        optimizer.zero_grad()
-        components = loss.forward([dict(documents)], labels)
-        (components["level_0"] + components["level_1"]).backward()
-        optimizer.step()
-    moved = loss.forward([dict(documents)], labels)["base_similarity"]
-    assert float(moved) > 1e-4
-    moved.backward()  # the term has a gradient for the student only
-    assert all(p.grad is None for p in loss._base_model[0].parameters())
-    assert all(torch.equal(a, b) for a, b in zip(teacher_before, loss._base_model[0].parameters(), strict=True))
-    with pytest.raises(ValueError, match="base_similarity_weight"):
-        HEALLoss(tiny_model, base_similarity_weight=-1.0)
-
-
 def test_level_weight_schedules():
     assert level_weight_schedule(3, "uniform") == [1.0, 1.0, 1.0]
     deeper = level_weight_schedule(3, "deeper", alpha=0.5)
