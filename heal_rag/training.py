@@ -43,7 +43,7 @@ from heal_rag.blending import (
 from heal_rag.distributed import get_world_size, is_main_process
 from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
-from heal_rag.models import set_max_seq_length
+from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer, set_max_seq_length
 from heal_rag.outputs import OutputPathError, atomic_directory, prepare_output_dir
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator, remove_key_sentence
 
@@ -574,12 +574,7 @@ def fine_tune(
         result.model.encode_query("error correction for qubits")
         ```
     """
-    config = config or HEALTrainingConfig()
-    if config_overrides:
-        unknown = set(config_overrides) - set(HEALTrainingConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
-        config = HEALTrainingConfig(**{**config.__dict__, **config_overrides})
+    config = _with_overrides(config or HEALTrainingConfig(), config_overrides)
     choose_share = _check_base_weight_share(config)
     check_int("checkpoint_steps", checkpoint_steps, minimum=1)
     labels = LabelPaths.coerce(labels)
@@ -611,16 +606,7 @@ def fine_tune(
     if choose_share:
         rows, validation, fallback_reason = _hold_out_for_share_choice(rows, documents, config)
 
-    from sentence_transformers import SentenceTransformer
-
-    from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer
-
-    if isinstance(base_model, SentenceTransformer):
-        model = base_model
-        base_model_name = str(model.model_card_data.base_model or "")
-    else:
-        model = load_sentence_transformer(base_model, device=device)
-        base_model_name = str(base_model or "all-MiniLM-L6-v2")
+    model, base_model_name = _load_base_model(base_model, device)
     deployed_max_seq_length = config.save_max_seq_length or getattr(model, "max_seq_length", None)
     set_max_seq_length(model, config.max_seq_length)
     _warn_truncated(model, documents, config.max_seq_length)
@@ -633,14 +619,7 @@ def fine_tune(
         model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
     )
     if not is_main_process():  # rank 0 alone chooses the blend and writes; the weights are the same on every rank
-        return FineTuneResult(
-            model=model,
-            output_dir=output_dir,
-            metadata={},
-            train_loss=float(train_output.training_loss),
-            train_runtime_s=float(train_output.metrics.get("train_runtime", float("nan"))),
-            global_steps=int(train_output.global_step),
-        )
+        return _result(model, output_dir, {}, train_output)
     _check_trained_model(model, documents, base_spread)
     set_max_seq_length(model, deployed_max_seq_length)
     settings = {
@@ -653,21 +632,9 @@ def fine_tune(
         "training_prompts": _training_prompts(model),
         **dict(training_record or {}),
     }
-    if validation is not None and base_state is not None:
-        selection = select_base_weight_share(
-            model,
-            base_state,
-            validation,
-            config.blend_candidate_shares,
-            standard_errors=config.blend_standard_errors,
-            show_progress_bar=show_progress_bar,
-        )
-        settings["blend_selection"] = selection.as_dict()
-    else:
-        if base_state is not None:
-            blend_with_base_weights(model, base_state, fixed_share)
-        if choose_share:
-            settings["blend_selection"] = {"share": fixed_share, "fallback": fallback_reason}
+    selection = _blend(model, base_state, validation, config, fixed_share, fallback_reason, show_progress_bar)
+    if selection is not None:
+        settings["blend_selection"] = selection
 
     document_embeddings = _embed_documents(model, documents, show_progress_bar)
     centroids = label_centroids(document_embeddings, labels)
@@ -685,6 +652,64 @@ def fine_tune(
         overwrite=overwrite,
         centroids=centroids,
     )
+    return _result(model, output_dir, metadata, train_output)
+
+
+def _with_overrides(config: HEALTrainingConfig, overrides: Mapping[str, Any]) -> HEALTrainingConfig:
+    """``config`` with ``fine_tune``'s keyword settings applied (validated again by the dataclass)."""
+    if not overrides:
+        return config
+    unknown = set(overrides) - set(HEALTrainingConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"Unknown fine_tune settings: {sorted(unknown)}; see HEALTrainingConfig.")
+    return HEALTrainingConfig(**{**config.__dict__, **overrides})
+
+
+def _load_base_model(
+    base_model: str | os.PathLike[str] | SentenceTransformer | None, device: str | None
+) -> tuple[SentenceTransformer, str]:
+    """The model to tune (a given one is used in place) and the base model's name for the model card."""
+    from sentence_transformers import SentenceTransformer
+
+    if isinstance(base_model, SentenceTransformer):
+        return base_model, str(base_model.model_card_data.base_model or "")
+    return load_sentence_transformer(base_model, device=device), str(base_model or "all-MiniLM-L6-v2")
+
+
+def _blend(
+    model: SentenceTransformer,
+    base_state: dict[str, Any] | None,
+    validation: BlendValidation | None,
+    config: HEALTrainingConfig,
+    fixed_share: float,
+    fallback_reason: str,
+    show_progress_bar: bool,
+) -> dict[str, Any] | None:
+    """Blend the base weights into ``model``: the share chosen on the held-out ``validation``, else ``fixed_share``.
+
+    Returns:
+        ``heal_rag.json``'s ``blend_selection`` record; ``None`` for a share the user fixed.
+    """
+    if validation is not None and base_state is not None:
+        return select_base_weight_share(
+            model,
+            base_state,
+            validation,
+            config.blend_candidate_shares,
+            standard_errors=config.blend_standard_errors,
+            show_progress_bar=show_progress_bar,
+        ).as_dict()
+    if base_state is not None:
+        blend_with_base_weights(model, base_state, fixed_share)
+    if config.base_weight_share == "auto":
+        return {"share": fixed_share, "fallback": fallback_reason}
+    return None
+
+
+def _result(
+    model: SentenceTransformer, output_dir: Path, metadata: dict[str, Any], train_output: Any
+) -> FineTuneResult:
+    """The :class:`FineTuneResult` of a finished run, from the trainer's ``TrainOutput``."""
     return FineTuneResult(
         model=model,
         output_dir=output_dir,
