@@ -7,6 +7,9 @@ Rules, shared by every command that writes (``train``, ``demo``, ``cluster``, ``
   :data:`OUTPUT_MARKER` record, or a valid ``heal_rag.json`` model description). A non-empty directory heal_rag did
   not write is refused, whatever the flags; one it wrote is replaced only with ``overwrite=True`` (``--overwrite``)
   and only by an output of the same kind (a report never replaces a model).
+- A directory heal_rag wrote whole lists its files in :data:`OUTPUT_MARKER`; one that has gained files since (a
+  user's notes, a copied corpus) is not replaced even with ``overwrite=True``, since that would delete them. Folders
+  heal_rag fills later (a model's ``exports/``) are named in the marker and count as heal_rag's.
 - An output never contains, or lies inside, one of the run's inputs (``--out data`` with ``--data data/corpus.jsonl``
   is refused instead of deleting the corpus).
 - The location must be writable, checked by creating (and removing) a probe directory before any training.
@@ -166,6 +169,13 @@ def prepare_output_dir(
                 f"{what} {shown!r} already holds an earlier heal_rag output. Choose a new path, or pass --overwrite "
                 "(overwrite=True) to replace it."
             )
+        added = unrecorded_files(target)
+        if added:
+            listed = ", ".join(added[:3]) + (", ..." if len(added) > 3 else "")
+            raise OutputPathError(
+                f"{what} {shown!r} holds an earlier heal_rag {found} and files heal_rag did not write there "
+                f"({listed}); replacing the directory would delete them. Move them out, or choose a new path."
+            )
     check_writable(target)
     remove_stale_staging(target)
     return target
@@ -193,12 +203,52 @@ def prepare_output_file(
     return target
 
 
-def write_marker(directory: str | os.PathLike[str], kind: str) -> None:
-    """Mark ``directory`` as written by heal_rag (see :data:`OUTPUT_MARKER`)."""
+def write_marker(
+    directory: str | os.PathLike[str],
+    kind: str,
+    files: Iterable[str] | None = None,
+    managed: Iterable[str] = (),
+) -> None:
+    """Mark ``directory`` as written by heal_rag (see :data:`OUTPUT_MARKER`).
+
+    Args:
+        directory: The output directory.
+        kind: What it holds (``"model"``, ``"report"``, ...).
+        files: Its files, as POSIX paths relative to it, when heal_rag wrote it whole (see :func:`unrecorded_files`).
+        managed: Sub-folders heal_rag fills later (e.g. ``"exports"``), whose files count as heal_rag's too.
+    """
     from heal_rag._version import __version__
 
-    marker = Path(directory) / OUTPUT_MARKER
-    marker.write_text(json.dumps({"written_by": "heal_rag", "version": __version__, "kind": kind}), encoding="utf-8")
+    record: dict[str, object] = {"written_by": "heal_rag", "version": __version__, "kind": kind}
+    if files is not None:
+        record.update(files=sorted(files), managed=sorted(managed))
+    (Path(directory) / OUTPUT_MARKER).write_text(json.dumps(record), encoding="utf-8")
+
+
+def _relative_files(directory: Path) -> list[str]:
+    """Every file (or link) under ``directory``, as POSIX paths relative to it, the marker left out."""
+    found = []
+    for path in directory.rglob("*"):
+        if path.is_file() or path.is_symlink():
+            relative = path.relative_to(directory).as_posix()
+            if relative != OUTPUT_MARKER:
+                found.append(relative)
+    return found
+
+
+def unrecorded_files(path: str | os.PathLike[str]) -> list[str]:
+    """Files in a heal_rag output directory that heal_rag did not write there (sorted, relative POSIX paths).
+
+    Judged against the file list the marker records: empty for an output written before heal_rag kept one.
+    """
+    directory = Path(path)
+    marker = _json_object(directory / OUTPUT_MARKER)
+    recorded = marker.get("files") if marker is not None else None
+    if not isinstance(recorded, list):
+        return []
+    managed = tuple(f"{folder}/" for folder in marker.get("managed") or ())
+    known = set(recorded)
+    return sorted(name for name in _relative_files(directory) if name not in known and not name.startswith(managed))
 
 
 def _staging_name(final: Path, role: str) -> str:
@@ -250,12 +300,14 @@ def atomic_directory(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     kind: str = "output",
+    managed: Iterable[str] = (),
 ) -> Iterator[Path]:
     """Yield a staging directory that becomes ``final_dir`` only if the block succeeds.
 
     The location is checked with :func:`prepare_output_dir` (again at write time: it may have changed during a long
     run). On error the staging directory is removed and ``final_dir`` is untouched; on success an earlier heal_rag
-    output there is replaced as a whole (``overwrite=True`` only).
+    output there is replaced as a whole (``overwrite=True`` only), and the marker records the files written and the
+    ``managed`` sub-folders heal_rag fills later (see :func:`write_marker`).
 
     Raises:
         OutputPathError: See :func:`prepare_output_dir`.
@@ -267,6 +319,7 @@ def atomic_directory(
     try:
         write_marker(staging, kind)
         yield staging
+        write_marker(staging, kind, files=_relative_files(staging), managed=managed)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

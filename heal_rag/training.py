@@ -28,6 +28,7 @@ from heal_rag.artifacts import (
     model_fingerprint,
     write_json_atomic,
 )
+from heal_rag.backends import EXPORT_DIR
 from heal_rag.blending import (
     DEFAULT_CANDIDATE_SHARES,
     FEW_VALIDATION_QUERIES,
@@ -1108,7 +1109,7 @@ def save_heal_model(
     prepare_output_dir(output_dir, overwrite=overwrite, what="Model directory", kind="model")
     if centroids is None:
         centroids = label_centroids(_embed_documents(model, documents, show_progress_bar, batch_size), labels)
-    with atomic_directory(output_dir, overwrite=overwrite, kind="model") as staging:
+    with atomic_directory(output_dir, overwrite=overwrite, kind="model", managed=[EXPORT_DIR]) as staging:
         model.save(str(staging))
         metadata = build_metadata(
             labels=labels,

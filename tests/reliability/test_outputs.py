@@ -60,6 +60,26 @@ def test_an_earlier_model_directory_needs_overwrite(tmp_path, capsys):
     assert (out / "heal_rag.json").read_bytes() != first and (out / OUTPUT_MARKER).is_file()
 
 
+def test_overwrite_never_deletes_files_added_to_an_earlier_model_directory(tmp_path, capsys):
+    """--overwrite replaces what heal_rag wrote, not a user's notes kept beside it; its own exports/ may go."""
+    data = corpus_file(tmp_path / "in")
+    out = tmp_path / "m"
+    assert train_cli(data, out) == 0
+    (out / "exports").mkdir()
+    (out / "exports" / "model.onnx").write_bytes(b"written by heal-rag export")
+    (out / "notes").mkdir()
+    (out / "notes" / "MY_NOTES.txt").write_text("mine")
+    before = tree_snapshot(out)
+    assert train_cli(data, out, "--seed", "5", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "notes/MY_NOTES.txt" in err and "would delete them" in err and "exports" not in err
+    assert tree_snapshot(out) == before
+    (out / "notes" / "MY_NOTES.txt").unlink()
+    (out / "notes").rmdir()
+    assert train_cli(data, out, "--seed", "5", "--overwrite") == 0  # heal_rag's own files, exports included
+    assert not (out / "exports").exists() and (out / "heal_rag.json").read_bytes() != before["heal_rag.json"]
+
+
 def test_an_unwritable_output_fails_before_training(tmp_path, capsys, monkeypatch):
     import heal_rag.training
 
