@@ -180,6 +180,26 @@ def test_fine_tune_documents_from_langchain_documents_records_chunks_and_the_sou
     assert result.metadata["label_tree"]["depth"] == 2, "the source level is not part of the saved label tree"
 
 
+def test_fine_tune_documents_takes_a_splitters_pieces_without_ids(tmp_path):
+    """The commonest LangChain ingestion: a text splitter's pieces share their file's source and have no id."""
+    from langchain_core.documents import Document
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    from heal_rag.documents import fine_tune_documents
+
+    texts, paths, _ = make_corpus()
+    files = [
+        Document(f"{t}\n\n{t} again.\n\n{t} once more.", metadata={"source": f"f{i}.txt", "category": list(p)})
+        for i, (t, p) in enumerate(zip(texts, paths, strict=True))
+    ]
+    pieces = RecursiveCharacterTextSplitter(chunk_size=80, chunk_overlap=0).split_documents(files)
+    assert len(pieces) > len(files) and all(piece.id is None for piece in pieces)
+    result = fine_tune_documents(pieces, path_key="category", output_dir=tmp_path / "m", base_model=build_tiny_model(),
+                                 **FAST)  # fmt: skip
+    ids = list(result.chunks.ids)
+    assert len(set(ids)) == len(ids) and any(i.startswith("f0.txt_part_1#") for i in ids)
+
+
 def test_the_cli_trains_and_indexes_a_folder_with_the_same_chunks(tmp_path, capsys):
     from heal_rag.chroma import open_collection
     from heal_rag.documents import chunks_for_model

@@ -181,9 +181,28 @@ def test_a_path_key_missing_on_some_documents_is_named():
         ValueError, match=r"1 of 4 documents have no label path in metadata key 'category' \(first: 'd'\)"
     ):
         from_langchain(docs, path_key="category")
-    assert all(d.path is None for d in from_langchain(docs[3:], path_key="category")), "none at all: discovered"
-    with pytest.raises(ValueError, match="no label path"):
-        from_langchain(docs[3:], path_key="category", require_paths=True)
+    # a key that no document has is a mistyped key, not a request to discover a hierarchy
+    expected = r"None of the 1 documents has a label path in metadata key 'category' \(their metadata keys: other\)"
+    with pytest.raises(ValueError, match=expected):
+        from_langchain(docs[3:], path_key="category")
+    assert from_langchain(docs[3:])[0].path is None, "no path_key and no paths: discovered"
+
+
+def test_documents_without_ids_that_share_a_source_get_part_ids():
+    """A splitter's pieces or a PDF loader's pages share their source: they get LlamaIndex-style part ids."""
+    from langchain_core.documents import Document
+
+    docs = [
+        Document("pumps move water", metadata={"source": "pumps.txt", "category": "Pumps"}),
+        Document("valves stop flow", metadata={"source": "valves.txt", "category": "Valves"}),
+        Document("pumps need priming", metadata={"source": "pumps.txt", "category": "Pumps"}),
+        Document("an id of its own", metadata={"source": "pumps.txt", "category": "Pumps"}, id="own"),
+    ]
+    ids = [d.id for d in from_langchain(docs, path_key="category")]
+    assert ids == ["pumps.txt_part_0", "valves.txt", "pumps.txt_part_1", "own"]
+    clash = [docs[0], Document("again", metadata={"category": "Pumps"}, id="pumps.txt")]
+    with pytest.raises(ValueError, match=r"Documents 0 and 1 have the same id 'pumps.txt'\. Give each document"):
+        from_langchain(clash, path_key="category")
 
 
 def test_llamaindex_documents_and_nodes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,13 @@ def _documents(
     max_depth: int | None,
     require_paths: bool,
 ) -> list[SourceDocument]:
+    items = list(items)
+    identifiers = _document_ids(items)
     out: list[SourceDocument] = []
     missing: list[str] = []
-    for index, (doc_id, text, metadata) in enumerate(items):
+    for index, ((doc_id, text, metadata), identifier) in enumerate(zip(items, identifiers, strict=True)):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Document {doc_id or index!r} has no text.")
-        identifier = str(doc_id) if doc_id else str(metadata.get("source") or metadata.get("file_path") or index)
         path = path_for(metadata, path_key=path_key, root=root, max_depth=max_depth)
         if path is None:
             missing.append(identifier)
@@ -94,14 +96,57 @@ def _documents(
                 title=str(title) if isinstance(title, str) and title.strip() else None,
             )
         )
+    where = f"metadata key {path_key!r}" if isinstance(path_key, str) else "the metadata"
+    if out and len(missing) == len(out) and path_key is not None:
+        keys = sorted({str(key) for _, _, metadata in items for key in metadata})
+        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") or "none"
+        raise ValueError(
+            f"None of the {len(out)} documents has a label path in {where} (their metadata keys: {shown}). Name the "
+            "key that holds the path, or pass path_key=None to discover a hierarchy."
+        )
     if missing and (require_paths or len(missing) < len(out)):
-        where = f"metadata key {path_key!r}" if isinstance(path_key, str) else "the metadata"
         raise ValueError(
             f"{len(missing)} of {len(out)} documents have no label path in {where} (first: {missing[0]!r}). Give "
             "every document one, pass path_key= (a key, a list of per-level keys or a callable), or pass "
             "path_key=None with no paths at all to discover a hierarchy."
         )
     return out
+
+
+def _document_ids(items: Sequence[tuple[str | None, str, Mapping[str, Any]]]) -> list[str]:
+    """Each document's id: its own, else its ``source``/``file_path`` metadata, else its position.
+
+    Documents without an id that share a source (a splitter's pieces, a PDF loader's pages) get
+    ``<source>_part_<k>``, ``k`` counting from 0 in input order, as LlamaIndex's ``filename_as_id`` names parts.
+
+    Raises:
+        ValueError: When two documents carry the same id of their own.
+    """
+    derived = [
+        None if doc_id else str(metadata.get("source") or metadata.get("file_path") or index)
+        for index, (doc_id, _, metadata) in enumerate(items)
+    ]
+    counts = Counter(name for name in derived if name is not None)
+    shared = {name for name, count in counts.items() if count > 1}
+    parts: dict[str, int] = {}
+    identifiers = []
+    for (doc_id, _, _), name in zip(items, derived, strict=True):
+        if name is None:
+            identifiers.append(str(doc_id))
+        elif name in shared:
+            identifiers.append(f"{name}_part_{parts.setdefault(name, 0)}")
+            parts[name] += 1
+        else:
+            identifiers.append(name)
+    seen: dict[str, int] = {}
+    for position, identifier in enumerate(identifiers):
+        if identifier in seen:
+            raise ValueError(
+                f"Documents {seen[identifier]} and {position} have the same id {identifier!r}. Give each document a "
+                "unique id (LangChain Document.id, LlamaIndex id_), or none to have one made from its source."
+            )
+        seen[identifier] = position
+    return identifiers
 
 
 def from_langchain(
