@@ -50,8 +50,20 @@ class ChunkingConfig:
             )
 
     def resolved(self, model: Any) -> ChunkingConfig:
-        """The settings with ``None`` replaced by the values for ``model``."""
-        size = self.chunk_size or model_chunk_size(model)
+        """The settings with ``None`` replaced by the values for ``model``.
+
+        Raises:
+            ValueError: When ``chunk_size`` is larger than ``model`` reads: the end of every long chunk would be cut
+                off when it is embedded, and never found.
+        """
+        window = model_chunk_size(model)
+        if self.chunk_size is not None and self.chunk_size > window:
+            raise ValueError(
+                f"chunk_size {self.chunk_size} is more tokens than the model reads ({window}: its max_seq_length less "
+                f"special tokens and prompt), so the end of each long chunk would never be embedded. Use a chunk_size "
+                f"of at most {window}, or leave it unset to fill the model's window."
+            )
+        size = self.chunk_size or window
         overlap = self.chunk_overlap if self.chunk_overlap is not None else size // 8
         return ChunkingConfig(size, min(overlap, size - 1))
 

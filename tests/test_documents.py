@@ -53,7 +53,12 @@ def test_chunks_fit_the_models_window_counted_by_its_tokenizer(minilm):
 def test_chunk_size_and_overlap_are_settable_and_checked(minilm):
     corpus = chunk_documents([long_document()], minilm, chunk_size=64, chunk_overlap=0, show_progress=False)
     assert max(token_counter(minilm)(t) for t in corpus.texts) <= 64
-    for kwargs, message in (({"chunk_size": 8}, "chunk_size"), ({"chunk_size": 64, "chunk_overlap": 64}, "smaller")):
+    cases = (
+        ({"chunk_size": 8}, "chunk_size"),
+        ({"chunk_size": 64, "chunk_overlap": 64}, "smaller"),
+        ({"chunk_size": 100_000}, r"chunk_size 100000 is more tokens than the model reads \(254: .* at most 254"),
+    )
+    for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             chunk_documents([long_document()], minilm, **kwargs)
 
