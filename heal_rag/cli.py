@@ -581,6 +581,7 @@ def _index(args: argparse.Namespace) -> int:
             max_depth=args.max_depth,
             chunk_size=args.chunk_size,
             chunk_overlap=args.chunk_overlap,
+            show_progress=not args.quiet,
         )
     else:
         for _ in iter_corpus(args.data, batch_size=4096):  # check the whole file before any work (reads only)

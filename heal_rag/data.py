@@ -161,7 +161,10 @@ def _corpus_file(path: str | os.PathLike[str]) -> Path:
             "`heal-rag train` and `heal-rag index` read folders of documents."
         )
     if not path.is_file():
-        raise CorpusFormatError(f"Corpus file {str(path)!r} does not exist.")
+        raise CorpusFormatError(
+            f"Corpus file {str(path)!r} does not exist: give a JSONL corpus file (`heal-rag train` and `heal-rag "
+            "index` also take a folder of documents)."
+        )
     return path
 
 

@@ -217,6 +217,8 @@ def fine_tune_documents(
         what="Model directory",
         kind="model",
     )
+    tokenizer_model = load_sentence_transformer(base_model)  # a wrong model, or a chunk_size it cannot read, fails
+    chunking = chunking.resolved(tokenizer_model)  # before any document is read
     # under torchrun, rank 0 alone reports (the trainer's own progress bar is rank 0's too)
     report_progress = show_progress_bar and is_main_process()
     docs, report = load_documents(
@@ -229,8 +231,6 @@ def fine_tune_documents(
         if report_progress:
             print(f"The documents have no label paths: discovering a {hierarchy_depth}-level hierarchy (HNMFk)")
         docs, label_names = discover_document_labels(docs, max_depth=hierarchy_depth, show_progress=report_progress)
-    tokenizer_model = load_sentence_transformer(base_model)
-    chunking = chunking.resolved(tokenizer_model)
     chunks = chunk_documents(
         docs,
         tokenizer_model,

@@ -54,7 +54,7 @@ def test_read_corpus_bad_json_names_the_line(tmp_path):
     path.write_text('{"id": "a", "text": "t", "labels": ["A"]}\n{oops\n', encoding="utf-8")
     with pytest.raises(CorpusFormatError, match=r"c.jsonl:2: not valid JSON"):
         read_corpus(path)
-    with pytest.raises(CorpusFormatError, match="does not exist"):
+    with pytest.raises(CorpusFormatError, match="does not exist: give a JSONL corpus file .*a folder of documents"):
         read_corpus(tmp_path / "missing.jsonl")
 
 

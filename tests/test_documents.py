@@ -289,6 +289,16 @@ def test_the_cli_refuses_queries_with_a_folder_and_bad_chunk_settings(tmp_path, 
     write(tmp_path / "kb" / "a" / "x.md", "# X\n\ntext")
     assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), "--chunk-overlap", "-1"]) == 2
     assert "chunk_overlap" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    # a base model that is not there, or a chunk_size it cannot read, fails before the folder is read
+    base = str(build_tiny_model())
+    cases = (
+        (["--base-model", str(tmp_path / "nope")], "does not exist"),
+        (["--base-model", base, "--chunk-size", "100000"], "more tokens than the model reads"),
+    )
+    for flags, message in cases:
+        assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), *flags]) == 2
+        out, err = capsys.readouterr()
+        assert message in err and "read 1 documents" not in out and not (tmp_path / "m").exists()
 
 
 def test_rerankers_read_the_path_from_the_users_own_metadata_key():

@@ -108,6 +108,9 @@ def test_bad_files_are_reported_with_their_path_and_the_read_goes_on(manuals, mo
     assert "pump/broken.pdf" in reasons and reasons["pump/empty.txt"] == "no text"
     assert len(report.documents) == 6
     assert "could not read pump/binary.txt" in report.summary()
+    (manuals / "pump" / "gone.md").symlink_to(manuals / "pump" / "deleted.md")  # a dangling link is reported too
+    reasons = dict(read_directory(manuals, show_progress=False).unreadable)
+    assert reasons["pump/gone.md"] == "a link to a file that does not exist"
 
 
 def test_a_pdf_without_the_extra_is_reported_not_raised(manuals, monkeypatch):
@@ -118,7 +121,9 @@ def test_a_pdf_without_the_extra_is_reported_not_raised(manuals, monkeypatch):
 
 
 def test_an_empty_folder_and_a_missing_one_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="No readable documents"):
+    with pytest.raises(ValueError, match=r"No readable documents under .*: heal_rag reads \.htm, \.html, \.markdown"):
+        read_directory(tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match=r"read 0 documents$"):
         read_directory(tmp_path, show_progress=False)
     write(tmp_path / "only.png", b"x")
     with pytest.raises(ValueError, match=r"(?s)No readable documents.*\.png: 1"):

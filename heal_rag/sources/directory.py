@@ -32,7 +32,8 @@ class ReadReport:
     def summary(self) -> str:
         """One paragraph for people: counts by type, what was skipped, what could not be read and why."""
         kinds = Counter(Path(d.metadata["source"]).suffix.lower() for d in self.documents)
-        lines = [f"read {len(self.documents)} documents ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})"]
+        by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        lines = [f"read {len(self.documents)} documents" + (f" ({by_kind})" if by_kind else "")]
         if self.skipped:
             listed = ", ".join(f"{suffix or '(no suffix)'}: {n}" for suffix, n in self.skipped.most_common())
             lines.append(f"skipped {sum(self.skipped.values())} files of other types ({listed})")
@@ -77,7 +78,10 @@ def read_directory(
     check_int("max_depth", max_depth, minimum=1, allow_none=True)
     wanted = {suffix.lower() for suffix in suffixes}
     report = ReadReport()
-    files = sorted(p for p in root_path.rglob("*") if p.is_file() and not _hidden(p, root_path))
+    entries = sorted(p for p in root_path.rglob("*") if not _hidden(p, root_path))
+    for link in (p for p in entries if p.is_symlink() and not p.exists()):
+        report.unreadable.append((str(link.relative_to(root_path)), "a link to a file that does not exist"))
+    files = [p for p in entries if p.is_file()]
     for file in tqdm(files, desc="reading", unit="file", disable=not show_progress):
         suffix = file.suffix.lower()
         relative = file.relative_to(root_path)
@@ -116,7 +120,10 @@ def read_directory(
             )
         )
     if not report.documents:
-        raise ValueError(f"No readable documents under {str(root)!r}.\n{report.summary()}")
+        raise ValueError(
+            f"No readable documents under {str(root)!r}: heal_rag reads {', '.join(sorted(wanted))} files (the pdf "
+            f"extra for .pdf).\n{report.summary()}"
+        )
     _label_root_files(report.documents, root_path.resolve().name or "root")
     return report
 
