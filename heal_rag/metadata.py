@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,27 @@ def path_from_metadata(metadata: Mapping[str, Any] | None, key: str = PATH_KEY) 
     while f"{LEVEL_KEY_PREFIX}{len(levels)}" in metadata:
         levels.append(str(metadata[f"{LEVEL_KEY_PREFIX}{len(levels)}"]))
     return tuple(levels) or None
+
+
+def paths_from_metadata(
+    metadatas: Sequence[Mapping[str, Any] | None], key: str = PATH_KEY
+) -> list[tuple[str, ...] | None]:
+    """:func:`path_from_metadata` for each of a batch of documents (a reranker's candidates).
+
+    Warns (``UserWarning``) when ``key`` is the user's own and none of the documents has it, which is almost always a
+    misspelt key: every path would then be predicted without a word.
+    """
+    paths = [path_from_metadata(metadata, key) for metadata in metadatas]
+    if key != PATH_KEY and metadatas and not any(key in (metadata or {}) for metadata in metadatas):
+        keys = sorted({str(k) for metadata in metadatas for k in (metadata or {})})
+        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") or "none"
+        warnings.warn(
+            f"None of the {len(metadatas)} documents has metadata key {key!r} (their keys: {shown}), so every label "
+            "path is predicted by the model. Check path_key.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return paths
 
 
 def path_metadata(path: Sequence[str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ Documents carry their label path in metadata (:data:`~heal_rag.metadata.PATH_KEY
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 
 from heal_rag._validation import check_int, check_real
 from heal_rag.encoder import HEALEncoder
+from heal_rag.labels import PATH_SEPARATOR
 from heal_rag.metadata import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
 
 #: Settings for a model without a reranker record in its heal_rag.json: small enough to reorder near-ties only.
@@ -179,6 +181,7 @@ class HierarchyScorer:
             raise ValueError(f"level_weights needs {tree.depth} values (one per level), got {len(weights)}.")
         self.encoder = encoder
         self.tree = tree
+        self._warned_unknown_paths = False
         self.level_weights = np.asarray(weights, dtype=np.float64)
 
     @staticmethod
@@ -224,6 +227,8 @@ class HierarchyScorer:
         query_embedding = np.asarray(query_embedding, dtype=np.float32)
         query_probabilities = [p[0] for p in self.encoder.level_probabilities(query_embedding[None], self.temperature)]
         label_ids = np.array([self.tree.ids_for_path(p) if p else [-1] * self.tree.depth for p in paths])
+        known = (label_ids >= 0).all(axis=1)  # a given path the tree does not hold is predicted, like a missing one
+        self._warn_unknown_paths(paths, known)
         sims = np.array([np.nan if s is None else float(s) for s in similarities])
         needs_embedding = np.isnan(sims) | (label_ids < 0).any(axis=1)
         if needs_embedding.any():
@@ -246,11 +251,26 @@ class HierarchyScorer:
                 similarity=float(sims[i]),
                 hierarchy_score=float(bonus[i]),
                 level_matches=tuple(bool(m) for m in matches[i]),
-                path=tuple(paths[i]) if paths[i] else self.tree.leaf_path(int(label_ids[i, -1])),
+                path=tuple(paths[i]) if known[i] else self.tree.leaf_path(int(label_ids[i, -1])),
             )
             for i in order
         ]
         return results if top_n is None else results[:top_n]
+
+    def _warn_unknown_paths(self, paths: Sequence[Sequence[str] | None], known: np.ndarray) -> None:
+        """Warn, once per scorer, that given paths outside the model's label tree are being predicted."""
+        unknown = [tuple(p) for p, ok in zip(paths, known, strict=True) if p and not ok]
+        if not unknown or self._warned_unknown_paths:
+            return
+        self._warned_unknown_paths = True
+        example = PATH_SEPARATOR.join(self.tree.leaf_path(0))
+        warnings.warn(
+            f"{len(unknown)} of {len(paths)} documents have a label path the model's label tree does not hold "
+            f"(first: {PATH_SEPARATOR.join(unknown[0])!r}); their paths are predicted instead. The model's paths look "
+            f"like {example!r}: give the documents the paths the model was tuned on.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def config(self) -> dict[str, Any]:
         """Settings, for serialisation."""

@@ -112,3 +112,43 @@ def test_a_model_without_a_record_gets_the_conservative_defaults(tiny_heal_model
     assert HierarchyScorer.recorded_settings(encoder) == {}
     scorer = HierarchyScorer(encoder)
     assert {k: getattr(scorer, k) for k in DEFAULT_SETTINGS} == DEFAULT_SETTINGS
+
+
+def test_a_path_outside_the_models_tree_is_predicted_reported_and_never_shown_as_the_users(tiny_heal_model_dir):
+    import warnings
+
+    from heal_rag.encoder import HEALEncoder
+
+    scorer = HierarchyScorer(HEALEncoder.load(str(tiny_heal_model_dir)), margin=0.1)
+    texts = ["laser light lens", "plasma fusion tokamak"]
+    known = scorer.tree.leaf_path(0)
+    with pytest.warns(UserWarning, match=r"1 of 2 documents have a label path the model's label tree does not hold "
+                      r"\(first: 'Pumps > Maintenance'\)"):  # fmt: skip
+        results = scorer.rerank("laser", texts, paths=[("Pumps", "Maintenance"), known])
+    by_index = {r.index: r for r in results}
+    assert by_index[1].path == known
+    predicted = by_index[0].path
+    assert predicted != ("Pumps", "Maintenance") and all(i >= 0 for i in scorer.tree.ids_for_path(predicted))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per scorer, not once per query
+        scorer.rerank("plasma", texts, paths=[("Pumps", "Maintenance"), known])
+
+
+def test_rerankers_warn_when_no_document_has_the_users_path_key(tiny_heal_model_dir):
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from heal_rag.encoder import HEALEncoder
+    from heal_rag.langchain import HierarchyReranker
+    from heal_rag.llamaindex import HierarchyNodePostprocessor
+
+    encoder = HEALEncoder.load(str(tiny_heal_model_dir))
+    docs = [Document("laser light lens", metadata={"category": "Physics > Optics", "source": "a"})]
+    expected = r"None of the 1 documents has metadata key 'categroy' \(their keys: category, source\), so every"
+    with pytest.warns(UserWarning, match=expected):
+        HierarchyReranker(encoder=encoder, path_key="categroy").compress_documents(docs, "laser")
+    nodes = [NodeWithScore(node=TextNode(text="laser light lens", metadata={"category": "x"}), score=0.5)]
+    with pytest.warns(UserWarning, match="metadata key 'categroy'"):
+        HierarchyNodePostprocessor(encoder=encoder, path_key="categroy").postprocess_nodes(
+            nodes, query_bundle=QueryBundle("laser")
+        )

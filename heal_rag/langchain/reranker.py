@@ -12,7 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
-from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
+from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_metadata, paths_from_metadata
 from heal_rag.rerank import HierarchyScorer
 
 
@@ -89,7 +89,7 @@ class HierarchyReranker(BaseDocumentCompressor):
         results = self._scorer.rerank(
             query,
             [doc.page_content for doc in documents],
-            paths=[path_from_metadata(doc.metadata, self.path_key) for doc in documents],
+            paths=paths_from_metadata([doc.metadata for doc in documents], self.path_key),
             similarities=similarities,
             top_n=self.top_n,
         )

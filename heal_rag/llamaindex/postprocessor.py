@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from heal_rag.encoder import HEALEncoder
 from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
-from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
+from heal_rag.metadata import LEVEL_MATCH_KEY, PATH_KEY, path_metadata, paths_from_metadata
 from heal_rag.rerank import HierarchyScorer
 
 
@@ -83,7 +83,7 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
         results = self._scorer.rerank(
             query_bundle.query_str,
             [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
-            paths=[path_from_metadata(n.node.metadata, self.path_key) for n in nodes],
+            paths=paths_from_metadata([n.node.metadata for n in nodes], self.path_key),
             similarities=[n.score for n in nodes],
             top_n=self.top_n,
         )
