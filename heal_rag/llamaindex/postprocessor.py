@@ -17,7 +17,7 @@ from heal_rag.rerank import HierarchyScorer
 class HierarchyNodePostprocessor(BaseNodePostprocessor):
     """Rerank nodes by similarity plus agreement with the query's place in the label hierarchy.
 
-    The node's retrieval score (cosine similarity) is used as the similarity when present and kept in
+    The node's retrieval score (cosine similarity) is used as the similarity when present, and then kept in
     ``metadata["retrieval_score"]`` (``keep_retrieval_score``); ``NodeWithScore.score`` becomes the rerank score:
     the cosine similarity plus a hierarchy term in ``[0, margin]`` (see :mod:`heal_rag.rerank`; higher is better).
     Each node also gets ``heal_level_match`` (levels, from the top, that agree with the query's most likely labels)
@@ -93,7 +93,7 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
             node = exclude_hierarchy_metadata(source.node.model_copy(deep=True))
             node.metadata.update(path_metadata(result.path))
             node.metadata[LEVEL_MATCH_KEY] = result.matched_levels
-            if self.keep_retrieval_score:
+            if self.keep_retrieval_score and source.score is not None:  # None is not a value vector stores take
                 node.metadata["retrieval_score"] = source.score
             out.append(NodeWithScore(node=node, score=result.score))
         return out
