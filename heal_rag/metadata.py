@@ -116,7 +116,9 @@ def record_metadata(
     """A record's metadata as heal_rag stores it: the user's own fields (flattened), the title, the label path.
 
     The user's fields go through :func:`flatten_metadata`, except :data:`PATH_KEY`, which the record's own
-    ``path`` replaces (:func:`path_metadata`); ``title`` is added unless the user's fields already hold one. Used by
+    ``path`` replaces (:func:`path_metadata`), and a list that is the record's path (the user's ``path_key``), which
+    is kept as a ``" > "`` path so a reranker reading that key gets the path back; ``title`` is added unless the
+    user's fields already hold one. Used by
     the Chroma index and by both frameworks' folder loaders and chunk converters, so a record carries the same
     metadata whichever way it was stored.
 
@@ -127,7 +129,15 @@ def record_metadata(
         #  "heal_l0": "Physics", "heal_l1": "Optics"}
         ```
     """
-    flat = flatten_metadata({key: value for key, value in (metadata or {}).items() if key != PATH_KEY})
+    own = tuple(str(part) for part in path) if path else None
+    flat = flatten_metadata(
+        {
+            key: PATH_SEPARATOR.join(own) if own and isinstance(value, (list, tuple)) and tuple(map(str, value)) == own
+            else value
+            for key, value in (metadata or {}).items()
+            if key != PATH_KEY
+        }
+    )  # fmt: skip
     if title:
         flat.setdefault("title", title)
     if path:

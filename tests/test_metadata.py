@@ -27,6 +27,15 @@ def test_record_metadata_replaces_the_users_path_and_keeps_the_users_title() -> 
     assert user["heal_path"] == "Old > Path", "the user's metadata must not be changed"
 
 
+def test_a_users_path_key_holding_the_records_path_is_stored_as_a_path() -> None:
+    """The path a model was tuned on from ``path_key="category"`` reads back from that key after storage."""
+    user = {"category": ["Physics", "Optics"], "tags": ["Physics", "Lab"]}
+    metadata = record_metadata(user, path=("Physics", "Optics"))
+    assert metadata["category"] == "Physics > Optics" and metadata["tags"] == "Physics, Lab"
+    assert path_from_metadata(metadata, "category") == ("Physics", "Optics")
+    assert user["category"] == ["Physics", "Optics"]
+
+
 def test_record_metadata_without_a_path_drops_a_stale_one_and_adds_the_title() -> None:
     metadata = record_metadata({"heal_path": "Old > Path", "source": "a.md"}, title="Lenses")
     assert metadata == {"source": "a.md", "title": "Lenses"}

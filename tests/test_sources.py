@@ -222,3 +222,41 @@ def test_llamaindex_documents_and_nodes():
         ("p", ("Pumps", "Setup"), "pumps move water"),
         ("v", ("Valves",), "valves stop flow"),
     ]
+
+
+def test_the_folder_helpers_keep_headings_that_come_back_as_the_same_sections(manuals):
+    """load_folder → LangChain/LlamaIndex documents → fine_tune_documents's reader: the chunks' training queries (the
+    headings) survive the trip, so the helpers' documents train like the folder itself."""
+    from heal_rag.langchain import load_folder as langchain_folder
+    from heal_rag.llamaindex import load_folder as llamaindex_folder
+
+    direct = {d.id: d for d in read_directory(manuals, show_progress=False).documents}
+    for documents in (
+        from_langchain(langchain_folder(manuals, show_progress=False)),
+        from_llamaindex(llamaindex_folder(manuals, show_progress=False)),
+    ):
+        for document in documents:
+            original = direct[document.id]
+            if original.id.endswith(".pdf"):  # pages are not headings: one text either way
+                assert len(document.sections) == 1 and not document.sections[0].headings
+                continue
+            assert [(s.headings, s.text) for s in document.sections] == [
+                (s.headings, s.text) for s in original.sections
+            ], original.id
+            assert document.title == original.title
+    assert langchain_folder(manuals, show_progress=False)[1].page_content.startswith("# Installing\n\nBolt it down.")
+
+
+def test_headings_in_framework_documents_are_read_only_from_headed_files():
+    from langchain_core.documents import Document
+
+    text = "# Setup\n\nBolt it down.\n\n## Priming\n\nFill the casing."
+    markdown, plain = from_langchain(
+        [Document(text, metadata={"source": "kb/pump.md"}), Document(text, metadata={"source": "notes.txt"})]
+    )
+    assert [(s.headings, s.text) for s in markdown.sections] == [
+        (("Setup",), "Bolt it down."),
+        (("Setup", "Priming"), "Fill the casing."),
+    ]
+    assert markdown.title == "Setup"
+    assert [(s.headings, s.text) for s in plain.sections] == [((), text)] and plain.title is None

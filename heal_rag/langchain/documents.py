@@ -18,7 +18,9 @@ def load_folder(
 
     Each document's ``id`` is its path below ``root``; its metadata holds ``source``, ``file_name``, ``title`` and
     the label path (``heal_path`` as ``"A > B"`` and ``heal_l0``, ``heal_l1``, ...), all flat values, so the
-    documents go into any LangChain vector store and back into :func:`heal_rag.documents.fine_tune_documents`.
+    documents go into any LangChain vector store and back into :func:`heal_rag.documents.fine_tune_documents`. The
+    text keeps its headings as Markdown ``#`` lines, which ``fine_tune_documents`` reads back as the chunks' training
+    queries (as it does for any document whose ``source`` is a ``.md``, ``.rst`` or ``.html`` file).
     Files that cannot be read are reported (see :func:`heal_rag.sources.read_directory`), not raised.
 
     Example:
@@ -34,7 +36,7 @@ def load_folder(
     out = []
     for document in report.documents:
         metadata = record_metadata(document.metadata, document.path, document.title)
-        out.append(Document(page_content=document.text, metadata=metadata, id=document.id))
+        out.append(Document(page_content=document.headed_text(), metadata=metadata, id=document.id))
     return out
 
 

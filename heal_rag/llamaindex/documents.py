@@ -20,7 +20,8 @@ def load_folder(
     Each document's ``id_`` is its path below ``root``; its metadata holds ``source``, ``file_name``, ``title`` and
     the label path (``heal_path`` as ``"A > B"`` and ``heal_l0``, ...), flat values any vector store accepts; the
     label keys are excluded from the embedded and LLM text. Use them in an ingestion pipeline as usual, or pass them
-    to :func:`heal_rag.documents.fine_tune_documents`.
+    to :func:`heal_rag.documents.fine_tune_documents`. The text keeps its headings as Markdown ``#`` lines, which
+    ``fine_tune_documents`` reads back as the chunks' training queries.
 
     Example:
         ```python
@@ -35,7 +36,9 @@ def load_folder(
     out = []
     for document in report.documents:
         metadata = record_metadata(document.metadata, document.path, document.title)
-        out.append(exclude_hierarchy_metadata(Document(text=document.text, metadata=metadata, id_=document.id)))
+        out.append(
+            exclude_hierarchy_metadata(Document(text=document.headed_text(), metadata=metadata, id_=document.id))
+        )
     return out
 
 

@@ -44,3 +44,26 @@ class SourceDocument:
     def __post_init__(self) -> None:
         if not self.sections:
             object.__setattr__(self, "sections", (Section(self.text),))
+
+    def headed_text(self) -> str:
+        """The text with its headings back in, as Markdown ``#`` lines (``text`` when it has no headings).
+
+        What the folder helpers put into LangChain and LlamaIndex documents, so that the headings, the chunks' training
+        queries, survive the trip (:func:`heal_rag.sources.from_langchain` reads them back).
+        """
+        if not any(section.headings for section in self.sections):
+            return self.text
+        parts: list[str] = []
+        trail: tuple[str, ...] = ()
+        for section in self.sections:
+            shared = 0
+            while shared < min(len(trail), len(section.headings)) and trail[shared] == section.headings[shared]:
+                shared += 1
+            if len(section.headings) == shared and len(trail) > shared:  # back under a shorter trail: repeat its end
+                shared -= 1
+            parts.extend(
+                f"{'#' * (level + 1)} {section.headings[level]}" for level in range(shared, len(section.headings))
+            )
+            parts.append(section.text)
+            trail = section.headings
+        return "\n\n".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -10,7 +11,13 @@ from typing import Any
 
 from heal_rag.labels import PATH_SEPARATOR
 from heal_rag.metadata import path_from_metadata
-from heal_rag.sources.document import SourceDocument
+from heal_rag.sources.document import Section, SourceDocument
+from heal_rag.sources.formats import HTML_SUFFIXES, MARKDOWN_SUFFIXES, RST_SUFFIXES, parse_markdown
+
+#: Sources whose text may carry Markdown headings: Markdown files as a loader reads them, and the folder helpers'
+#: documents of every headed format (:meth:`SourceDocument.headed_text`).
+HEADED_SUFFIXES = MARKDOWN_SUFFIXES + HTML_SUFFIXES + RST_SUFFIXES
+_MARKDOWN_HEADING = re.compile(r"^#{1,6}[ \t]+\S", re.MULTILINE)
 
 #: Metadata keys holding a document's file path, in the order they are tried (LangChain loaders set ``source``,
 #: LlamaIndex's ``SimpleDirectoryReader`` sets ``file_path``).
@@ -86,6 +93,7 @@ def _documents(
         path = path_for(metadata, path_key=path_key, root=root, max_depth=max_depth)
         if path is None:
             missing.append(identifier)
+        sections, heading_title = _sections(text, metadata)
         title = metadata.get("title")
         out.append(
             SourceDocument(
@@ -93,7 +101,8 @@ def _documents(
                 text=text,
                 path=path,
                 metadata=dict(metadata),
-                title=str(title) if isinstance(title, str) and title.strip() else None,
+                sections=sections,
+                title=str(title) if isinstance(title, str) and title.strip() else heading_title,
             )
         )
     where = f"metadata key {path_key!r}" if isinstance(path_key, str) else "the metadata"
@@ -111,6 +120,19 @@ def _documents(
             "path_key=None with no paths at all to discover a hierarchy."
         )
     return out
+
+
+def _sections(text: str, metadata: Mapping[str, Any]) -> tuple[tuple[Section, ...], str | None]:
+    """The Markdown sections and title of a framework document whose text has ``#`` headings.
+
+    Only for documents of headed files (``source``/``file_path`` ending ``.md``, ``.rst``, ``.html``, ...); others,
+    and texts without headings, get none (the text is one section).
+    """
+    source = next((str(metadata[key]) for key in FILE_PATH_KEYS if isinstance(metadata.get(key), str)), "")
+    if not source.lower().endswith(HEADED_SUFFIXES) or not _MARKDOWN_HEADING.search(text):
+        return (), None
+    sections, title = parse_markdown(text)
+    return tuple(sections), title
 
 
 def _document_ids(items: Sequence[tuple[str | None, str, Mapping[str, Any]]]) -> list[str]:
@@ -159,6 +181,11 @@ def from_langchain(
 ) -> list[SourceDocument]:
     """LangChain ``Document`` objects as :class:`SourceDocument` objects.
 
+    A document without an id gets its ``source``/``file_path`` (``<source>_part_<k>`` when several share one: a
+    splitter's pieces, a PDF loader's pages). A document of a ``.md``, ``.rst`` or ``.html`` file whose text has
+    Markdown ``#`` headings is cut into its headed sections, so the headings become the chunks' training queries as
+    they do for a folder.
+
     Args:
         documents: LangChain documents (``page_content``, ``metadata``, ``id``).
         path_key: Where the label path is (see :func:`path_for`).
@@ -168,7 +195,8 @@ def from_langchain(
             hierarchy is discovered for it) and a set with some missing is refused.
 
     Raises:
-        ValueError: When some documents have a path and others do not (the first without one is named).
+        ValueError: When some documents have a path and others do not (the first without one is named), none has
+            the ``path_key`` named, or two share an id of their own.
     """
     items = ((doc.id, doc.page_content, doc.metadata or {}) for doc in documents)
     return _documents(items, path_key, root, max_depth, require_paths)
