@@ -344,3 +344,13 @@ def test_folder_helpers_for_langchain_and_llamaindex(tmp_path):
     chunks = chunk_documents(read_directory(tmp_path / "kb", show_progress=False).documents, None, show_progress=False)
     assert [d.id for d in to_documents(chunks)] == chunks.ids == [n.id_ for n in to_nodes(chunks)]
     assert to_documents(chunks)[0].metadata["heal_path"] == "pumps"
+    # LlamaIndex embeds metadata by default: these nodes embed exactly the text the model was tuned on
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.core.schema import MetadataMode
+
+    assert [n.get_content(MetadataMode.EMBED) for n in to_nodes(chunks)] == list(chunks.texts)
+    split = SentenceSplitter(chunk_size=64, chunk_overlap=0).get_nodes_from_documents(li)
+    assert [n.get_content(MetadataMode.EMBED) for n in split] == [n.get_content() for n in split]
+    assert "pumps" in split[0].get_content(MetadataMode.LLM) and "heal_path" not in split[0].get_content(
+        MetadataMode.LLM
+    )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
-from llama_index.core.schema import Document, TextNode
+from llama_index.core.schema import BaseNode, Document, TextNode
 
 from heal_rag.data import Corpus
 from heal_rag.llamaindex.retriever import exclude_hierarchy_metadata
 from heal_rag.metadata import record_metadata
 from heal_rag.sources import read_directory
+
+NodeT = TypeVar("NodeT", bound=BaseNode)
 
 
 def load_folder(
@@ -19,9 +22,10 @@ def load_folder(
 
     Each document's ``id_`` is its path below ``root``; its metadata holds ``source``, ``file_name``, ``title`` and
     the label path (``heal_path`` as ``"A > B"`` and ``heal_l0``, ...), flat values any vector store accepts; the
-    label keys are excluded from the embedded and LLM text. Use them in an ingestion pipeline as usual, or pass them
-    to :func:`heal_rag.documents.fine_tune_documents`. The text keeps its headings as Markdown ``#`` lines, which
-    ``fine_tune_documents`` reads back as the chunks' training queries.
+    label keys are excluded from the LLM text and every key from the embedded text (training reads the text alone,
+    and nodes a splitter cuts from these documents inherit the exclusion). Use them in an ingestion pipeline as
+    usual, or pass them to :func:`heal_rag.documents.fine_tune_documents`. The text keeps its headings as Markdown
+    ``#`` lines, which ``fine_tune_documents`` reads back as the chunks' training queries.
 
     Example:
         ```python
@@ -36,18 +40,29 @@ def load_folder(
     out = []
     for document in report.documents:
         metadata = record_metadata(document.metadata, document.path, document.title)
-        out.append(
-            exclude_hierarchy_metadata(Document(text=document.headed_text(), metadata=metadata, id_=document.id))
-        )
+        out.append(_embed_text_only(Document(text=document.headed_text(), metadata=metadata, id_=document.id)))
     return out
 
 
 def to_nodes(chunks: Corpus) -> list[TextNode]:
-    """Chunks (e.g. ``fine_tune_documents(...).chunks``) as LlamaIndex nodes with flat metadata and their ids."""
+    """Chunks (e.g. ``fine_tune_documents(...).chunks``) as LlamaIndex nodes with flat metadata and their ids.
+
+    The metadata is kept out of the embedded text, so the index embeds each chunk as the model was tuned on it.
+    """
     paths = chunks.labels.paths if chunks.labels is not None else [None] * len(chunks)
     metadata = chunks.metadata or [{} for _ in range(len(chunks))]
     out = []
     for chunk_id, text, path, extra in zip(chunks.ids, chunks.texts, paths, metadata, strict=True):
         flat = record_metadata(extra, path)
-        out.append(exclude_hierarchy_metadata(TextNode(text=text, metadata=flat, id_=chunk_id)))
+        out.append(_embed_text_only(TextNode(text=text, metadata=flat, id_=chunk_id)))
     return out
+
+
+def _embed_text_only(node: NodeT) -> NodeT:
+    """Keep every metadata key out of the node's embedded text, heal_rag's own out of its LLM text too.
+
+    LlamaIndex embeds metadata by default; without it an index embeds the text the model was tuned on.
+    """
+    node = exclude_hierarchy_metadata(node)
+    node.excluded_embed_metadata_keys = list(node.metadata)
+    return node
