@@ -26,18 +26,25 @@ LEVEL_MATCH_KEY = "heal_level_match"
 _FLAT_TYPES = (str, int, float, bool)
 
 
-def path_from_metadata(metadata: Mapping[str, Any] | None, key: str = PATH_KEY) -> tuple[str, ...] | None:
+def path_from_metadata(
+    metadata: Mapping[str, Any] | None, key: str | Sequence[str] = PATH_KEY
+) -> tuple[str, ...] | None:
     """A document's label path from its metadata, or ``None`` when it has none.
 
-    Accepted forms: ``metadata[key]`` as a ``" > "``-joined string or a list of strings, or the flat
-    ``heal_l0``, ``heal_l1``, ... keys.
+    Accepted forms: ``metadata[key]`` as a ``" > "``-joined string or a list of strings, the flat ``heal_l0``,
+    ``heal_l1``, ... keys, or, when ``key`` is a list, one key per level (``["department", "team"]``; empty values
+    end the path).
 
     Args:
         metadata: The document's metadata.
-        key: The key holding the path (default :data:`PATH_KEY`; the user's own key, e.g. ``"category"``).
+        key: The key holding the path (default :data:`PATH_KEY`; the user's own key, e.g. ``"category"``), or one
+            key per level.
     """
     if not metadata:
         return None
+    if not isinstance(key, str):
+        values = [metadata.get(level_key) for level_key in key]
+        return tuple(str(v) for v in values if v not in (None, "")) or None
     value = metadata.get(key)
     if isinstance(value, str) and value.strip():
         return tuple(part.strip() for part in value.split(PATH_SEPARATOR) if part.strip())
@@ -50,7 +57,7 @@ def path_from_metadata(metadata: Mapping[str, Any] | None, key: str = PATH_KEY) 
 
 
 def paths_from_metadata(
-    metadatas: Sequence[Mapping[str, Any] | None], key: str = PATH_KEY
+    metadatas: Sequence[Mapping[str, Any] | None], key: str | Sequence[str] = PATH_KEY
 ) -> list[tuple[str, ...] | None]:
     """:func:`path_from_metadata` for each of a batch of documents (a reranker's candidates).
 
@@ -58,7 +65,8 @@ def paths_from_metadata(
     misspelt key: every path would then be predicted without a word.
     """
     paths = [path_from_metadata(metadata, key) for metadata in metadatas]
-    if key != PATH_KEY and metadatas and not any(key in (metadata or {}) for metadata in metadatas):
+    wanted = [key] if isinstance(key, str) else list(key)
+    if key != PATH_KEY and metadatas and not any(k in (metadata or {}) for metadata in metadatas for k in wanted):
         keys = sorted({str(k) for metadata in metadatas for k in (metadata or {})})
         shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") or "none"
         warnings.warn(

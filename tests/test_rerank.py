@@ -147,8 +147,16 @@ def test_rerankers_warn_when_no_document_has_the_users_path_key(tiny_heal_model_
     expected = r"None of the 1 documents has metadata key 'categroy' \(their keys: category, source\), so every"
     with pytest.warns(UserWarning, match=expected):
         HierarchyReranker(encoder=encoder, path_key="categroy").compress_documents(docs, "laser")
+    per_level = [Document("laser light lens", metadata={"field": "Physics", "topic": "Optics"})]
+    reranked = HierarchyReranker(encoder=encoder, path_key=["field", "topic"]).compress_documents(per_level, "laser")
+    assert reranked[0].metadata["heal_path"] == "Physics > Optics"  # one key per level, as fine_tune_documents takes
     nodes = [NodeWithScore(node=TextNode(text="laser light lens", metadata={"category": "x"}), score=0.5)]
     with pytest.warns(UserWarning, match="metadata key 'categroy'"):
         HierarchyNodePostprocessor(encoder=encoder, path_key="categroy").postprocess_nodes(
             nodes, query_bundle=QueryBundle("laser")
         )
+    nodes = [NodeWithScore(node=TextNode(text="laser", metadata={"field": "Physics", "topic": "Optics"}), score=0.5)]
+    out = HierarchyNodePostprocessor(encoder=encoder, path_key=["field", "topic"]).postprocess_nodes(
+        nodes, query_bundle=QueryBundle("laser")
+    )
+    assert out[0].node.metadata["heal_path"] == "Physics > Optics"

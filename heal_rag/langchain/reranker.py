@@ -25,7 +25,8 @@ class HierarchyReranker(BaseDocumentCompressor):
     number of levels, from the top, at which the document agrees with the query's most likely labels
     (``heal_level_match``) and the label path (``heal_path`` as ``"A > B"``, ``heal_l0``, ...: flat values any vector
     store accepts). A document's path comes from its metadata (``path_key``: our ``heal_path``, or your own key, e.g.
-    ``"category"``, as a ``" > "`` string or a list; or ``heal_l0``, ...) or is predicted from its text, so documents
+    ``"category"``, as a ``" > "`` string or a list; one key per level, ``["department", "team"]``; or ``heal_l0``,
+    ...) or is predicted from its text, so documents
     from your own vector store work as they are; its similarity comes from ``metadata["score"]`` (as
     :class:`~heal_rag.langchain.HEALRetriever` sets it) or is computed.
 
@@ -56,7 +57,7 @@ class HierarchyReranker(BaseDocumentCompressor):
     """Metadata key holding the retrieval similarity, if any."""
     relevance_key: str = "relevance_score"
     """Metadata key that receives the rerank score."""
-    path_key: str = PATH_KEY
+    path_key: str | list[str] = PATH_KEY
     """Metadata key holding a document's label path (``"A > B"`` or a list); missing paths are predicted."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")

@@ -47,8 +47,9 @@ class HierarchyNodePostprocessor(BaseNodePostprocessor):
         default=None, ge=0, lt=1, description="Query certainties under this count as 0 (None: the model's value)."
     )
     keep_retrieval_score: bool = Field(default=True, description="Keep the retrieval score in metadata.")
-    path_key: str = Field(
-        default=PATH_KEY, description="Metadata key of a node's label path ('A > B' or a list); else predicted."
+    path_key: str | list[str] = Field(
+        default=PATH_KEY,
+        description="Metadata key of a node's label path ('A > B' or a list), or one key per level; else predicted.",
     )
     _scorer: HierarchyScorer = PrivateAttr()
 

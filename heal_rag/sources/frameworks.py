@@ -50,11 +50,8 @@ def path_for(
     if callable(path_key):
         found = path_key(metadata)
         path = tuple(str(part) for part in found) if found else None
-    elif isinstance(path_key, str):
-        path = path_from_metadata(metadata, path_key)
     elif path_key is not None:
-        values = [metadata.get(key) for key in path_key]
-        path = tuple(str(v) for v in values if v not in (None, "")) or None
+        path = path_from_metadata(metadata, path_key)
     else:
         path = path_from_metadata(metadata) or (_folders(metadata, root) if root is not None else None)
     if path is not None and any(PATH_SEPARATOR in part for part in path):
