@@ -313,7 +313,8 @@ def _rerank_evaluation(encoder: Any, task: Any, tuned: Any) -> Any:
 
     scorer = HierarchyScorer(encoder)
     documents, queries = tuned.document_embeddings, tuned.query_embeddings
-    paths = task.corpus.labels.paths
+    # held-out documents may sit in folders training never saw: the scorer predicts those, as it would in the index
+    paths = [p if min(scorer.tree.ids_for_path(p)) >= 0 else None for p in task.corpus.labels.paths]
     candidates = top_k_indices(queries, documents, RERANK_CANDIDATES)
     ranked = np.empty_like(candidates)
     for row, (query, picked) in enumerate(zip(task.query_texts, candidates, strict=True)):

@@ -266,8 +266,9 @@ class HierarchyScorer:
         example = PATH_SEPARATOR.join(self.tree.leaf_path(0))
         warnings.warn(
             f"{len(unknown)} of {len(paths)} documents have a label path the model's label tree does not hold "
-            f"(first: {PATH_SEPARATOR.join(unknown[0])!r}); their paths are predicted instead. The model's paths look "
-            f"like {example!r}: give the documents the paths the model was tuned on.",
+            f"(first: {PATH_SEPARATOR.join(unknown[0])!r}: a folder or category added since training, or another way "
+            f"of writing paths than the model's, such as {example!r}); their paths are predicted instead. Retrain to "
+            "learn new branches.",
             UserWarning,
             stacklevel=3,
         )

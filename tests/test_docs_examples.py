@@ -147,6 +147,7 @@ def test_docstring_examples_run(qualified, scratch):
     run_blocks(blocks, namespace, qualified)
 
 
+@pytest.mark.filterwarnings("error:.*label tree does not hold:UserWarning")  # the reranker reads the paths given
 def test_readme_examples_run(scratch):
     namespace = reader_namespace(scratch)
     run_blocks(readme_examples(), namespace, "README.md")

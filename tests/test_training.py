@@ -187,16 +187,19 @@ def test_fine_tune_documents_only_and_soft_weights(corpus, tiny_model_dir, tmp_p
 
 
 def test_retraining_replaces_the_output_directory_whole_only_with_overwrite(corpus, tiny_model_dir, tmp_path):
-    from heal_rag.outputs import OutputPathError
+    from heal_rag.outputs import OUTPUT_MARKER, OutputPathError
 
     texts, paths, _ = corpus
     out = tmp_path / "m"
     fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, **FAST)
-    (out / "stale.txt").write_text("from an older run")
     first = read_metadata(out)["fingerprint"]
     with pytest.raises(OutputPathError, match="--overwrite"):
         fine_tune(texts, paths, output_dir=out, base_model=tiny_model_dir, show_progress_bar=False, seed=7, **FAST)
-    assert read_metadata(out)["fingerprint"] == first and (out / "stale.txt").exists()
+    assert read_metadata(out)["fingerprint"] == first
+    # a file an earlier run wrote (it is in the output's file list) and this one will not: the directory is replaced
+    (out / "old_extra.txt").write_text("from an older run")
+    marker = json.loads((out / OUTPUT_MARKER).read_text())
+    (out / OUTPUT_MARKER).write_text(json.dumps({**marker, "files": [*marker["files"], "old_extra.txt"]}))
     fine_tune(
         texts,
         paths,
@@ -207,7 +210,7 @@ def test_retraining_replaces_the_output_directory_whole_only_with_overwrite(corp
         overwrite=True,
         **FAST,
     )
-    assert not (out / "stale.txt").exists()
+    assert not (out / "old_extra.txt").exists()
     assert read_metadata(out)["fingerprint"] != first
 
 
