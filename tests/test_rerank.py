@@ -123,7 +123,7 @@ def test_a_path_outside_the_models_tree_is_predicted_reported_and_never_shown_as
     texts = ["laser light lens", "plasma fusion tokamak"]
     known = scorer.tree.leaf_path(0)
     with pytest.warns(UserWarning, match=r"1 of 2 documents have a label path the model's label tree does not hold "
-                      r"\(first: 'Pumps > Maintenance'\)"):  # fmt: skip
+                      r"\(first: 'Pumps > Maintenance': a folder or category added since training"):  # fmt: skip
         results = scorer.rerank("laser", texts, paths=[("Pumps", "Maintenance"), known])
     by_index = {r.index: r for r in results}
     assert by_index[1].path == known
