@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--rebuild", action="store_true", help="drop an existing heal_rag collection of that name first"
     )
+    index.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="once --data is stored, delete the collection's records whose ids are not in it (documents removed, or "
+        "shortened, since the last build)",
+    )
 
     export = sub.add_parser(
         "export", help="export a model for fast CPU serving (ONNX Runtime or OpenVINO), checked against PyTorch"
@@ -607,6 +613,7 @@ def _index(args: argparse.Namespace) -> int:
             backend=args.backend,
             client=client,
             processes=args.processes,
+            delete_missing=args.delete_missing,
         )
     finally:
         log.removeHandler(handler)

@@ -314,8 +314,12 @@ def index_documents(
     batch_size: int = 256,
     rebuild: bool = False,
     show_progress: bool = True,
+    delete_missing: bool = False,
 ) -> Any:
     """Index the user's documents in Chroma as the chunks ``model`` was tuned on (same settings, same ids).
+
+    With ``delete_missing``, chunks of documents no longer in ``data`` (or beyond a shortened document's end) are
+    deleted once the rest is stored (see :func:`heal_rag.chroma.build_index`).
 
     Returns:
         The Chroma collection (see :func:`heal_rag.chroma.build_index`).
@@ -341,4 +345,5 @@ def index_documents(
         batch_size=batch_size,
         rebuild=rebuild,
         show_progress=show_progress,
+        delete_missing=delete_missing,
     )

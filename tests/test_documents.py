@@ -232,6 +232,23 @@ def test_the_cli_trains_and_indexes_a_folder_with_the_same_chunks(tmp_path, caps
     assert all(r["heal_path"] == "Physics > Optics" and r["source"] == "Physics/Optics/doc0.md" for r in doc0)
     assert doc0[-1]["heading"].endswith("> More") and not doc0[0]["heading"].endswith("> More")
 
+    # the folder changes: a document removed, another shortened; --delete-missing drops their stale chunks
+    (tmp_path / "kb" / "Physics" / "Optics" / "doc0.md").unlink()
+    shortened = next((tmp_path / "kb").rglob("doc1.md"))
+    shortened.write_text("# Short\n\nOnly this.\n")
+    index = ["index", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "kb"), "--db", str(tmp_path / "db"),
+             "--collection", "kb-chunks"]  # fmt: skip
+    assert main(index) == 0
+    kept = open_collection(tmp_path / "db", "kb-chunks").get(include=[])["ids"]
+    assert set(kept) > set(chunks_for_model(tmp_path / "m", tmp_path / "kb", show_progress=False).ids), "kept"
+    capsys.readouterr()
+    assert main([*index, "--delete-missing"]) == 0
+    assert "records deleted" in capsys.readouterr().out
+    now = chunks_for_model(tmp_path / "m", tmp_path / "kb", show_progress=False)
+    kept = open_collection(tmp_path / "db", "kb-chunks").get(include=[])["ids"]
+    assert sorted(kept) == sorted(now.ids) and not any(i.startswith("Physics/Optics/doc0.md#") for i in kept)
+    assert len([i for i in kept if "/doc1.md#" in i]) == 1
+
 
 def test_a_flat_folder_gets_a_discovered_hierarchy(tmp_path, capsys):
     texts, _, _ = make_corpus(8)

@@ -295,6 +295,7 @@ def build_index(
     embeddings: Any = None,
     backend: str = "torch",
     processes: int = 1,
+    delete_missing: bool = False,
 ) -> Any:
     """Embed ``corpus`` with a HEAL model and upsert it into a persistent Chroma collection.
 
@@ -326,10 +327,14 @@ def build_index(
             a single ``Corpus``.
         backend: The backend a model directory is loaded with (see :mod:`heal_rag.backends`).
         processes: Encoder processes (torch backend; see :meth:`~heal_rag.encoder.HEALEncoder.multi_process`).
+        delete_missing: Once every document is stored, delete the collection's records whose ids are not in
+            ``corpus``: the chunks of documents removed since the last build, or the last chunks of a document that
+            got shorter (LangChain's indexing API calls this ``cleanup="full"``). Nothing is deleted when the build
+            stops early. Give the whole corpus: records of documents left out are deleted too.
 
     Returns:
-        The Chroma collection. How many documents were embedded and how many were already stored is logged (logger
-        ``heal_rag.chroma.index``, level INFO) and shown on the progress bar.
+        The Chroma collection. How many documents were embedded, how many were already stored and how many were
+        deleted is logged (logger ``heal_rag.chroma.index``, level INFO) and shown on the progress bar.
 
     Raises:
         ValueError: For a bad name or batch size, or duplicate ids (also across batches).
@@ -375,6 +380,9 @@ def build_index(
         counts["embedded"],
         counts["already stored"],
     )
+    if delete_missing:
+        deleted = _delete_missing(collection, seen, batch_size)
+        logger.info("%s: %d records deleted (their ids are not in this build's documents)", collection_name, deleted)
     truncated = encoder.truncated_texts - truncated_before
     if truncated:
         warnings.warn(
@@ -385,6 +393,22 @@ def build_index(
             stacklevel=2,
         )
     return collection
+
+
+def _delete_missing(collection: Any, keep: set[str], batch_size: int) -> int:
+    """Delete the records of ``collection`` whose ids are not in ``keep``; returns how many were deleted."""
+    stored: list[str] = []
+    offset = 0
+    while True:  # ids only, a page at a time
+        page = collection.get(include=[], limit=max(batch_size, 1024), offset=offset)["ids"]
+        stored.extend(page)
+        offset += len(page)
+        if not page:
+            break
+    missing = [record_id for record_id in stored if record_id not in keep]
+    for start in range(0, len(missing), batch_size):
+        collection.delete(ids=missing[start : start + batch_size])
+    return len(missing)
 
 
 def _check_new_ids(ids: Sequence[str], seen: set[str]) -> None:
