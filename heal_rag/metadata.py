@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from heal_rag.labels import PATH_SEPARATOR
@@ -67,15 +67,20 @@ def paths_from_metadata(
     paths = [path_from_metadata(metadata, key) for metadata in metadatas]
     wanted = [key] if isinstance(key, str) else list(key)
     if key != PATH_KEY and metadatas and not any(k in (metadata or {}) for metadata in metadatas for k in wanted):
-        keys = sorted({str(k) for metadata in metadatas for k in (metadata or {})})
-        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") or "none"
         warnings.warn(
-            f"None of the {len(metadatas)} documents has metadata key {key!r} (their keys: {shown}), so every label "
+            f"None of the {len(metadatas)} documents has metadata key {key!r} (their keys: "
+            f"{metadata_keys(metadatas)}), so every label "
             "path is predicted by the model. Check path_key.",
             UserWarning,
             stacklevel=3,
         )
     return paths
+
+
+def metadata_keys(metadatas: Iterable[Mapping[str, Any] | None], limit: int = 8) -> str:
+    """The keys found in a set of metadata, sorted and shortened for an error message (``"none"`` if none)."""
+    keys = sorted({str(key) for metadata in metadatas for key in (metadata or {})})
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "") or "none"
 
 
 def path_metadata(path: Sequence[str]) -> dict[str, str]:
@@ -126,9 +131,8 @@ def record_metadata(
     The user's fields go through :func:`flatten_metadata`, except :data:`PATH_KEY`, which the record's own
     ``path`` replaces (:func:`path_metadata`), and a list that is the record's path (the user's ``path_key``), which
     is kept as a ``" > "`` path so a reranker reading that key gets the path back; ``title`` is added unless the
-    user's fields already hold one. Used by
-    the Chroma index and by both frameworks' folder loaders and chunk converters, so a record carries the same
-    metadata whichever way it was stored.
+    user's fields already hold one. Used by the Chroma index and by both frameworks' folder loaders and chunk
+    converters, so a record carries the same metadata whichever way it was stored.
 
     Example:
         ```python

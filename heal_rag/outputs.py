@@ -119,6 +119,11 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     os.rmdir(probe)
 
 
+def _first_names(names: list[str]) -> str:
+    """The first three names, for an error message."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def prepare_output_dir(
     path: str | os.PathLike[str],
     *,
@@ -153,7 +158,7 @@ def prepare_output_dir(
         found = output_kind(target)
         if found is None:
             names = sorted(entry.name for entry in target.iterdir())
-            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            listed = _first_names(names)
             raise OutputPathError(
                 f"{what} {shown!r} already exists and holds files heal_rag did not write ({listed}). heal_rag never "
                 "replaces them: choose a new or empty directory (--overwrite only ever replaces a directory heal_rag "
@@ -171,7 +176,7 @@ def prepare_output_dir(
             )
         added = unrecorded_files(target)
         if added:
-            listed = ", ".join(added[:3]) + (", ..." if len(added) > 3 else "")
+            listed = _first_names(added)
             raise OutputPathError(
                 f"{what} {shown!r} holds an earlier heal_rag {found} and files heal_rag did not write there "
                 f"({listed}); replacing the directory would delete them. Move them out, or choose a new path."

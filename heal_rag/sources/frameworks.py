@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from heal_rag.labels import PATH_SEPARATOR
-from heal_rag.metadata import path_from_metadata
+from heal_rag.metadata import metadata_keys, path_from_metadata
 from heal_rag.sources.document import Section, SourceDocument
 from heal_rag.sources.formats import HTML_SUFFIXES, MARKDOWN_SUFFIXES, RST_SUFFIXES, parse_markdown
 
@@ -104,8 +104,7 @@ def _documents(
         )
     where = f"metadata key {path_key!r}" if isinstance(path_key, str) else "the metadata"
     if out and len(missing) == len(out) and path_key is not None:
-        keys = sorted({str(key) for _, _, metadata in items for key in metadata})
-        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") or "none"
+        shown = metadata_keys(metadata for _, _, metadata in items)
         raise ValueError(
             f"None of the {len(out)} documents has a label path in {where} (their metadata keys: {shown}). Name the "
             "key that holds the path, or pass path_key=None to discover a hierarchy."
