@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from heal_rag.labels import LabelPaths
-from heal_rag.outputs import atomic_directory
+from heal_rag.outputs import atomic_directory, unrecorded_files
 
 __all__ = [
     "METADATA_FILE",
@@ -72,14 +72,18 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """SHA-256 over the relative paths and bytes of a model directory's files (model card excluded).
 
     Two directories with the same weights, tokenizer and configuration have the same fingerprint; any fine-tune
-    changes it, even one that keeps the embedding width.
+    changes it, even one that keeps the embedding width. Files a user added to a directory heal_rag wrote (notes, a
+    label file; see :func:`heal_rag.outputs.unrecorded_files`) do not count: they change no weights.
     """
     root = Path(model_dir)
+    added = set(unrecorded_files(root))
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root).as_posix()
         parts = file.relative_to(root).parts
         if relative in _FINGERPRINT_EXCLUDE or parts[0] == "exports" or any(p.startswith(".") for p in parts):
+            continue
+        if relative in added:
             continue
         digest.update(relative.encode())
         with file.open("rb") as handle:

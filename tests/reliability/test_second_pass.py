@@ -173,6 +173,10 @@ def test_weights_swapped_under_an_unchanged_heal_rag_json_are_refused(tmp_path):
     from conftest import train_tiny_heal_model
 
     train_tiny_heal_model(other, seed=7)
+    (model / "NOTES.txt").write_text("mine")  # a user's file beside the weights changes nothing the model computes
+    (model / "labels").mkdir()
+    (model / "labels" / "l.jsonl").write_text("{}")
+    assert HEALEncoder.load(model).fingerprint == json.loads((model / "heal_rag.json").read_text())["fingerprint"]
     shutil.copy(other / "model.safetensors", model / "model.safetensors")
     with pytest.raises(MetadataError, match="changed after its heal_rag.json was written"):
         HEALEncoder.load(model)
