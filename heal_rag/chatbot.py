@@ -93,11 +93,18 @@ class Chatbot:
         generator: Chat model or runnable taking the prompt value (default: :func:`extractive_generator`).
         k: Passages retrieved per question.
         top_n: Passages kept after reranking (and cited).
+
+    Raises:
+        heal_rag.chroma.StaleModelError: When ``collection`` was built by another model (its vectors would not be
+            comparable with the questions'), or not by heal_rag.
     """
 
     def __init__(
         self, encoder: HEALEncoder, collection: Any, generator: Runnable | None = None, k: int = 10, top_n: int = 3
     ) -> None:
+        from heal_rag.chroma import check_collection
+
+        check_collection(collection, encoder)  # it queries with its own vectors: the collection must be the model's
         self.encoder = encoder
         self.collection = collection
         self.reranker = HierarchyReranker(encoder=encoder, top_n=top_n)

@@ -205,6 +205,26 @@ def test_a_langchain_chroma_store_built_by_hand_refuses_another_model(tmp_path):
     assert len(right.similarity_search("laser", k=2)) == 2
 
 
+def test_the_chatbot_refuses_a_collection_built_by_another_model(tmp_path):
+    from heal_rag.chatbot import Chatbot
+    from heal_rag.chroma import StaleModelError, build_index
+    from heal_rag.data import Corpus
+    from heal_rag.encoder import HEALEncoder
+    from heal_rag.labels import LabelPaths
+
+    texts, paths, titles = make_corpus()
+    corpus = Corpus([f"d{i}" for i in range(len(texts))], texts, titles, LabelPaths(paths))
+    collection = build_index(str(build_tiny_heal_model()), corpus, tmp_path / "db", show_progress=False)
+    other = tmp_path / "other"
+    from conftest import train_tiny_heal_model
+
+    train_tiny_heal_model(other, seed=7)  # same architecture and labels, other weights: only the fingerprint differs
+    with pytest.raises(StaleModelError):
+        Chatbot(HEALEncoder.load(other), collection)
+    answer, sources = Chatbot(HEALEncoder.load(build_tiny_heal_model()), collection).ask("laser light")
+    assert "[1] " in answer and len(sources) == 3
+
+
 # ---- kind 2: settings ----------------------------------------------------------------------------------------------
 def test_absurd_learning_rates_are_refused_and_a_collapsed_model_is_not_saved(tmp_path, capsys, monkeypatch):
     import heal_rag.training as training
