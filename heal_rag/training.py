@@ -601,7 +601,7 @@ def fine_tune(
         seed=config.seed,
     )
     _check_rows_against_config(rows, config)
-    _check_resume_point(checkpoints, resume_from_checkpoint, config)
+    resume_from_checkpoint = _check_resume_point(checkpoints, resume_from_checkpoint, config)
     validation: BlendValidation | None = None
     fallback_reason = ""
     if choose_share:
@@ -944,17 +944,39 @@ def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -
 
 def _check_resume_point(
     checkpoints: Path | None, resume_from_checkpoint: str | bool | None, config: HEALTrainingConfig
-) -> None:
-    """Check the checkpoint a run resumes from: its weights (safetensors only) and that training is not over."""
+) -> str | bool | None:
+    """Check the checkpoint a run resumes from: its weights (safetensors only) and that training is not over.
+
+    Returns:
+        What to hand the trainer: with ``resume_from_checkpoint=True``, the latest *complete* checkpoint (one a run
+        stopped while writing has no ``trainer_state.json`` and is passed over, with a warning).
+
+    Raises:
+        ValueError: When no checkpoint is complete, or training already ended at the checkpoint.
+    """
     if not resume_from_checkpoint:
-        return
+        return resume_from_checkpoint
     if isinstance(resume_from_checkpoint, str):
         latest = Path(resume_from_checkpoint)
     else:
         found = [p for p in (checkpoints or Path()).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         if checkpoints is None or not found:
-            return
-        latest = max(found, key=lambda p: int(p.name.split("-")[-1]))
+            return resume_from_checkpoint
+        found.sort(key=lambda p: int(p.name.split("-")[-1]))
+        complete = [p for p in found if (p / "trainer_state.json").is_file()]
+        if not complete:
+            raise ValueError(
+                f"No complete checkpoint in {str(checkpoints)!r}: {found[-1].name} has no trainer_state.json (the run "
+                "stopped while writing it). Delete that folder to start over, or point --resume at a complete one."
+            )
+        latest = complete[-1]
+        if latest != found[-1]:
+            warnings.warn(
+                f"Resuming from {latest.name}: {found[-1].name} is incomplete (the run stopped while writing it).",
+                UserWarning,
+                stacklevel=3,
+            )
+        resume_from_checkpoint = str(latest)
     from heal_rag.models import check_model_files
 
     check_model_files(latest)
@@ -965,6 +987,7 @@ def _check_resume_point(
             f"The checkpoint {str(latest)!r} is at step {step}, the end of training (max_steps {config.max_steps}): "
             "there is nothing to resume. Raise --max-steps to train on, or start without --resume."
         )
+    return resume_from_checkpoint
 
 
 def _warn_truncated(model: SentenceTransformer, documents: Sequence[str], max_seq_length: int | None) -> None:

@@ -224,25 +224,29 @@ def test_resume_from_the_cli_equals_an_uninterrupted_run(tmp_path):
     # A run killed after its step-2 checkpoint: only that checkpoint exists; --resume continues it.
     interrupted = tmp_path / "ck-killed"
     shutil.copytree(checkpoints / "checkpoint-2", interrupted / "checkpoint-2")
+    # ... and killed again while writing its step-4 checkpoint: that one has no trainer_state.json and is passed over
+    shutil.copytree(checkpoints / "checkpoint-4", interrupted / "checkpoint-4")
+    (interrupted / "checkpoint-4" / "trainer_state.json").unlink()
     resumed = tmp_path / "resumed"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(data),
-                "--out",
-                str(resumed),
-                *flags,
-                "--checkpoints",
-                str(interrupted),
-                "--checkpoint-steps",
-                "2",
-                "--resume",
-            ]
+    with pytest.warns(UserWarning, match="Resuming from checkpoint-2: checkpoint-4 is incomplete"):
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(resumed),
+                    *flags,
+                    "--checkpoints",
+                    str(interrupted),
+                    "--checkpoint-steps",
+                    "2",
+                    "--resume",
+                ]
+            )
+            == 0
         )
-        == 0
-    )
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     base = load_file(str(build_tiny_model() / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -286,3 +290,8 @@ def test_resume_needs_a_checkpoint_and_leftover_checkpoints_need_resume(tmp_path
         == 2
     )
     assert "--resume" in capsys.readouterr().err
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "m"), *tiny_training_flags(), "--checkpoints",
+            str(empty), "--resume"]  # fmt: skip
+    assert main(argv) == 2  # the only checkpoint was never finished: say so, and how to get out
+    err = capsys.readouterr().err
+    assert "No complete checkpoint" in err and "checkpoint-2 has no trainer_state.json" in err and "Delete" in err
