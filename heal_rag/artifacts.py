@@ -38,8 +38,12 @@ _FINGERPRINT_EXCLUDE = {METADATA_FILE, "README.md"}
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename.
+
+    Missing parent folders are created (a checked output path such as ``labels/run1/l.jsonl`` may not exist yet).
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:

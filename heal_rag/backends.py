@@ -328,6 +328,7 @@ def export_model(
     """
     from heal_rag.artifacts import METADATA_FILE, read_metadata, write_json_atomic
     from heal_rag.models import load_sentence_transformer
+    from heal_rag.outputs import check_writable
 
     check_choice("backend", backend, ("onnx", "openvino"))
     check_choice("quantize", quantize, (None, "int8"))
@@ -338,6 +339,8 @@ def export_model(
     if precision == "bf16":
         _check_bf16_export(backend, quantize)
     metadata = read_metadata(model_dir, verify_files=True)
+    for location in (Path(model_dir), Path(model_dir) / EXPORT_DIR):  # before the export's work, not after it
+        check_writable(location)
     model = load_sentence_transformer(model_dir)
     _check_exportable(model)
     exports = Path(model_dir) / EXPORT_DIR

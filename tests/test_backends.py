@@ -349,3 +349,13 @@ def test_a_missing_extra_is_named_with_the_install_command(model_dir, monkeypatc
     with pytest.raises(ImportError, match=r"pip install 'heal_rag\[openvino\]'"):
         export_model(model_dir, "openvino")
     assert not (model_dir / EXPORT_DIR).exists()
+
+
+def test_an_unwritable_model_folder_is_refused_before_the_export(model_dir, monkeypatch):
+    import heal_rag.models
+    from heal_rag.outputs import OutputPathError
+
+    (model_dir / EXPORT_DIR).write_text("a file where the exports folder goes")
+    monkeypatch.setattr(heal_rag.models, "load_sentence_transformer", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(OutputPathError, match="exports' is a file, not a directory"):
+        export_model(model_dir, "onnx")

@@ -172,6 +172,12 @@ def test_cluster_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys
     existing.write_text("mine\n")
     assert main(["cluster", "--data", str(data), "--out", str(existing)]) == 2
     assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "mine\n"
+    nested = tmp_path / "labels" / "run1" / "labels.jsonl"  # a folder that does not exist yet is made
+    assert (
+        main(["cluster", "--data", str(data), "--out", str(nested), "--max-depth", "1", "--min-node-size", "10", "-q"])
+        == 0
+    )
+    assert nested.is_file() and nested.read_text().strip()
 
 
 def test_eval_report_directory_is_replaced_only_with_overwrite(tmp_path, capsys):
