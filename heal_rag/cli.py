@@ -533,7 +533,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     from heal_rag.data import read_corpus
-    from heal_rag.hierarchy.discover import discover_labels, write_labels_jsonl, write_tree
+    from heal_rag.hierarchy.discover import (
+        discover_labels,
+        is_labels_file,
+        is_tree_file,
+        write_labels_jsonl,
+        write_tree,
+    )
     from heal_rag.outputs import prepare_output_file
 
     tree_path = args.tree or os.path.splitext(args.out)[0] + ".tree.json"
@@ -543,8 +549,8 @@ def _cluster(args: argparse.Namespace) -> int:
             f"The labels ({args.out}), the tree ({tree_path}) and its text view ({outputs[2]}) must be three "
             "different files; give --tree a name that differs from --out by more than its suffix."
         )
-    for path in outputs:
-        prepare_output_file(path, overwrite=args.overwrite, inputs=[args.data])
+    for path, ours in zip(outputs, (is_labels_file, is_tree_file, is_tree_file), strict=True):
+        prepare_output_file(path, overwrite=args.overwrite, inputs=[args.data], ours=ours)
     corpus = read_corpus(args.data, require_labels=False)
     hnmfk, labels = discover_labels(
         corpus.texts,

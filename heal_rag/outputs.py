@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -187,9 +187,20 @@ def prepare_output_dir(
 
 
 def prepare_output_file(
-    path: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str] | None] = ()
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    ours: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Check an output file before any work: not an input, not an existing file unless ``overwrite``, writable.
+
+    Args:
+        path: The file.
+        overwrite: Replace an existing file (with ``ours``: only one it tells apart as an earlier heal_rag output).
+        inputs: The run's input files and folders; the output may not be one of them.
+        ours: Tells whether an existing file is what heal_rag writes there; a file it does not recognise is never
+            replaced.
 
     Raises:
         OutputPathError: With the path and the way out.
@@ -203,6 +214,11 @@ def prepare_output_file(
         raise OutputPathError(
             f"Output file {shown!r} already exists. Choose a new path, or pass --overwrite (overwrite=True) to "
             "replace it."
+        )
+    if target.exists() and ours is not None and not ours(target):
+        raise OutputPathError(
+            f"Output file {shown!r} exists and is not an earlier heal_rag output of this kind; --overwrite only ever "
+            "replaces those. Choose a new path."
         )
     check_writable(target.parent)
     return target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from heal_rag.artifacts import write_json_atomic, write_text_atomic
@@ -74,6 +75,29 @@ def write_labels_jsonl(
             ]
         lines.append(json.dumps(record, ensure_ascii=False))
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def is_labels_file(path: Path) -> bool:
+    """Whether ``path`` is a labels file :func:`write_labels_jsonl` wrote (judged by its first record)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"id", "labels", "label_names", "weights"} <= set(first)
+
+
+def is_tree_file(path: Path) -> bool:
+    """Whether ``path`` is a hierarchy :func:`write_tree` wrote: its JSON, or the text view beside that JSON."""
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8", errors="replace").startswith("root  (") and is_tree_file(
+            path.with_suffix(".json")
+        )
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"params", "n_terms", "tree"} <= set(payload)
 
 
 def write_tree(model: HNMFk, json_path: str | os.PathLike[str]) -> None:

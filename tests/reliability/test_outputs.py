@@ -173,11 +173,17 @@ def test_cluster_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys
     assert main(["cluster", "--data", str(data), "--out", str(existing)]) == 2
     assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "mine\n"
     nested = tmp_path / "labels" / "run1" / "labels.jsonl"  # a folder that does not exist yet is made
-    assert (
-        main(["cluster", "--data", str(data), "--out", str(nested), "--max-depth", "1", "--min-node-size", "10", "-q"])
-        == 0
-    )
-    assert nested.is_file() and nested.read_text().strip()
+    cluster = ["cluster", "--data", str(data), "--max-depth", "1", "--min-node-size", "10", "-q"]
+    assert main([*cluster, "--out", str(nested)]) == 0
+    assert nested.is_file() and nested.with_suffix(".tree.json").is_file()
+    assert main([*cluster, "--out", str(nested), "--overwrite"]) == 0  # its own earlier output is replaced
+    # --overwrite never replaces a file heal_rag did not write: the user's labels, or a corpus copy named as the tree
+    mine = data.parent / "c.json"
+    for flags in (["--out", str(existing)], ["--out", str(tmp_path / "new.jsonl"), "--tree", str(mine)]):
+        mine.write_text('{"mine": 1}')
+        assert main([*cluster, *flags, "--overwrite"]) == 2
+        assert "not an earlier heal_rag output" in capsys.readouterr().err
+    assert existing.read_text() == "mine\n" and mine.read_text() == '{"mine": 1}'
 
 
 def test_eval_report_directory_is_replaced_only_with_overwrite(tmp_path, capsys):
