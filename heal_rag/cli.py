@@ -624,7 +624,13 @@ def _index(args: argparse.Namespace) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(previous_level)
-    where = args.db if client is None else f"the Chroma server at {args.chroma_host}:{args.chroma_port}"
+    if client is None:
+        where = args.db
+    else:
+        from heal_rag.chroma.index import server_address
+
+        host, port, _ = server_address(args.chroma_host, args.chroma_port, ssl=False)
+        where = f"the Chroma server at {host}:{port}"
     print(f"collection {args.collection!r} in {where}: {collection.count()} records")
     return 0
 

@@ -118,11 +118,18 @@ def test_the_cli_indexes_into_the_server(server, tmp_path, capsys):
     assert main([*args, "--chroma-host", "127.0.0.1", "--chroma-port", str(server)]) == 0
     assert f"Chroma server at 127.0.0.1:{server}: {len(texts)} records" in capsys.readouterr().out
     assert open_collection(None, "cli-papers", client=connect("127.0.0.1", server)).count() == len(texts)
+    for host in (f"127.0.0.1:{server}", f"http://127.0.0.1:{server}"):  # the port in the host wins over the default
+        assert main([*args, "--chroma-host", host]) == 0
+        assert f"Chroma server at 127.0.0.1:{server}: " in capsys.readouterr().out
+    assert connect("127.0.0.1", str(server)).heartbeat()  # a port given as a string of digits
 
 
 def test_no_server_is_named_with_the_command_that_starts_one(tmp_path):
-    with pytest.raises(ConnectionError, match="chroma run --path"):
-        connect("127.0.0.1", _free_port())
+    port = _free_port()
+    with pytest.raises(ConnectionError, match=rf"No Chroma server answers at 127.0.0.1:{port} .*--port {port}`"):
+        connect(f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="port"):
+        connect("127.0.0.1", 99999)
     with pytest.raises(ValueError, match="not both"):
         open_collection(tmp_path / "db", "papers", client=object())
     with pytest.raises(ValueError, match="client="):

@@ -116,15 +116,17 @@ def connect(
     model is). Telemetry stays off unless the environment says otherwise.
 
     Args:
-        host: The server's host name.
-        port: Its port.
+        host: The server's host name; ``"host:port"`` and ``"http(s)://host[:port]"`` work too (their port and
+            scheme win over ``port`` and ``ssl``).
+        port: Its port, 1–65535 (a string of digits is accepted).
         ssl: Use HTTPS.
         headers: Extra HTTP headers (e.g. an authentication token).
 
     Raises:
+        ValueError: For a port outside 1–65535.
         ConnectionError: When no Chroma server answers at ``host:port``, with the command that starts one.
     """
-    check_int("port", port, minimum=1)
+    host, port, ssl = server_address(host, port, ssl)
     try:
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=headers, settings=Settings())
         client.heartbeat()
@@ -134,6 +136,22 @@ def connect(
             f"`chroma run --path chroma_db --port {port}`, or use a local database folder instead."
         ) from exc
     return client
+
+
+def server_address(host: str, port: int | str, ssl: bool) -> tuple[str, int, bool]:
+    """``(host, port, ssl)`` from a host that may carry a scheme and a port (``http://db:8001``, ``db:8001``)."""
+    from urllib.parse import urlsplit
+
+    text = str(host).strip()
+    if "://" in text or (text.count(":") == 1 and text.rsplit(":", 1)[1].isdigit()):
+        parts = urlsplit(text if "://" in text else f"//{text}")
+        ssl = ssl or parts.scheme == "https"
+        port = parts.port or port
+        text = parts.hostname or text
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    check_int("port", port, minimum=1, maximum=65535)
+    return text, int(port), ssl
 
 
 def _client(db_path: str | os.PathLike[str] | None, client: Any, create: bool) -> Any:
