@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = index.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", help="Chroma database folder")
     where.add_argument("--chroma-host", help="a Chroma server's host (started with `chroma run`), instead of --db")
-    index.add_argument("--chroma-port", type=_positive_int, default=8000, help="the Chroma server's port (8000)")
+    index.add_argument("--chroma-port", type=_positive_int, default=None, help="the Chroma server's port (8000)")
     index.add_argument("--collection", default="heal_rag", help="collection name (default: heal_rag)")
     index.add_argument("--batch-size", type=_positive_int, default=256, help="documents per upsert")
     index.add_argument(
@@ -395,6 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _refuse_unused(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    """Refuse options given where they do nothing, instead of ignoring them without a word."""
+    given = [name for name in names if getattr(args, name, None) not in (None, False, [])]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{flags} {why}; leave {'it' if len(given) == 1 else 'them'} out.")
+
+
 def _silence_progress_bars() -> None:
     """Turn off the progress bars of the libraries heal_rag calls (transformers, huggingface_hub, datasets)."""
     import datasets
@@ -444,6 +452,9 @@ def _train(args: argparse.Namespace) -> int:
     )
     if os.path.isdir(args.data):
         return _train_on_folder(args, overrides)
+    _refuse_unused(
+        args, ("max_depth", "chunk_size", "chunk_overlap"), "apply to a folder of documents, not a JSONL corpus"
+    )
     corpus = read_corpus(args.data, require_labels=False)
     labels, label_names = corpus.labels, None
     if labels is None:
@@ -577,12 +588,16 @@ def _index(args: argparse.Namespace) -> int:
     from heal_rag.outputs import check_not_inputs
 
     check_collection_name(args.collection)
+    if not os.path.isdir(args.data):
+        why = "apply to a folder of documents, not a JSONL corpus"
+        _refuse_unused(args, ("max_depth", "chunk_size", "chunk_overlap"), why)
     client = None
     if args.chroma_host:
         from heal_rag.chroma import connect
 
-        client = connect(args.chroma_host, args.chroma_port)  # fails before any work when no server answers
+        client = connect(args.chroma_host, args.chroma_port or 8000)  # fails before any work when no server answers
     else:
+        _refuse_unused(args, ("chroma_port",), "goes with --chroma-host; --db is a local database folder")
         check_not_inputs(args.db, [args.data, args.model])
     if os.path.isdir(args.data):
         from heal_rag.documents import chunks_for_model
@@ -629,7 +644,7 @@ def _index(args: argparse.Namespace) -> int:
     else:
         from heal_rag.chroma.index import server_address
 
-        host, port, _ = server_address(args.chroma_host, args.chroma_port, ssl=False)
+        host, port, _ = server_address(args.chroma_host, args.chroma_port or 8000, ssl=False)
         where = f"the Chroma server at {host}:{port}"
     print(f"collection {args.collection!r} in {where}: {collection.count()} records")
     return 0
@@ -645,6 +660,9 @@ def _eval(args: argparse.Namespace) -> int:
     from heal_rag.outputs import prepare_output_dir
 
     if args.compare:
+        _refuse_unused(
+            args, ("data", "queries", "model", "base_model", "bm25"), "evaluate models; --compare combines reports"
+        )
         return _compare(args)
     if args.data is None:
         raise ValueError("heal-rag eval needs --data (a labelled JSONL corpus), or --compare REPORT [REPORT ...].")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import build_tiny_heal_model, build_tiny_model, make_corpus
+from conftest import build_tiny_heal_model, build_tiny_model, make_corpus, write_corpus_jsonl
 from test_sources import write
 
 from heal_rag.chunking import ChunkingConfig, chunk_documents, token_counter
@@ -300,6 +300,26 @@ def test_a_config_given_whole_is_used_as_it_is(tmp_path):
                         show_progress_bar=False)  # fmt: skip
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0
+
+
+def test_the_cli_refuses_options_that_would_do_nothing(tmp_path, capsys):
+    """Folder options with a JSONL corpus, --chroma-port with --db, model options with eval --compare."""
+    texts, paths, titles = make_corpus()
+    data = write_corpus_jsonl(tmp_path / "c.jsonl", texts, paths, titles)
+    out = str(tmp_path / "m")
+    cases = (
+        (["train", "--data", str(data), "--out", out, "--chunk-size", "64"], "--chunk-size apply to a folder"),
+        (["train", "--data", str(data), "--out", out, "--max-depth", "1", "--chunk-overlap", "2"],
+         "--max-depth, --chunk-overlap apply to a folder of documents, not a JSONL corpus; leave them out"),
+        (["index", "--model", out, "--data", str(data), "--db", str(tmp_path / "db"), "--chroma-port", "8001"],
+         "--chroma-port goes with --chroma-host"),
+        (["eval", "--compare", str(tmp_path / "r1"), "--model", out, "--bm25", "--out", str(tmp_path / "r")],
+         "--model, --bm25 evaluate models; --compare combines reports"),
+    )  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "db").exists() and not (tmp_path / "r").exists()
 
 
 def test_the_cli_refuses_queries_with_a_folder_and_bad_chunk_settings(tmp_path, capsys):
