@@ -393,6 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # bad input, settings, paths or model files: a message, no traceback
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written whole or not at all; an index keeps what it stored
+        print(
+            f"heal-rag {args.command}: interrupted; no output was left half-written. Run it again to continue (an "
+            "index skips what it stored; training resumes with --checkpoints and --resume).",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _refuse_unused(args: argparse.Namespace, names: Sequence[str], why: str) -> None:

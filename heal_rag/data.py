@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from heal_rag._validation import check_int, check_unique_ids
-from heal_rag.labels import LabelPathError, LabelPaths
+from heal_rag.labels import LabelPathError, LabelPaths, validate_path
 from heal_rag.queries import Query
 
 
@@ -198,10 +198,18 @@ def _corpus_of(documents: list[_Document], path: Path, require_labels: bool, whe
     paths = [d.labels for d in documents if d.labels is not None]
     unlabelled = len(documents) - len(paths)
     if unlabelled and (require_labels or paths):
+        first = next(d for d in documents if d.labels is None)
         raise CorpusFormatError(
-            f"{where}: {unlabelled} of {len(documents)} records have no 'labels'. Give every record a label path, "
+            f"{where}: {unlabelled} of {len(documents)} records have no 'labels' (first: line {first.line}, id "
+            f"{first.doc_id!r}). Give every record a label path, "
             'e.g. "labels": ["Physics", "Optics"]' + ("." if paths else ", or cluster the corpus first.")
         )
+    for document in documents if paths else ():  # each path checked with its line, before they are combined
+        try:
+            validate_path(document.line, document.labels)
+        except LabelPathError as exc:
+            message = str(exc).replace(f"Label path {document.line} ", "'labels' ", 1)
+            raise CorpusFormatError(f"{path}:{document.line} (id {document.doc_id!r}): {message}") from None
     try:
         label_paths = LabelPaths(paths) if paths else None
     except LabelPathError as exc:

@@ -67,7 +67,7 @@ class LabelPaths:
             raise LabelPathError(f"ragged must be 'pad' or 'mask', got {ragged!r}.")
         if isinstance(paths, (str, bytes)):
             raise LabelPathError("paths must be a list of paths (lists of strings), not a single string.")
-        normalised = tuple(_validate_path(i, path) for i, path in enumerate(paths))
+        normalised = tuple(validate_path(i, path) for i, path in enumerate(paths))
         if not normalised:
             raise LabelPathError("paths is empty: give one label path per text.")
         normalised_weights = None
@@ -236,7 +236,12 @@ class LabelPaths:
             raise LabelPathError(f"level must be in [0, {self.depth - 1}], got {level}.")
 
 
-def _validate_path(index: int, path: Any) -> tuple[str, ...]:
+def validate_path(index: int, path: Any) -> tuple[str, ...]:
+    """One label path as a tuple of non-empty strings without the level separator.
+
+    Raises:
+        LabelPathError: Naming path ``index`` and what is wrong with it.
+    """
     if isinstance(path, str):
         raise LabelPathError(
             f"Label path {index} is the string {path!r}; a path is a list of strings, e.g. [{path!r}]."

@@ -41,7 +41,15 @@ def test_read_corpus_round_trip(tmp_path):
         ([{"text": "t", "labels": ["A"]}], "missing 'id'"),
         ([{"id": "a", "text": "t", "labels": ["A"]}, {"id": "a", "text": "u", "labels": ["A"]}], "duplicate id"),
         ([{"id": "a", "text": "t"}], "have no 'labels'"),
-        ([{"id": "a", "text": "t", "labels": []}], "Label path 0 is empty"),
+        (
+            [{"id": "a", "text": "t", "labels": ["A"]}, {"id": "b", "text": "t"}],
+            r"1 of 2 records have no 'labels' \(first: line 2, id 'b'\)",
+        ),
+        ([{"id": "a", "text": "t", "labels": []}], r"c\.jsonl:1 \(id 'a'\): 'labels' is empty"),
+        (
+            [{"id": "a", "text": "t", "labels": ["A"]}, {"id": "b", "text": "t", "labels": ["A", " "]}],
+            r"c\.jsonl:2 \(id 'b'\): 'labels' has an empty label at level 1",
+        ),
     ],
 )
 def test_read_corpus_errors_name_the_problem(tmp_path, records, message):

@@ -7,7 +7,7 @@ import threading
 import warnings
 
 import pytest
-from conftest import build_tiny_heal_model, make_corpus
+from conftest import build_tiny_heal_model, make_corpus, write_corpus_jsonl
 
 from heal_rag.data import Corpus
 from heal_rag.encoder import HEALEncoder
@@ -168,3 +168,18 @@ def test_an_index_build_killed_midway_reruns_to_the_same_collection(tmp_path, mo
     assert [a["ids"][i] for i in order_a] == [b["ids"][i] for i in order_b]
     assert [a["metadatas"][i] for i in order_a] == [b["metadatas"][i] for i in order_b]
     assert all((a["embeddings"][i] == b["embeddings"][j]).all() for i, j in zip(order_a, order_b, strict=True))
+
+
+def test_ctrl_c_ends_a_command_with_a_message_and_status_130(tmp_path, monkeypatch, capsys):
+    from heal_rag.chroma.embedding_function import HEALEmbeddingFunction
+    from heal_rag.cli import main
+
+    def interrupted(self, texts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HEALEmbeddingFunction, "embed_as_array", interrupted)
+    data = write_corpus_jsonl(tmp_path / "c.jsonl", *make_corpus())
+    argv = ["index", "--model", str(build_tiny_heal_model()), "--data", str(data), "--db", str(tmp_path / "db")]
+    assert main([*argv, "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "heal-rag index: interrupted" in err and "Run it again to continue" in err and "Traceback" not in err
