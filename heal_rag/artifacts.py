@@ -183,6 +183,8 @@ def read_metadata(model_dir: str | os.PathLike[str], verify_files: bool = False)
             newer heal_rag, or (``verify_files``) the weights or tokenizer changed after it was written.
     """
     path = Path(model_dir) / METADATA_FILE
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist.")
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(model_dir)!r} has no {METADATA_FILE}: it is not a heal_rag model directory "

@@ -467,7 +467,10 @@ def _train(args: argparse.Namespace) -> int:
     if labels is None:
         from heal_rag.hierarchy.discover import discover_training_labels
 
-        print(f"{args.data} has no labels: discovering a {args.hierarchy_depth}-level hierarchy (HNMFk)", flush=True)
+        print(
+            f"{args.data} has no labels: discovering a hierarchy of up to {args.hierarchy_depth} levels (HNMFk)",
+            flush=True,
+        )
         labels, label_names, tree = discover_training_labels(
             corpus.texts, max_depth=args.hierarchy_depth, random_state=args.seed or 0, show_progress=args.show_progress
         )

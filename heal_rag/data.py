@@ -176,6 +176,8 @@ def _documents(path: Path) -> Iterator[_Document]:
         text = record.get("text")
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             raise CorpusFormatError(f"{where}: missing 'id'.")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            raise CorpusFormatError(f"{where}: 'id' must be a string or an integer, got {type(doc_id).__name__}.")
         doc_id = str(doc_id)
         if doc_id in seen:
             raise CorpusFormatError(f"{where}: duplicate id {doc_id!r}; ids must be unique.")
@@ -186,6 +188,8 @@ def _documents(path: Path) -> Iterator[_Document]:
         if isinstance(labels, str):
             labels = [labels]
         title = record.get("title")
+        if title is not None and not isinstance(title, str):
+            raise CorpusFormatError(f"{where}: 'title' must be a string, got {type(title).__name__}.")
         extra = record.get("metadata") or {}
         if not isinstance(extra, dict):
             raise CorpusFormatError(f"{where}: 'metadata' must be a JSON object.")

@@ -229,7 +229,9 @@ def fine_tune_documents(
     label_names = None
     if all(d.path is None for d in docs):
         if report_progress:
-            print(f"The documents have no label paths: discovering a {hierarchy_depth}-level hierarchy (HNMFk)")
+            print(
+                f"The documents have no label paths: discovering a hierarchy of up to {hierarchy_depth} levels (HNMFk)"
+            )
         docs, label_names = discover_document_labels(docs, max_depth=hierarchy_depth, show_progress=report_progress)
     chunks = chunk_documents(
         docs,

@@ -359,3 +359,5 @@ def test_an_unwritable_model_folder_is_refused_before_the_export(model_dir, monk
     monkeypatch.setattr(heal_rag.models, "load_sentence_transformer", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(OutputPathError, match="exports' is a file, not a directory"):
         export_model(model_dir, "onnx")
+    with pytest.raises(FileNotFoundError, match="Model directory '.*nosuch' does not exist"):
+        export_model(model_dir.parent / "nosuch", "onnx")

@@ -41,6 +41,8 @@ def test_read_corpus_round_trip(tmp_path):
         ([{"text": "t", "labels": ["A"]}], "missing 'id'"),
         ([{"id": "a", "text": "t", "labels": ["A"]}, {"id": "a", "text": "u", "labels": ["A"]}], "duplicate id"),
         ([{"id": "a", "text": "t"}], "have no 'labels'"),
+        ([{"id": {"x": 1}, "text": "t", "labels": ["A"]}], "'id' must be a string or an integer, got dict"),
+        ([{"id": "a", "text": "t", "labels": ["A"], "title": ["a", "b"]}], "'title' must be a string, got list"),
         (
             [{"id": "a", "text": "t", "labels": ["A"]}, {"id": "b", "text": "t"}],
             r"1 of 2 records have no 'labels' \(first: line 2, id 'b'\)",

@@ -265,7 +265,7 @@ def test_a_flat_folder_gets_a_discovered_hierarchy(tmp_path, capsys):
         "1",
     ]
     assert main(["train", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "m"), *flags]) == 0
-    assert "no label paths: discovering a 1-level hierarchy" in capsys.readouterr().out
+    assert "no label paths: discovering a hierarchy of up to 1 levels" in capsys.readouterr().out
     metadata = json.loads((tmp_path / "m" / "heal_rag.json").read_text())
     assert metadata["label_tree"]["depth"] == 1 and metadata["training"]["temperature"] == 0.2  # discovered settings
 
