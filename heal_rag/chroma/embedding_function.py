@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,27 @@ def _shared_encoder(model_path: str | None, batch_size: int, backend: str = "tor
     return _ENCODERS[key]
 
 
+def _recorded_fingerprint(model_path: str | None) -> str | None:
+    """The fingerprint a model directory's ``heal_rag.json`` records (``None`` without one)."""
+    metadata_file = Path(model_path) / METADATA_FILE if model_path else None
+    if metadata_file is None or not metadata_file.is_file():
+        return None
+    try:
+        recorded = json.loads(metadata_file.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None  # a damaged file is reported by the full load
+    return recorded if isinstance(recorded, str) else None
+
+
+def _changed_model(model_path: str, expected: str, actual: str) -> StaleModelError:
+    return stale_model_error(
+        f"The model at {model_path!r} has changed since this collection was built, which expects",
+        expected,
+        f"the model is now {short_fingerprint(actual)}",
+        "re-index the collection with this model.",
+    )
+
+
 @register_embedding_function
 class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
     """Chroma embedding function for a HEAL model directory.
@@ -66,17 +88,16 @@ class HEALEmbeddingFunction(EmbeddingFunction[Documents]):
     ) -> None:
         if encoder is None:
             model_path = str(Path(model_path).resolve()) if model_path else None
+            recorded = _recorded_fingerprint(model_path)
+            if fingerprint is not None and recorded is not None and recorded != fingerprint:
+                # before loading: a retrained model's exports are gone, and that is not the problem to report
+                raise _changed_model(str(model_path), fingerprint, recorded)
             encoder = _shared_encoder(model_path, batch_size, backend)
         self.encoder = encoder
         self.model_path = encoder.model_path
         self.batch_size = batch_size
         if fingerprint is not None and fingerprint != encoder.fingerprint:
-            raise stale_model_error(
-                f"The model at {self.model_path!r} has changed since this collection was built, which expects",
-                fingerprint,
-                f"the model is now {short_fingerprint(encoder.fingerprint)}",
-                "re-index the collection with this model.",
-            )
+            raise _changed_model(str(self.model_path), fingerprint, encoder.fingerprint)
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma requires the name `input`
         """Embed documents.

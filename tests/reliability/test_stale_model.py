@@ -61,6 +61,13 @@ def test_open_collection_and_chromas_get_collection_refuse_a_retrained_model(bui
         open_client(db).get_collection("papers").query(query_texts=["laser"], n_results=1)
 
 
+def test_a_changed_model_is_reported_as_changed_before_its_backend_is_loaded(built):
+    """A model retrained in place has lost its exports: the stale model is the problem to name, not the export."""
+    model, _ = built
+    with pytest.raises(StaleModelError, match="has changed since this collection was built"):
+        HEALEmbeddingFunction(str(model), fingerprint="sha256:" + "0" * 64, backend="onnx")  # no onnx export there
+
+
 def test_open_collection_with_an_explicit_model(built):
     model, db = built
     assert open_collection(db, "papers", model=str(model)).count() == 24
