@@ -215,23 +215,8 @@ def test_resume_from_the_cli_equals_an_uninterrupted_run(tmp_path):
     data = corpus_file(tmp_path / "in")
     flags = tiny_training_flags(steps=4)
     whole, checkpoints = tmp_path / "whole", tmp_path / "ck-whole"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(data),
-                "--out",
-                str(whole),
-                *flags,
-                "--checkpoints",
-                str(checkpoints),
-                "--checkpoint-steps",
-                "2",
-            ]
-        )
-        == 0
-    )
+    train = ["train", "--data", str(data), *flags, "--checkpoint-steps", "2"]
+    assert main([*train, "--out", str(whole), "--checkpoints", str(checkpoints)]) == 0
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     # A run killed after its step-2 checkpoint: only that checkpoint exists; --resume continues it.
     interrupted = tmp_path / "ck-killed"
@@ -241,24 +226,7 @@ def test_resume_from_the_cli_equals_an_uninterrupted_run(tmp_path):
     (interrupted / "checkpoint-4" / "trainer_state.json").unlink()
     resumed = tmp_path / "resumed"
     with pytest.warns(UserWarning, match="Resuming from checkpoint-2: checkpoint-4 is incomplete"):
-        assert (
-            main(
-                [
-                    "train",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(resumed),
-                    *flags,
-                    "--checkpoints",
-                    str(interrupted),
-                    "--checkpoint-steps",
-                    "2",
-                    "--resume",
-                ]
-            )
-            == 0
-        )
+        assert main([*train, "--out", str(resumed), "--checkpoints", str(interrupted), "--resume"]) == 0
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     base = load_file(str(build_tiny_model() / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
