@@ -604,8 +604,10 @@ def _index(args: argparse.Namespace) -> int:
     client = None
     if args.chroma_host:
         from heal_rag.chroma import connect
+        from heal_rag.chroma.index import server_address
 
-        client = connect(args.chroma_host, args.chroma_port or 8000)  # fails before any work when no server answers
+        host, port, ssl = server_address(args.chroma_host, args.chroma_port or 8000, ssl=False)
+        client = connect(host, port, ssl=ssl)  # fails before any work when no server answers
     else:
         _refuse_unused(args, ("chroma_port",), "goes with --chroma-host; --db is a local database folder")
         check_not_inputs(args.db, [args.data, args.model])
@@ -649,13 +651,7 @@ def _index(args: argparse.Namespace) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(previous_level)
-    if client is None:
-        where = args.db
-    else:
-        from heal_rag.chroma.index import server_address
-
-        host, port, _ = server_address(args.chroma_host, args.chroma_port or 8000, ssl=False)
-        where = f"the Chroma server at {host}:{port}"
+    where = args.db if client is None else f"the Chroma server at {host}:{port}"
     print(f"collection {args.collection!r} in {where}: {collection.count()} records")
     return 0
 

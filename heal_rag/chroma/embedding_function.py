@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from heal_rag.artifacts import METADATA_FILE
+from heal_rag.artifacts import METADATA_FILE, read_metadata
 from heal_rag.encoder import HEALEncoder
 from heal_rag.stale import (
     FINGERPRINT_KEY,
@@ -40,15 +39,13 @@ def _shared_encoder(model_path: str | None, batch_size: int, backend: str = "tor
 
 
 def _recorded_fingerprint(model_path: str | None) -> str | None:
-    """The fingerprint a model directory's ``heal_rag.json`` records (``None`` without one)."""
-    metadata_file = Path(model_path) / METADATA_FILE if model_path else None
-    if metadata_file is None or not metadata_file.is_file():
+    """The fingerprint a model directory's ``heal_rag.json`` records (``None`` without a readable one)."""
+    if not model_path:
         return None
     try:
-        recorded = json.loads(metadata_file.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None  # a damaged file is reported by the full load
-    return recorded if isinstance(recorded, str) else None
+        return str(read_metadata(model_path)["fingerprint"])
+    except (OSError, ValueError):  # missing or damaged: the full load reports it
+        return None
 
 
 def _changed_model(model_path: str, expected: str, actual: str) -> StaleModelError:
