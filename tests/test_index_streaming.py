@@ -119,6 +119,25 @@ def test_two_encoder_processes_store_the_same_vectors_and_the_pool_is_stopped(co
         assert abs(vector - vectors_b[doc_id]).max() < 1e-6
 
 
+def test_each_worker_gets_one_share_of_a_call_not_tasks_of_a_few_texts(monkeypatch):
+    from heal_rag import encoder as encoder_module
+    from heal_rag.encoder import HEALEncoder
+
+    monkeypatch.setattr(encoder_module, "POOL_CHUNK_SIZE", 40)
+    encoder = HEALEncoder.load(build_tiny_heal_model())
+    texts = [f"document {i} about topic {i % 7}" for i in range(100)]
+    alone = encoder.embed_documents(texts)
+    with encoder.multi_process(2):
+        queue, sent = encoder._pool["input"], []
+        put = queue.put
+        monkeypatch.setattr(queue, "put", lambda task, *a, **k: (sent.append(len(task[1])), put(task, *a, **k)))
+        assert abs(encoder.embed_documents(texts[:30]) - alone[:30]).max() < 1e-6
+        assert sent == [15, 15]  # sentence-transformers' default would send ten tasks of 2 texts per worker
+        sent.clear()
+        assert abs(encoder.embed_documents(texts) - alone).max() < 1e-6
+        assert sent == [40, 40, 20]  # a large call is still cut into tasks of at most POOL_CHUNK_SIZE
+
+
 def test_processes_are_refused_with_a_runtime_backend_or_below_one(corpus_file, tmp_path):
     model = build_tiny_heal_model()
     with pytest.raises(ValueError, match="processes"):
