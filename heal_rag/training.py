@@ -980,6 +980,7 @@ def _check_resume_point(
     from heal_rag.models import check_model_files
 
     check_model_files(latest)
+    _warn_other_world_size(latest)
     state_file = latest / "trainer_state.json"
     step = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0) if state_file.is_file() else 0
     if config.max_steps is not None and step >= config.max_steps:
@@ -988,6 +989,27 @@ def _check_resume_point(
             "there is nothing to resume. Raise --max-steps to train on, or start without --resume."
         )
     return resume_from_checkpoint
+
+
+def _warn_other_world_size(checkpoint: Path) -> None:
+    """Warn when ``checkpoint`` was written by another number of processes than this run has.
+
+    The trainer saves one ``rng_state_<rank>.pth`` per process of a multi-process run, ``rng_state.pth`` for one.
+    Training goes on from the checkpoint's weights and optimiser state either way, but the sampler deals the epoch's
+    batches to another number of ranks, so the rest of the epoch is not the uninterrupted run's.
+    """
+    written_by = len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+    processes = get_world_size()
+    if written_by != processes and is_main_process():
+        warnings.warn(
+            f"{checkpoint.name} was written by {written_by} processes and this run has {processes}: training goes on "
+            "from its weights and optimiser state, but the rest of the epoch is dealt to another number of processes "
+            "(rows may repeat or be left out until the epoch ends), so the result is not the uninterrupted run's. "
+            f"Resume with {written_by} process{'es' if written_by > 1 else ''} "
+            f"({'torchrun --nproc_per_node ' + str(written_by) if written_by > 1 else 'no launcher'}) for that.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _warn_truncated(model: SentenceTransformer, documents: Sequence[str], max_seq_length: int | None) -> None:

@@ -220,6 +220,18 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
     assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
     assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is False
 
+    # resuming that 2-process checkpoint in one process works, with a warning that the batches differ
+    from heal_rag.cli import main
+
+    with pytest.warns(UserWarning, match="written by 2 processes and this run has 1.*torchrun --nproc_per_node 2"):
+        code = main(
+            ["train", "--data", str(corpus_file), "--out", str(tmp_path / "one"), "--base-model",
+             str(build_tiny_model()), "--max-steps", "5", "--batch-size", "8", "--lr", "1e-2",
+             "--base-weight-share", "0", "--checkpoints", str(tmp_path / "ckpt"), "--resume"]
+        )  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "one" / "heal_rag.json").read_text())["training"]["global_steps"] == 5
+
 
 def test_the_cli_under_accelerate_launch_trains_on_two_processes(corpus_file, tmp_path):
     # accelerate's --cpu flag starts a single process; --multi_gpu starts one per --num_processes, with gloo on CPU
