@@ -16,8 +16,10 @@ import io
 import logging
 import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -114,6 +116,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "discovered)",
     )
 
+
+#: ``heal_rag.backends.BACKENDS``, spelt out so that ``--help`` does not import numpy and the runtimes' helpers.
+BACKEND_CHOICES = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 
 _TRAINING_KEYS = (
     "epochs",
@@ -267,10 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder processes (torch backend; one per GPU where there are enough)",
     )
     index.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"],
-        default="torch",
-        help="encode with an exported backend (heal-rag export)",
+        "--backend", choices=BACKEND_CHOICES, default="torch", help="encode with an exported backend (heal-rag export)"
     )
     index.add_argument(
         "--rebuild", action="store_true", help="drop an existing heal_rag collection of that name first"
@@ -318,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="model directory to evaluate (repeatable); the base model is always evaluated first as the reference",
+    )
+    evaluate.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        choices=BACKEND_CHOICES,
+        help="how --model encodes (heal-rag export): once for every --model, or once per --model in order, so "
+        "`--model M --model M --backend torch --backend onnx-int8` compares an export with its model",
     )
     evaluate.add_argument("--base-model", default=None, help="reference model (default: embedded all-MiniLM-L6-v2)")
     evaluate.add_argument("--bm25", action="store_true", help="add the BM25 baseline")
@@ -388,18 +398,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quiet:
         _silence_progress_bars()
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        with (
+            _sigterm_as_interrupt(),
+            _one_line_warnings(args.command),
+            contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(),
+        ):
             return _run(args, show_progress=not quiet)
     except (ValueError, OSError) as exc:  # bad input, settings, paths or model files: a message, no traceback
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outputs are written whole or not at all; an index keeps what it stored
+    except KeyboardInterrupt as exc:  # outputs are written whole or not at all; an index keeps what it stored
+        stopped = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         print(
-            f"heal-rag {args.command}: interrupted; no output was left half-written. Run it again to continue (an "
+            f"heal-rag {args.command}: {stopped}; no output was left half-written. Run it again to continue (an "
             "index skips what it stored; training resumes with --checkpoints and --resume).",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, _Terminated) else 130
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler, a container stopping), stopped as cleanly as Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` so that cleanup runs as on Ctrl-C.
+
+    Python's default SIGTERM ends the process at once: staging folders stay behind and the encoder processes of
+    ``--processes`` are orphaned, each holding a copy of the model in memory. Outside the main thread (the CLI called
+    from a worker thread) signals are left alone.
+    """
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Show heal_rag's own warnings as ``heal-rag <command>: warning: ...``, not as Python's file, line and source.
+
+    Warnings raised elsewhere (torch, transformers) keep Python's format, which says where they come from.
+    """
+    default = warnings.formatwarning
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def format_warning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if os.path.abspath(filename).startswith(package):
+            return f"heal-rag {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 def _refuse_unused(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
@@ -660,18 +725,21 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from heal_rag.data import read_corpus, read_queries
-    from heal_rag.encoder import count_truncated
+    from heal_rag.encoder import HEALEncoder, count_truncated
     from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model, write_report
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.outputs import prepare_output_dir
 
     if args.compare:
         _refuse_unused(
-            args, ("data", "queries", "model", "base_model", "bm25"), "evaluate models; --compare combines reports"
+            args,
+            ("data", "queries", "model", "backend", "base_model", "bm25"),
+            "evaluate models; --compare combines reports",
         )
         return _compare(args)
     if args.data is None:
         raise ValueError("heal-rag eval needs --data (a labelled JSONL corpus), or --compare REPORT [REPORT ...].")
+    backends = _eval_backends(args.model, args.backend)
     inputs = [args.data, args.queries, args.base_model, *args.model]
     prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what="--out", kind="report")
     corpus = read_corpus(args.data)
@@ -679,13 +747,17 @@ def _eval(args: argparse.Namespace) -> int:
     task = EvaluationTask.build(corpus, queries)
     print(f"{len(corpus)} documents, {len(task.query_texts)} queries", flush=True)
     evaluations = []
-    for index, model_path in enumerate([args.base_model, *args.model]):
-        name = _model_name(model_path)
+    for index, (model_path, backend) in enumerate(zip([args.base_model, *args.model], backends, strict=True)):
+        name = _model_name(model_path) + ("" if backend == "torch" else f" ({backend})")
         if name in {e.name for e in evaluations}:
             name = f"{name}#{index}"
         print(f"[{index + 1}/{len(args.model) + 1}] {name}", flush=True)
-        model = load_sentence_transformer(model_path)
-        set_max_seq_length(model, args.max_seq_length)
+        if backend == "torch":
+            model = load_sentence_transformer(model_path)
+            set_max_seq_length(model, args.max_seq_length)
+        else:
+            model = HEALEncoder.load(model_path, backend=backend, batch_size=64)
+            set_max_seq_length(model.model, args.max_seq_length)
         if index == 0 and (truncated := count_truncated(model, corpus.texts)):
             print(
                 f"warning: {truncated} of {len(corpus)} documents are longer than --max-seq-length "
@@ -716,6 +788,22 @@ def _eval(args: argparse.Namespace) -> int:
     print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
     print(f"report: {out / 'report.html'} and {out / 'report.md'} (per-query scores in metrics.json)")
     return 0
+
+
+def _eval_backends(models: Sequence[str], backends: Sequence[str]) -> list[str]:
+    """The backend of the reference model (torch) and of each ``--model``: one ``--backend`` for all, or one each."""
+    if backends and not models:
+        raise ValueError("--backend says how each --model encodes; give the --model it is for, or leave it out.")
+    if not backends:
+        backends = ["torch"]
+    if len(backends) == 1:
+        backends = list(backends) * len(models)
+    if len(backends) != len(models):
+        raise ValueError(
+            f"{len(backends)} --backend for {len(models)} --model: give one --backend for every model, or one per "
+            "--model in the same order."
+        )
+    return ["torch", *backends]
 
 
 def _model_name(model_path: str | None) -> str:

@@ -361,3 +361,29 @@ def test_an_unwritable_model_folder_is_refused_before_the_export(model_dir, monk
         export_model(model_dir, "onnx")
     with pytest.raises(FileNotFoundError, match="Model directory '.*nosuch' does not exist"):
         export_model(model_dir.parent / "nosuch", "onnx")
+
+
+def test_eval_compares_an_export_with_its_own_model(model_dir, tmp_path, capsys):
+    from conftest import write_corpus_jsonl
+
+    from heal_rag.cli import main
+
+    export_model(model_dir, "onnx")
+    texts, labels, titles = make_corpus()
+    corpus = write_corpus_jsonl(tmp_path / "c.jsonl", texts, labels, titles)
+    out = tmp_path / "report"
+    # the model as trained (the reference, torch) against its export
+    args = ["eval", "--data", str(corpus), "--base-model", str(model_dir), "--model", str(model_dir)]
+    args += ["--out", str(out), "--max-seq-length", "32"]  # the tiny model reads 128 positions
+    assert main([*args, "--backend", "onnx", "--map", "pca", "-q"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    torch_name = f"{tmp_path.name}/model"  # a folder named model is shown with its parent
+    assert list(metrics["models"]) == [torch_name, f"{torch_name} (onnx)"]
+    torch_scores, onnx_scores = (metrics["models"][name]["retrieval"] for name in (torch_name, f"{torch_name} (onnx)"))
+    for metric, value in torch_scores.items():  # the fp32 export retrieves as the model does
+        assert onnx_scores[metric] == pytest.approx(value, abs=1e-6), metric
+
+    assert main([*args, "--backend", "onnx-int8", "--overwrite"]) == 2  # not exported: named, with the command
+    assert "heal-rag export --model" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--backend", "onnx", "--backend", "onnx"]) == 2
+    assert "2 --backend for 1 --model" in capsys.readouterr().err

@@ -156,3 +156,33 @@ def test_content_hashes_are_what_the_build_stores(corpus_file, tmp_path):
     expected = dict(zip(corpus.ids, content_hashes(corpus), strict=True))
     assert {i: m[CONTENT_KEY] for i, m in zip(stored["ids"], stored["metadatas"], strict=True)} == expected
     assert len(set(expected.values())) == len(corpus)  # one per record: the text, title and path all count
+
+
+def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    psutil = pytest.importorskip("psutil")
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("".join(f'{{"id": "d{i}", "text": "laser light lens study {i}"}}\n' for i in range(100_000)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(build_tiny_heal_model()), "--data",
+               str(corpus), "--db", str(tmp_path / "db"), "--processes", "2", "-q"]  # fmt: skip
+    build = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    parent, workers = psutil.Process(build.pid), []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and build.poll() is None and time.monotonic() < deadline:
+        workers = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the encoder processes did not start"
+    build.send_signal(signal.SIGTERM)
+    _, err = build.communicate(timeout=60)
+    assert build.returncode == 128 + signal.SIGTERM
+    assert "heal-rag index: terminated; no output was left half-written" in err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"encoder processes left running: {[p.pid for p in alive]}"

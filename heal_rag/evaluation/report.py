@@ -117,7 +117,10 @@ def evaluate_embedding_model(
     batch_size: int = 64,
     show_progress_bar: bool = True,
 ) -> ModelEvaluation:
-    """Embed queries and documents with a SentenceTransformer (or anything with ``encode_query/_document``).
+    """Embed queries and documents with ``model`` and score its retrieval and path prediction.
+
+    ``model`` is a SentenceTransformer (or anything with ``encode_query/_document``), or a
+    :class:`~heal_rag.encoder.HEALEncoder` of any backend (``HEALEncoder.load(path, backend="onnx-int8")``).
 
     Example:
         ```python
@@ -129,9 +132,15 @@ def evaluate_embedding_model(
         result.retrieval.as_dict()["nDCG@10"]
         ```
     """
-    kwargs = {"batch_size": batch_size, "normalize_embeddings": True, "show_progress_bar": show_progress_bar}
-    documents = np.asarray(model.encode_document(task.corpus.texts, **kwargs))
-    queries = np.asarray(model.encode_query(task.query_texts, **kwargs))
+    from heal_rag.encoder import HEALEncoder
+
+    if isinstance(model, HEALEncoder):  # its own batch size; vectors are normalised
+        documents = model.embed_documents(task.corpus.texts, show_progress_bar=show_progress_bar)
+        queries = model.embed_queries(task.query_texts)
+    else:
+        kwargs = {"batch_size": batch_size, "normalize_embeddings": True, "show_progress_bar": show_progress_bar}
+        documents = np.asarray(model.encode_document(task.corpus.texts, **kwargs))
+        queries = np.asarray(model.encode_query(task.query_texts, **kwargs))
     retrieval, per_query = _score_rankings(top_k_indices(queries, documents, max(k, context_k)), task, k, context_k)
     predicted = knn_predict_level_ids(documents, documents, task.level_ids, k=knn_k, exclude_self=True)
     classification = hierarchical_classification_report(predicted, task.level_ids)

@@ -16,6 +16,7 @@ FAST = {"max_steps": 2, "batch_size": 8, "samples_per_leaf": 2, "learning_rate":
 
 def wordpiece_model(tmp_path, max_seq_length=32, prompts=None):
     """A tiny transformer model (1 layer, 16 dims) with a real tokenizer and token limit, optionally prompts."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -31,6 +32,7 @@ def wordpiece_model(tmp_path, max_seq_length=32, prompts=None):
         intermediate_size=32,
         max_position_embeddings=128,
     )
+    torch.manual_seed(0)  # the same weights whatever ran before (tests query these models for exact results)
     BertModel(config).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     transformer = Transformer(str(tmp_path / "bert"), max_seq_length=max_seq_length)
@@ -119,3 +121,22 @@ def test_models_without_prompts_train_on_plain_texts(tmp_path):
     result = fine_tune(texts, paths, titles=titles, output_dir=tmp_path / "m", base_model=build_tiny_model(), **FAST)
     assert result.metadata["training"]["training_prompts"] == {}
     assert HEALEncoder.load(build_tiny_heal_model()).max_seq_length is None  # a StaticEmbedding model: no limit
+
+
+def test_the_cli_shows_its_own_warnings_as_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = wordpiece_model(tmp_path)
+    corpus = tmp_path / "corpus.jsonl"
+    long_text = "laser light lens beam photon " * 20
+    corpus.write_text(f'{{"id": "a", "text": "{long_text}"}}\n{{"id": "b", "text": "short"}}\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(model), "--data", str(corpus), "--db",
+               str(tmp_path / "db"), "-q"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # as a terminal shows it
+    assert result.returncode == 0, result.stderr
+    assert "heal-rag index: warning: 1 of 2 documents were longer than the model's max_seq_length" in result.stderr
+    assert ".py:" not in result.stderr and "warnings.warn(" not in result.stderr  # not Python's file:line form
