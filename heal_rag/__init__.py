@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from heal_rag._version import __version__
+from heal_rag._warning import HEALWarning
 from heal_rag.data import Corpus, CorpusFormatError, hashed_split, read_corpus, read_queries
 from heal_rag.labels import LabelPathError, LabelPaths
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator
@@ -42,6 +43,7 @@ __all__ = [
     "FineTuneResult",
     "HEALLoss",
     "HEALTrainingConfig",
+    "HEALWarning",
     "HierarchicalBatchSampler",
     "KeySentenceQueryGenerator",
     "LabelPathError",

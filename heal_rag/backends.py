@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from heal_rag._validation import check_choice
+from heal_rag._warning import HEALWarning
 
 #: The backends an encoder can use.
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
@@ -118,7 +119,7 @@ def _openvino_config(backend: str) -> dict[str, str]:
         warnings.warn(
             "This CPU has no native bf16 (AVX512_BF16 or AMX), so 'openvino-bf16' runs in fp32 here: the same "
             "vectors, without the bf16 speed-up (an 'onnx' export is the fp32 backend to choose on such a CPU).",
-            UserWarning,
+            HEALWarning,
             stacklevel=4,
         )
         return {"INFERENCE_PRECISION_HINT": "f32"}
@@ -204,6 +205,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def checked_export(model_dir: str | os.PathLike[str], metadata: dict[str, Any] | None, backend: str) -> dict[str, Any]:
+    """The record of ``backend``'s checked export in a model's ``heal_rag.json`` (``metadata``; ``None``: none).
+
+    Raises:
+        ExportError: When the model has no checked export for ``backend``, naming the ``heal-rag export`` to run.
+    """
+    record = ((metadata or {}).get("exports") or {}).get(backend)
+    if record is None:
+        raise ExportError(
+            f"{str(model_dir)!r} has no checked {backend} export: run `heal-rag export --model {model_dir} "
+            f"{export_flags(backend)}` first."
+        )
+    return record
 
 
 class RuntimeEncoder:
@@ -361,7 +377,7 @@ def export_model(
             warnings.warn(
                 f"{target.name} was written anew, so its checked {', '.join(dropped)} export(s) were dropped from "
                 "heal_rag.json: export them again to use them.",
-                UserWarning,
+                HEALWarning,
                 stacklevel=2,
             )
         records = {k: v for k, v in records.items() if k not in sharing}

@@ -441,22 +441,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: the previous handler was not installed from Python, and cannot be put back from it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str) -> Iterator[None]:
-    """Show heal_rag's own warnings as ``heal-rag <command>: warning: ...``, not as Python's file, line and source.
+    """Show heal_rag's own warnings (:class:`~heal_rag.HEALWarning`) as ``heal-rag <command>: warning: ...``.
 
-    Warnings raised elsewhere (torch, transformers) keep Python's format, which says where they come from.
+    Python's form (file, line, category and source line) is for programmers; these are messages for the user. Any
+    other warning (numpy, torch, transformers), even one raised from a line of heal_rag, keeps Python's form, which
+    says what it is and where it comes from.
     """
+    from heal_rag._warning import HEALWarning
+
     default = warnings.formatwarning
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
     def format_warning(
         message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
     ) -> str:
-        if os.path.abspath(filename).startswith(package):
+        if issubclass(category, HEALWarning):
             return f"heal-rag {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
@@ -725,7 +729,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from heal_rag.data import read_corpus, read_queries
-    from heal_rag.encoder import HEALEncoder, count_truncated
+    from heal_rag.encoder import HEALEncoder, TruncationWarning, count_truncated
     from heal_rag.evaluation.report import EvaluationTask, evaluate_bm25, evaluate_embedding_model, write_report
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
     from heal_rag.outputs import prepare_output_dir
@@ -764,11 +768,13 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{args.max_seq_length} tokens and are embedded from their beginning only (chunk long documents).",
                 file=sys.stderr,
             )
-        evaluations.append(
-            evaluate_embedding_model(
-                model, task, name, k=args.k, context_k=args.context_k, show_progress_bar=args.show_progress
+        with warnings.catch_warnings():  # an exported model's encoder would repeat the warning above
+            warnings.simplefilter("ignore", TruncationWarning)
+            evaluations.append(
+                evaluate_embedding_model(
+                    model, task, name, k=args.k, context_k=args.context_k, show_progress_bar=args.show_progress
+                )
             )
-        )
     if args.bm25:
         evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))
     if args.reference is not None:
@@ -791,7 +797,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_backends(models: Sequence[str], backends: Sequence[str]) -> list[str]:
-    """The backend of the reference model (torch) and of each ``--model``: one ``--backend`` for all, or one each."""
+    """The backend of the reference model (torch) and of each ``--model``: one ``--backend`` for all, or one each.
+
+    A model without a checked export for its backend is refused here, before any model is evaluated.
+    """
+    from pathlib import Path
+
+    from heal_rag.artifacts import METADATA_FILE, read_metadata
+    from heal_rag.backends import checked_export
+
     if backends and not models:
         raise ValueError("--backend says how each --model encodes; give the --model it is for, or leave it out.")
     if not backends:
@@ -803,6 +817,10 @@ def _eval_backends(models: Sequence[str], backends: Sequence[str]) -> list[str]:
             f"{len(backends)} --backend for {len(models)} --model: give one --backend for every model, or one per "
             "--model in the same order."
         )
+    for model, backend in zip(models, backends, strict=True):
+        if backend != "torch":
+            metadata = read_metadata(model) if (Path(model) / METADATA_FILE).is_file() else None
+            checked_export(model, metadata, backend)
     return ["torch", *backends]
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heal_rag._validation import check_choice, check_int, check_real
+from heal_rag._warning import HEALWarning
 from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ QUERY_CACHE_SIZE = 256
 POOL_CHUNK_SIZE = 1024
 
 
-class TruncationWarning(UserWarning):
+class TruncationWarning(HEALWarning):
     """Texts longer than the model's ``max_seq_length`` were cut: their ending did not reach the embedding."""
 
 
@@ -215,7 +216,7 @@ class HEALEncoder:
                 written (a retrained or swapped model in the same directory).
             heal_rag.backends.ExportError: When the backend was not exported, or its file changed since.
         """
-        from heal_rag.backends import BACKENDS, ExportError, RuntimeEncoder, export_flags
+        from heal_rag.backends import BACKENDS, RuntimeEncoder, checked_export
         from heal_rag.models import check_model_files, load_sentence_transformer, resolve_model_path
 
         check_choice("backend", backend, BACKENDS)
@@ -225,12 +226,7 @@ class HEALEncoder:
         loaded = load_sentence_transformer(path, device=device)
         runtime = None
         if backend != "torch":
-            record = ((metadata or {}).get("exports") or {}).get(backend)
-            if record is None:
-                raise ExportError(
-                    f"{path!r} has no checked {backend} export: run `heal-rag export --model {path} "
-                    f"{export_flags(backend)}` first."
-                )
+            record = checked_export(path, metadata, backend)
             runtime = RuntimeEncoder(loaded, path, backend, expected_sha256=record["sha256"])
         return cls(
             loaded,

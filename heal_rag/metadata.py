@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from heal_rag._warning import HEALWarning
 from heal_rag.labels import PATH_SEPARATOR
 
 #: Metadata key of a document's label path: ``"Physics > Optics"`` (most general first).
@@ -61,8 +62,8 @@ def paths_from_metadata(
 ) -> list[tuple[str, ...] | None]:
     """:func:`path_from_metadata` for each of a batch of documents (a reranker's candidates).
 
-    Warns (``UserWarning``) when ``key`` is the user's own and none of the documents has it, which is almost always a
-    misspelt key: every path would then be predicted without a word.
+    Warns (:class:`~heal_rag.HEALWarning`) when ``key`` is the user's own and none of the documents has it, which is
+    almost always a misspelt key: every path would then be predicted without a word.
     """
     paths = [path_from_metadata(metadata, key) for metadata in metadatas]
     wanted = [key] if isinstance(key, str) else list(key)
@@ -71,7 +72,7 @@ def paths_from_metadata(
             f"None of the {len(metadatas)} documents has metadata key {key!r} (their keys: "
             f"{metadata_keys(metadatas)}), so every label "
             "path is predicted by the model. Check path_key.",
-            UserWarning,
+            HEALWarning,
             stacklevel=3,
         )
     return paths

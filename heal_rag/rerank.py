@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from heal_rag._validation import check_int, check_real
+from heal_rag._warning import HEALWarning
 from heal_rag.encoder import HEALEncoder
 from heal_rag.labels import PATH_SEPARATOR
 from heal_rag.metadata import LEVEL_KEY_PREFIX, LEVEL_MATCH_KEY, PATH_KEY, path_from_metadata, path_metadata
@@ -269,7 +270,7 @@ class HierarchyScorer:
             f"(first: {PATH_SEPARATOR.join(unknown[0])!r}: a folder or category added since training, or another way "
             f"of writing paths than the model's, such as {example!r}); their paths are predicted instead. Retrain to "
             "learn new branches.",
-            UserWarning,
+            HEALWarning,
             stacklevel=3,
         )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heal_rag._validation import check_choice, check_int, check_real, check_unique_ids
+from heal_rag._warning import HEALWarning
 from heal_rag.artifacts import (
     METADATA_FILE,
     build_metadata,
@@ -973,7 +974,7 @@ def _check_resume_point(
         if latest != found[-1]:
             warnings.warn(
                 f"Resuming from {latest.name}: {found[-1].name} is incomplete (the run stopped while writing it).",
-                UserWarning,
+                HEALWarning,
                 stacklevel=3,
             )
         resume_from_checkpoint = str(latest)
@@ -994,20 +995,23 @@ def _check_resume_point(
 def _warn_other_world_size(checkpoint: Path) -> None:
     """Warn when ``checkpoint`` was written by another number of processes than this run has.
 
-    The trainer saves one ``rng_state_<rank>.pth`` per process of a multi-process run, ``rng_state.pth`` for one.
-    Training goes on from the checkpoint's weights and optimiser state either way, but the sampler deals the epoch's
-    batches to another number of ranks, so the rest of the epoch is not the uninterrupted run's.
+    The trainer saves one ``rng_state_<rank>.pth`` per process of a multi-process run, ``rng_state.pth`` for one;
+    a checkpoint with neither (``save_only_model``, files removed) says nothing and is not warned about. Training
+    goes on from the checkpoint's weights and optimiser state either way, but the sampler deals the epoch's batches
+    to another number of ranks, so the rest of the epoch is not the uninterrupted run's.
     """
-    written_by = len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+    ranks = len(list(checkpoint.glob("rng_state_*.pth")))
+    written_by = ranks or (1 if (checkpoint / "rng_state.pth").is_file() else None)
     processes = get_world_size()
-    if written_by != processes and is_main_process():
+    if written_by is not None and written_by != processes and is_main_process():
         warnings.warn(
-            f"{checkpoint.name} was written by {written_by} processes and this run has {processes}: training goes on "
+            f"{checkpoint.name} was written by {written_by} process{'es' if written_by > 1 else ''} and this run has "
+            f"{processes}: training goes on "
             "from its weights and optimiser state, but the rest of the epoch is dealt to another number of processes "
             "(rows may repeat or be left out until the epoch ends), so the result is not the uninterrupted run's. "
             f"Resume with {written_by} process{'es' if written_by > 1 else ''} "
             f"({'torchrun --nproc_per_node ' + str(written_by) if written_by > 1 else 'no launcher'}) for that.",
-            UserWarning,
+            HEALWarning,
             stacklevel=4,
         )
 

@@ -383,7 +383,11 @@ def test_eval_compares_an_export_with_its_own_model(model_dir, tmp_path, capsys)
     for metric, value in torch_scores.items():  # the fp32 export retrieves as the model does
         assert onnx_scores[metric] == pytest.approx(value, abs=1e-6), metric
 
-    assert main([*args, "--backend", "onnx-int8", "--overwrite"]) == 2  # not exported: named, with the command
-    assert "heal-rag export --model" in capsys.readouterr().err
+    fresh = tmp_path / "report2"
+    assert main([*args[:-4], "--out", str(fresh), "--backend", "onnx-int8"]) == 2  # not exported: named, with the
+    assert "heal-rag export --model" in capsys.readouterr().err  # command, before anything is evaluated or written
+    assert not fresh.exists()
+    assert main(["eval", "--compare", str(out), "--backend", "onnx", "--out", str(fresh)]) == 2
+    assert "--backend" in capsys.readouterr().err and not fresh.exists()
     assert main([*args, "--overwrite", "--backend", "onnx", "--backend", "onnx"]) == 2
     assert "2 --backend for 1 --model" in capsys.readouterr().err

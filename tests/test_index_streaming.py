@@ -180,6 +180,14 @@ def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(
         workers = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
         time.sleep(0.2)
     assert len(workers) == 2, "the encoder processes did not start"
+
+    def stored_bytes() -> int:
+        return sum(f.stat().st_size for f in (tmp_path / "db").rglob("*") if f.is_file())
+
+    empty = stored_bytes()
+    while build.poll() is None and stored_bytes() < empty + 200_000 and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first batches are stored: the signal comes mid-build, the pool at work
+    assert build.poll() is None and stored_bytes() >= empty + 200_000, "the build ended or stored nothing first"
     build.send_signal(signal.SIGTERM)
     _, err = build.communicate(timeout=60)
     assert build.returncode == 128 + signal.SIGTERM

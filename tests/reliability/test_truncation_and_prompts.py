@@ -139,4 +139,20 @@ def test_the_cli_shows_its_own_warnings_as_one_line(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # as a terminal shows it
     assert result.returncode == 0, result.stderr
     assert "heal-rag index: warning: 1 of 2 documents were longer than the model's max_seq_length" in result.stderr
-    assert ".py:" not in result.stderr and "warnings.warn(" not in result.stderr  # not Python's file:line form
+    assert "TruncationWarning" not in result.stderr and "warnings.warn(" not in result.stderr  # not Python's form
+
+
+def test_only_heal_rags_own_warnings_are_shortened_by_the_cli():
+    from heal_rag import HEALWarning
+    from heal_rag.cli import _one_line_warnings
+
+    here = __file__.replace("tests/reliability/test_truncation_and_prompts.py", "heal_rag/encoder.py")
+    with _one_line_warnings("index"):
+        ours = warnings.formatwarning("cut", TruncationWarning, here, 1)
+        numpy_like = warnings.formatwarning("invalid value encountered in divide", RuntimeWarning, here, 7)
+        plain = warnings.formatwarning("deprecated", UserWarning, here, 9)
+    assert issubclass(TruncationWarning, HEALWarning)
+    assert ours == "heal-rag index: warning: cut\n"
+    # a warning of another library keeps Python's form (file, line, category), even raised from heal_rag's code
+    assert numpy_like.startswith(f"{here}:7: RuntimeWarning: invalid value") and plain.startswith(f"{here}:9: User")
+    assert warnings.formatwarning("cut", TruncationWarning, here, 1).startswith(here)  # put back afterwards
