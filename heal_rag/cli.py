@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -391,16 +391,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from heal_rag._process import Terminated, one_line_warnings, sigterm_as_interrupt, silence_progress_bars
     from heal_rag.distributed import is_main_process
 
     # under torchrun / accelerate launch, rank 0 alone prints (errors still reach stderr from every rank)
     quiet = bool(getattr(args, "quiet", False)) or not is_main_process()
     if quiet:
-        _silence_progress_bars()
+        silence_progress_bars()
     try:
         with (
-            _sigterm_as_interrupt(),
-            _one_line_warnings(args.command),
+            sigterm_as_interrupt(),
+            one_line_warnings(args.command),
             contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(),
         ):
             return _run(args, show_progress=not quiet)
@@ -408,67 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"heal-rag {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # outputs are written whole or not at all; an index keeps what it stored
-        stopped = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(
             f"heal-rag {args.command}: {stopped}; no output was left half-written. Run it again to continue (an "
             "index skips what it stored; training resumes with --checkpoints and --resume).",
             file=sys.stderr,
         )
-        return 128 + signal.SIGTERM if isinstance(exc, _Terminated) else 130
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler, a container stopping), stopped as cleanly as Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`_Terminated` so that cleanup runs as on Ctrl-C.
-
-    Python's default SIGTERM ends the process at once: staging folders stay behind and the encoder processes of
-    ``--processes`` are orphaned, each holding a copy of the model in memory. Outside the main thread (the CLI called
-    from a worker thread) signals are left alone.
-    """
-
-    def terminate(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        # None: the previous handler was not installed from Python, and cannot be put back from it
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-@contextlib.contextmanager
-def _one_line_warnings(command: str) -> Iterator[None]:
-    """Show heal_rag's own warnings (:class:`~heal_rag.HEALWarning`) as ``heal-rag <command>: warning: ...``.
-
-    Python's form (file, line, category and source line) is for programmers; these are messages for the user. Any
-    other warning (numpy, torch, transformers), even one raised from a line of heal_rag, keeps Python's form, which
-    says what it is and where it comes from.
-    """
-    from heal_rag._warning import HEALWarning
-
-    default = warnings.formatwarning
-
-    def format_warning(
-        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
-    ) -> str:
-        if issubclass(category, HEALWarning):
-            return f"heal-rag {command}: warning: {message}\n"
-        return default(message, category, filename, lineno, line)
-
-    warnings.formatwarning = format_warning
-    try:
-        yield
-    finally:
-        warnings.formatwarning = default
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
 
 
 def _refuse_unused(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
@@ -477,18 +424,6 @@ def _refuse_unused(args: argparse.Namespace, names: Sequence[str], why: str) -> 
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ValueError(f"{flags} {why}; leave {'it' if len(given) == 1 else 'them'} out.")
-
-
-def _silence_progress_bars() -> None:
-    """Turn off the progress bars of the libraries heal_rag calls (transformers, huggingface_hub, datasets)."""
-    import datasets
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.disable_progress_bars()
 
 
 def _run(args: argparse.Namespace, show_progress: bool) -> int:

@@ -144,10 +144,10 @@ def test_the_cli_shows_its_own_warnings_as_one_line(tmp_path):
 
 def test_only_heal_rags_own_warnings_are_shortened_by_the_cli():
     from heal_rag import HEALWarning
-    from heal_rag.cli import _one_line_warnings
+    from heal_rag._process import one_line_warnings
 
     here = __file__.replace("tests/reliability/test_truncation_and_prompts.py", "heal_rag/encoder.py")
-    with _one_line_warnings("index"):
+    with one_line_warnings("index"):
         ours = warnings.formatwarning("cut", TruncationWarning, here, 1)
         numpy_like = warnings.formatwarning("invalid value encountered in divide", RuntimeWarning, here, 7)
         plain = warnings.formatwarning("deprecated", UserWarning, here, 9)

@@ -1,0 +1,74 @@
+"""How the ``heal-rag`` process behaves around its commands: stopping on signals, warnings, other libraries' bars."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import warnings
+from collections.abc import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler, a container stopping), stopped as cleanly as Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` so that cleanup runs as on Ctrl-C.
+
+    Python's default SIGTERM ends the process at once: staging folders stay behind and the encoder processes of
+    ``--processes`` are orphaned, each holding a copy of the model in memory. Outside the main thread (the CLI called
+    from a worker thread) signals are left alone.
+    """
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        # None: the previous handler was not installed from Python, and cannot be put back from it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show heal_rag's own warnings (:class:`~heal_rag.HEALWarning`) as ``heal-rag <command>: warning: ...``.
+
+    Python's form (file, line, category and source line) is for programmers; these are messages for the user. Any
+    other warning (numpy, torch, transformers), even one raised from a line of heal_rag, keeps Python's form, which
+    says what it is and where it comes from.
+    """
+    from heal_rag._warning import HEALWarning
+
+    default = warnings.formatwarning
+
+    def format_warning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if issubclass(category, HEALWarning):
+            return f"heal-rag {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
+def silence_progress_bars() -> None:
+    """Turn off the progress bars of the libraries heal_rag calls (transformers, huggingface_hub, datasets)."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
