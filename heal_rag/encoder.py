@@ -33,6 +33,22 @@ QUERY_CACHE_SIZE = 256
 POOL_CHUNK_SIZE = 1024
 
 
+def _start_watchdog(pool: dict[str, Any]) -> Any:
+    """A process that stops ``pool``'s workers if this process dies without stopping them (POSIX; else ``None``)."""
+    if os.name != "posix":
+        return None
+    import multiprocessing
+
+    from heal_rag._process import stop_with_parent
+
+    workers = [process.pid for process in pool["processes"]]
+    watchdog = multiprocessing.get_context("spawn").Process(
+        target=stop_with_parent, args=(os.getpid(), workers), daemon=True
+    )
+    watchdog.start()
+    return watchdog
+
+
 class TruncationWarning(HEALWarning):
     """Texts longer than the model's ``max_seq_length`` were cut: their ending did not reach the embedding."""
 
@@ -171,11 +187,15 @@ class HEALEncoder:
         gpus = torch.cuda.device_count()
         devices = [f"cuda:{i}" for i in range(processes)] if gpus >= processes else ["cpu"] * processes
         self._pool = self.model.start_multi_process_pool(target_devices=devices)
+        watchdog = _start_watchdog(self._pool)
         try:
             yield self
         finally:
             pool, self._pool = self._pool, None
             self.model.stop_multi_process_pool(pool)
+            if watchdog is not None:
+                watchdog.terminate()
+                watchdog.join()
 
     def _pool_chunk_size(self, texts: int) -> int | None:
         """Texts per task sent to a worker: an equal share of a call, at most ``POOL_CHUNK_SIZE``.

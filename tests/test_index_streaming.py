@@ -158,9 +158,12 @@ def test_content_hashes_are_what_the_build_stores(corpus_file, tmp_path):
     assert len(set(expected.values())) == len(corpus)  # one per record: the text, title and path all count
 
 
-def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(tmp_path):
+def _build_stopped_mid_way(tmp_path, stop: int):
+    """``heal-rag index --processes 2`` on 100,000 records, sent ``stop`` once it has stored its first batches.
+
+    Returns the build (ended), its stderr, and the processes it had spawned (two encoder workers and their watchdog).
+    """
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -174,12 +177,12 @@ def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(
     command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(build_tiny_heal_model()), "--data",
                str(corpus), "--db", str(tmp_path / "db"), "--processes", "2", "-q"]  # fmt: skip
     build = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    parent, workers = psutil.Process(build.pid), []
+    parent, spawned = psutil.Process(build.pid), []
     deadline = time.monotonic() + 120
-    while len(workers) < 2 and build.poll() is None and time.monotonic() < deadline:
-        workers = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    while len(spawned) < 3 and build.poll() is None and time.monotonic() < deadline:
+        spawned = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
         time.sleep(0.2)
-    assert len(workers) == 2, "the encoder processes did not start"
+    assert len(spawned) == 3, "the encoder processes and their watchdog did not start"
 
     def stored_bytes() -> int:
         return sum(f.stat().st_size for f in (tmp_path / "db").rglob("*") if f.is_file())
@@ -188,9 +191,31 @@ def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(
     while build.poll() is None and stored_bytes() < empty + 200_000 and time.monotonic() < deadline:
         time.sleep(0.2)  # until the first batches are stored: the signal comes mid-build, the pool at work
     assert build.poll() is None and stored_bytes() >= empty + 200_000, "the build ended or stored nothing first"
-    build.send_signal(signal.SIGTERM)
+    build.send_signal(stop)
     _, err = build.communicate(timeout=60)
+    return build, err, spawned
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_sigterm_stops_an_index_build_cleanly_and_its_encoder_processes_with_it(tmp_path):
+    import signal
+
+    import psutil
+
+    build, err, spawned = _build_stopped_mid_way(tmp_path, signal.SIGTERM)
     assert build.returncode == 128 + signal.SIGTERM
     assert "heal-rag index: terminated; no output was left half-written" in err
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive, f"encoder processes left running: {[p.pid for p in alive]}"
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, f"processes left running: {[p.cmdline() for p in alive]}"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_after_kill_9_the_watchdog_stops_the_encoder_processes(tmp_path):
+    import signal
+
+    import psutil
+
+    build, _, spawned = _build_stopped_mid_way(tmp_path, signal.SIGKILL)  # no cleanup can run in the build itself
+    assert build.returncode == -signal.SIGKILL
+    _, alive = psutil.wait_procs(spawned, timeout=15)
+    assert not alive, f"processes left running: {[p.cmdline() for p in alive]}"
