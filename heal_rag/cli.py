@@ -333,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bm25", action="store_true", help="add the BM25 baseline")
     evaluate.add_argument("--out", default="runs/eval", help="report directory (default: runs/eval)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
-    evaluate.add_argument("--max-seq-length", type=_positive_int, default=256, help="token limit for every model")
+    evaluate.add_argument(
+        "--max-seq-length",
+        type=_positive_int,
+        default=None,
+        help="token limit for every model (default: each model's own, as it is deployed)",
+    )
     evaluate.add_argument(
         "--k", type=_positive_int, default=10, help="cut-off of MRR, nDCG and hierarchical precision"
     )
@@ -678,7 +683,7 @@ def _eval(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.data is None:
         raise ValueError("heal-rag eval needs --data (a labelled JSONL corpus), or --compare REPORT [REPORT ...].")
-    backends = _eval_backends(args.model, args.backend)
+    plan = _eval_plan(args)
     inputs = [args.data, args.queries, args.base_model, *args.model]
     prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what="--out", kind="report")
     corpus = read_corpus(args.data)
@@ -686,21 +691,18 @@ def _eval(args: argparse.Namespace) -> int:
     task = EvaluationTask.build(corpus, queries)
     print(f"{len(corpus)} documents, {len(task.query_texts)} queries", flush=True)
     evaluations = []
-    for index, (model_path, backend) in enumerate(zip([args.base_model, *args.model], backends, strict=True)):
-        name = _model_name(model_path) + ("" if backend == "torch" else f" ({backend})")
-        if name in {e.name for e in evaluations}:
-            name = f"{name}#{index}"
-        print(f"[{index + 1}/{len(args.model) + 1}] {name}", flush=True)
+    for index, (model_path, backend, name) in enumerate(plan):
+        print(f"[{index + 1}/{len(plan)}] {name}", flush=True)
         if backend == "torch":
-            model = load_sentence_transformer(model_path)
-            set_max_seq_length(model, args.max_seq_length)
+            model = st_model = load_sentence_transformer(model_path)
         else:
             model = HEALEncoder.load(model_path, backend=backend, batch_size=64)
-            set_max_seq_length(model.model, args.max_seq_length)
-        if index == 0 and (truncated := count_truncated(model, corpus.texts)):
+            st_model = model.model  # its tokenizer and token limit are the export's
+        set_max_seq_length(st_model, args.max_seq_length)
+        if truncated := count_truncated(st_model, corpus.texts):
             print(
-                f"warning: {truncated} of {len(corpus)} documents are longer than --max-seq-length "
-                f"{args.max_seq_length} tokens and are embedded from their beginning only (chunk long documents).",
+                f"heal-rag eval: warning: {truncated} of {len(corpus)} documents are longer than {name}'s token limit "
+                f"({st_model.max_seq_length}) and are embedded from their beginning only (chunk long documents).",
                 file=sys.stderr,
             )
         with warnings.catch_warnings():  # an exported model's encoder would repeat the warning above
@@ -713,9 +715,6 @@ def _eval(args: argparse.Namespace) -> int:
     if args.bm25:
         evaluations.append(evaluate_bm25(task, k=args.k, context_k=args.context_k))
     if args.reference is not None:
-        names = [e.name for e in evaluations]
-        if args.reference not in names:
-            raise ValueError(f"--reference {args.reference!r} is none of the evaluated models: {names}.")
         evaluations.sort(key=lambda e: e.name != args.reference)
     print("writing the report (plots, 2-D maps)", flush=True)
     out = write_report(
@@ -729,6 +728,25 @@ def _eval(args: argparse.Namespace) -> int:
     print((out / "report.md").read_text(encoding="utf-8").split("## Per level")[0])
     print(f"report: {out / 'report.html'} and {out / 'report.md'} (per-query scores in metrics.json)")
     return 0
+
+
+def _eval_plan(args: argparse.Namespace) -> list[tuple[str | None, str, str]]:
+    """(model path, backend, name in the report) of every model to evaluate, the reference model first.
+
+    Everything that can be checked without loading a model is checked here, before any work: the backends, their
+    exports, and ``--reference``.
+    """
+    plan: list[tuple[str | None, str, str]] = []
+    models = [args.base_model, *args.model]
+    for index, (path, backend) in enumerate(zip(models, _eval_backends(args.model, args.backend), strict=True)):
+        name = _model_name(path) + ("" if backend == "torch" else f" ({backend})")
+        if name in {shown for *_, shown in plan}:
+            name = f"{name}#{index}"
+        plan.append((path, backend, name))
+    names = [name for *_, name in plan] + (["bm25"] if args.bm25 else [])
+    if args.reference is not None and args.reference not in names:
+        raise ValueError(f"--reference {args.reference!r} is none of the evaluated models: {names}.")
+    return plan
 
 
 def _eval_backends(models: Sequence[str], backends: Sequence[str]) -> list[str]:
@@ -753,9 +771,16 @@ def _eval_backends(models: Sequence[str], backends: Sequence[str]) -> list[str]:
             "--model in the same order."
         )
     for model, backend in zip(models, backends, strict=True):
-        if backend != "torch":
-            metadata = read_metadata(model) if (Path(model) / METADATA_FILE).is_file() else None
-            checked_export(model, metadata, backend)
+        if backend == "torch":
+            continue
+        if not Path(model).is_dir():
+            raise ValueError(f"--model {model!r} does not exist (or is not a folder).")
+        if not (Path(model) / METADATA_FILE).is_file():
+            raise ValueError(
+                f"--backend {backend} is for heal_rag models, and --model {model!r} has no {METADATA_FILE}: "
+                "`heal-rag export` exports models trained by heal-rag train. Evaluate it with --backend torch."
+            )
+        checked_export(model, read_metadata(model), backend)
     return ["torch", *backends]
 
 

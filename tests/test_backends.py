@@ -374,7 +374,7 @@ def test_eval_compares_an_export_with_its_own_model(model_dir, tmp_path, capsys)
     out = tmp_path / "report"
     # the model as trained (the reference, torch) against its export
     args = ["eval", "--data", str(corpus), "--base-model", str(model_dir), "--model", str(model_dir)]
-    args += ["--out", str(out), "--max-seq-length", "32"]  # the tiny model reads 128 positions
+    args += ["--out", str(out)]  # each model at its own token limit (32 here; the default used to be a fixed 256)
     assert main([*args, "--backend", "onnx", "--map", "pca", "-q"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     torch_name = f"{tmp_path.name}/model"  # a folder named model is shown with its parent
@@ -384,10 +384,20 @@ def test_eval_compares_an_export_with_its_own_model(model_dir, tmp_path, capsys)
         assert onnx_scores[metric] == pytest.approx(value, abs=1e-6), metric
 
     fresh = tmp_path / "report2"
-    assert main([*args[:-4], "--out", str(fresh), "--backend", "onnx-int8"]) == 2  # not exported: named, with the
+    assert main([*args[:-2], "--out", str(fresh), "--backend", "onnx-int8"]) == 2  # not exported: named, with the
     assert "heal-rag export --model" in capsys.readouterr().err  # command, before anything is evaluated or written
     assert not fresh.exists()
     assert main(["eval", "--compare", str(out), "--backend", "onnx", "--out", str(fresh)]) == 2
     assert "--backend" in capsys.readouterr().err and not fresh.exists()
+    plain = tmp_path / "plain"  # a sentence-transformers folder without heal_rag.json
+    shutil.copytree(model_dir, plain, ignore=shutil.ignore_patterns("heal_rag.json"))
+    for model, expected in ((plain, "has no heal_rag.json"), (tmp_path / "nope", "does not exist")):
+        assert (
+            main([*args[:-2], "--out", str(fresh), "--model", str(model), "--backend", "onnx", "--backend", "onnx"])
+            == 2
+        )
+        assert expected in capsys.readouterr().err and not fresh.exists()
+    assert main([*args[:-2], "--out", str(fresh), "--reference", "bogus"]) == 2  # before any model is evaluated
+    assert "--reference 'bogus' is none of the evaluated models" in capsys.readouterr().err and not fresh.exists()
     assert main([*args, "--overwrite", "--backend", "onnx", "--backend", "onnx"]) == 2
     assert "2 --backend for 1 --model" in capsys.readouterr().err
