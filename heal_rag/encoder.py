@@ -37,26 +37,6 @@ class EncoderProcessError(ChildProcessError):
     """A worker process of :meth:`HEALEncoder.multi_process` died (killed, or out of memory)."""
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while processes are started, which inherit that.
-
-    A terminal's Ctrl-C goes to the whole process group: the workers then ignore it, and this process alone is
-    interrupted and stops them, instead of every worker printing a traceback.
-    """
-    import signal
-
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-
-
 def _start_watchdog(pool: dict[str, Any]) -> Any:
     """A process that stops ``pool``'s workers if this process dies without stopping them (POSIX; else ``None``)."""
     if os.name != "posix":
@@ -210,9 +190,8 @@ class HEALEncoder:
 
         gpus = torch.cuda.device_count()
         devices = [f"cuda:{i}" for i in range(processes)] if gpus >= processes else ["cpu"] * processes
-        with _sigint_ignored():  # inherited: Ctrl-C reaches this process alone, which then stops the workers
-            self._pool = self.model.start_multi_process_pool(target_devices=devices)
-            watchdog = _start_watchdog(self._pool)
+        self._pool = self.model.start_multi_process_pool(target_devices=devices)
+        watchdog = _start_watchdog(self._pool)
         try:
             yield self
         except RuntimeError as exc:

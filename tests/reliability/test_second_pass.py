@@ -318,7 +318,10 @@ def test_training_and_eval_warn_about_long_texts(tmp_path, capsys):
         main(["eval", "--data", str(data), "--max-seq-length", "128", "--out", str(tmp_path / "r"), "--map", "pca"])
         == 0
     )
-    assert "warning: 24 of 24 documents are longer than --max-seq-length 128" in capsys.readouterr().err
+    assert (
+        "heal-rag eval: warning: 24 of 24 documents are longer than all-MiniLM-L6-v2's token limit (128)"
+        in capsys.readouterr().err
+    )
 
 
 # ---- kind 9: inputs ------------------------------------------------------------------------------------------------
