@@ -72,20 +72,3 @@ def silence_progress_bars() -> None:
     transformers.utils.logging.set_verbosity_error()
     huggingface_hub.utils.disable_progress_bars()
     datasets.disable_progress_bars()
-
-
-def stop_with_parent(parent: int, children: list[int], interval: float = 0.5) -> None:
-    """Run in a process of its own: once ``parent`` has died, send SIGTERM to ``children`` and return.
-
-    sentence-transformers' pool workers wait on their task queue for ever, so a parent killed without cleanup
-    (``kill -9``, the kernel's out-of-memory killer) used to leave them running, each holding a copy of the model.
-    A dead parent is seen as this process being re-parented (POSIX).
-    """
-    import os
-    import time
-
-    while os.getppid() == parent:
-        time.sleep(interval)
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heal_rag._pool import EncoderProcessError as EncoderProcessError  # where users of HEALEncoder look
+from heal_rag._pool import dead_workers, encoder_pool, encoder_process_error
 from heal_rag._validation import check_choice, check_int, check_real
 from heal_rag._warning import HEALWarning
 from heal_rag.artifacts import METADATA_FILE, centroids_from_metadata, model_fingerprint, read_metadata
@@ -31,26 +33,6 @@ if TYPE_CHECKING:
 QUERY_CACHE_SIZE = 256
 #: The most texts one multi-process worker task holds (large calls are still spread over the workers).
 POOL_CHUNK_SIZE = 1024
-
-
-class EncoderProcessError(ChildProcessError):
-    """A worker process of :meth:`HEALEncoder.multi_process` died (killed, or out of memory)."""
-
-
-def _start_watchdog(pool: dict[str, Any]) -> Any:
-    """A process that stops ``pool``'s workers if this process dies without stopping them (POSIX; else ``None``)."""
-    if os.name != "posix":
-        return None
-    import multiprocessing
-
-    from heal_rag._process import stop_with_parent
-
-    workers = [process.pid for process in pool["processes"]]
-    watchdog = multiprocessing.get_context("spawn").Process(
-        target=stop_with_parent, args=(os.getpid(), workers), daemon=True
-    )
-    watchdog.start()
-    return watchdog
 
 
 class TruncationWarning(HEALWarning):
@@ -171,11 +153,14 @@ class HEALEncoder:
         Uses sentence-transformers' multi-process pool (one worker per GPU when there are enough GPUs, else per
         CPU process); the pool is stopped when the block ends, also on error. ``processes=1`` changes nothing. For
         large index builds (``build_index(processes=...)``, ``heal-rag index --processes``); whether it pays on a
-        given machine is measured by ``benchmarks/index_build.py``.
+        given machine is measured by ``benchmarks/index_build.py``. A terminal's Ctrl-C interrupts this process
+        alone, which stops the workers; a watchdog stops them if this process is killed without cleanup.
 
         Raises:
             ValueError: For ``processes < 1``, or with an exported backend (ONNX Runtime and OpenVINO already use
                 every core in one process).
+            EncoderProcessError: From the block's calls, when a worker process has died (killed, or out of memory).
+                One that died after its last task gives a :class:`~heal_rag.HEALWarning` when the block ends.
         """
         check_int("processes", processes, minimum=1)
         if processes > 1 and self.runtime is not None:
@@ -190,26 +175,12 @@ class HEALEncoder:
 
         gpus = torch.cuda.device_count()
         devices = [f"cuda:{i}" for i in range(processes)] if gpus >= processes else ["cpu"] * processes
-        self._pool = self.model.start_multi_process_pool(target_devices=devices)
-        watchdog = _start_watchdog(self._pool)
-        try:
-            yield self
-        except RuntimeError as exc:
-            dead = [p for p in self._pool["processes"] if not p.is_alive()] if self._pool else []
-            if dead:
-                codes = ", ".join(f"exit code {p.exitcode}" for p in dead)
-                raise EncoderProcessError(
-                    f"{len(dead)} of {processes} encoder processes died ({codes}): killed, or out of memory. Run the "
-                    "same command again to continue (an index keeps what it stored), with fewer processes if memory "
-                    "is short."
-                ) from exc
-            raise
-        finally:
-            pool, self._pool = self._pool, None
-            self.model.stop_multi_process_pool(pool)
-            if watchdog is not None:
-                watchdog.terminate()
-                watchdog.join()
+        with encoder_pool(self.model, devices) as pool:
+            self._pool = pool
+            try:
+                yield self
+            finally:
+                self._pool = None
 
     def _pool_chunk_size(self, texts: int) -> int | None:
         """Texts per task sent to a worker: an equal share of a call, at most ``POOL_CHUNK_SIZE``.
@@ -285,6 +256,8 @@ class HEALEncoder:
         self._note_truncation(texts, "document")
         if self.runtime is not None:
             return self.runtime.encode(texts, self._prompt("document"), self.batch_size)
+        if dead_workers(self._pool):  # the pool may still answer, or wait for ever on the dead one's lock
+            raise encoder_process_error(self._pool)
         return np.asarray(
             self.model.encode_document(
                 texts,

@@ -158,12 +158,16 @@ def test_content_hashes_are_what_the_build_stores(corpus_file, tmp_path):
     assert len(set(expected.values())) == len(corpus)  # one per record: the text, title and path all count
 
 
-def _build_stopped_mid_way(tmp_path, stop: int):
+def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
     """``heal-rag index --processes 2`` on 100,000 records, sent ``stop`` once it has stored its first batches.
+
+    ``to``: ``"build"`` (the command's process), ``"group"`` (its process group, as a terminal sends Ctrl-C) or
+    ``"worker"`` (one encoder process).
 
     Returns the build (ended), its stderr, and the processes it had spawned (two encoder workers and their watchdog).
     """
     import os
+    import signal
     import subprocess
     import sys
     import time
@@ -176,7 +180,14 @@ def _build_stopped_mid_way(tmp_path, stop: int):
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(build_tiny_heal_model()), "--data",
                str(corpus), "--db", str(tmp_path / "db"), "--processes", "2", "-q"]  # fmt: skip
-    build = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    build = subprocess.Popen(
+        command,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, even under a background job
+    )
     parent, spawned = psutil.Process(build.pid), []
     deadline = time.monotonic() + 120
     while len(spawned) < 3 and build.poll() is None and time.monotonic() < deadline:
@@ -191,7 +202,12 @@ def _build_stopped_mid_way(tmp_path, stop: int):
     while build.poll() is None and stored_bytes() < empty + 200_000 and time.monotonic() < deadline:
         time.sleep(0.2)  # until the first batches are stored: the signal comes mid-build, the pool at work
     assert build.poll() is None and stored_bytes() >= empty + 200_000, "the build ended or stored nothing first"
-    build.send_signal(stop)
+    if to == "group":
+        os.killpg(build.pid, stop)
+    elif to == "worker":
+        min(spawned, key=lambda p: p.create_time()).send_signal(stop)  # a worker: the watchdog is started last
+    else:
+        build.send_signal(stop)
     _, err = build.communicate(timeout=60)
     return build, err, spawned
 
@@ -222,6 +238,54 @@ def test_after_kill_9_the_watchdog_stops_the_encoder_processes(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_ctrl_c_in_a_terminal_stops_the_build_with_one_line_and_no_worker_tracebacks(tmp_path):
+    import signal
+
+    import psutil
+
+    build, err, spawned = _build_stopped_mid_way(tmp_path, signal.SIGINT, to="group")  # the whole process group
+    assert build.returncode == 130
+    assert "heal-rag index: interrupted; no output was left half-written" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, f"processes left running: {[p.cmdline() for p in alive]}"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_an_encoder_process_killed_mid_build_stops_the_build_with_what_to_do(tmp_path):
+    import signal
+
+    import psutil
+
+    build, err, spawned = _build_stopped_mid_way(tmp_path, signal.SIGKILL, to="worker")  # as the OOM killer does
+    assert build.returncode == 2, err[-2000:]
+    assert "heal-rag index: error: 1 of 2 encoder processes died (exit code -9): killed, or out of memory" in err
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, f"processes left running: {[p.cmdline() for p in alive]}"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_a_worker_that_died_after_its_last_task_is_a_warning_not_an_error():
+    import os
+    import signal
+
+    import numpy as np
+
+    from heal_rag import HEALWarning
+    from heal_rag.encoder import HEALEncoder
+
+    encoder = HEALEncoder.load(build_tiny_heal_model())
+    texts = [f"laser light {i}" for i in range(64)]
+    with pytest.warns(HEALWarning, match=r"^1 of 2 encoder processes died \(exit code -9\); every text was embedded"):
+        with encoder.multi_process(2):
+            vectors = encoder.embed_documents(texts)
+            worker = encoder._pool["processes"][1]
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join(timeout=30)
+    np.testing.assert_allclose(vectors, encoder.embed_documents(texts), atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
 def test_an_encoder_process_that_died_is_reported_with_what_to_do():
     import os
     import signal
@@ -231,8 +295,13 @@ def test_an_encoder_process_that_died_is_reported_with_what_to_do():
     encoder = HEALEncoder.load(build_tiny_heal_model())
     with pytest.raises(EncoderProcessError, match=r"1 of 2 encoder processes died \(exit code -9\).*Run the same"):
         with encoder.multi_process(2):
-            worker = encoder._pool["processes"][0]
-            os.kill(worker.pid, signal.SIGKILL)  # as the out-of-memory killer does, here between two calls
+            texts = [f"laser light {i}" for i in range(64)]
+            encoder.embed_documents(texts)  # both workers started and answering at once
+            # As the out-of-memory killer does, here between two calls. The other worker might still answer in time
+            # (sentence-transformers checks for dead workers after a second without an answer) or wait for ever on a
+            # queue lock the dead one held; the call is refused before either.
+            worker = encoder._pool["processes"][1]
+            os.kill(worker.pid, signal.SIGKILL)
             worker.join(timeout=30)
-            encoder.embed_documents([f"laser light {i}" for i in range(64)])
+            encoder.embed_documents(texts)
     assert encoder._pool is None
