@@ -62,6 +62,22 @@ def one_line_warnings(command: str) -> Iterator[None]:
         warnings.formatwarning = default
 
 
+def quiet_resource_tracker() -> None:
+    """Keep multiprocessing's resource tracker from ending ``--processes`` runs with "leaked semaphore objects".
+
+    Each encoder process of sentence-transformers' pool creates tqdm's multiprocessing lock, registered with the
+    tracker, and is stopped with SIGTERM before it can unregister it; the tracker then removes the lock and prints a
+    two-line ``UserWarning`` that reads like a fault. Nothing is left behind, so this process and the ones it starts
+    (the tracker among them) ignore that module's warnings, through ``PYTHONWARNINGS``.
+    """
+    import os
+
+    ignore = "ignore::UserWarning:multiprocessing.resource_tracker"
+    given = os.environ.get("PYTHONWARNINGS")
+    if ignore not in (given or "").split(","):
+        os.environ["PYTHONWARNINGS"] = f"{given},{ignore}" if given else ignore
+
+
 def silence_progress_bars() -> None:
     """Turn off the progress bars of the libraries heal_rag calls (transformers, huggingface_hub, datasets)."""
     import datasets

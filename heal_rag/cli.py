@@ -396,9 +396,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from heal_rag._process import Terminated, one_line_warnings, sigterm_as_interrupt, silence_progress_bars
+    from heal_rag._process import (
+        Terminated,
+        one_line_warnings,
+        quiet_resource_tracker,
+        sigterm_as_interrupt,
+        silence_progress_bars,
+    )
     from heal_rag.distributed import is_main_process
 
+    quiet_resource_tracker()
     # under torchrun / accelerate launch, rank 0 alone prints (errors still reach stderr from every rank)
     quiet = bool(getattr(args, "quiet", False)) or not is_main_process()
     if quiet:
