@@ -29,12 +29,19 @@ Pool = dict[str, Any]
 
 
 class EncoderProcessError(ChildProcessError):
-    """A worker process of :meth:`heal_rag.HEALEncoder.multi_process` died (killed, or out of memory)."""
+    """A worker process of :meth:`heal_rag.encoder.HEALEncoder.multi_process` died (killed, or out of memory)."""
 
 
 @contextlib.contextmanager
 def encoder_pool(model: SentenceTransformer, devices: list[str]) -> Iterator[Pool]:
     """sentence-transformers' multi-process pool on ``devices`` (one process each), stopped when the block ends.
+
+    Args:
+        model: The model each process gets a copy of.
+        devices: Torch devices, one per process (``["cpu", "cpu"]``, ``["cuda:0", "cuda:1"]``).
+
+    Yields:
+        The pool, for ``model.encode(..., pool=pool)``.
 
     Raises:
         EncoderProcessError: When a worker died during the block and the pool reported it (sentence-transformers'
@@ -43,7 +50,7 @@ def encoder_pool(model: SentenceTransformer, devices: list[str]) -> Iterator[Poo
     pool: Pool | None = None
     watchdog = None
     try:
-        with _sigint_held():  # a Ctrl-C meanwhile arrives at the end of this block, inside the try
+        with _sigint_held():  # a Ctrl-C meanwhile is raised at the end of this block, inside the try
             pool = model.start_multi_process_pool(target_devices=devices)
             watchdog = _start_watchdog(pool)
         yield pool
@@ -54,13 +61,16 @@ def encoder_pool(model: SentenceTransformer, devices: list[str]) -> Iterator[Poo
     else:
         dead = dead_workers(pool)
         if dead:  # after its last task: every call was answered
+            # stacklevel: this generator, contextlib, HEALEncoder.multi_process, contextlib, the caller's ``with``
             warnings.warn(f"{dead}; every text was embedded.", HEALWarning, stacklevel=5)
     finally:
-        if pool is not None:
-            model.stop_multi_process_pool(pool)
-        if watchdog is not None:
-            watchdog.terminate()
-            watchdog.join()
+        try:
+            if pool is not None:
+                model.stop_multi_process_pool(pool)
+        finally:  # also when the stop is interrupted (a second Ctrl-C)
+            if watchdog is not None:
+                watchdog.terminate()
+                watchdog.join()
 
 
 def dead_workers(pool: Pool | None) -> str:
@@ -88,7 +98,8 @@ def _sigint_held() -> Iterator[None]:
 
     A terminal's Ctrl-C goes to the whole process group. The encoder processes (and their watchdog) then never see
     it, so they do not each print a traceback; this process is interrupted alone and stops them. A Ctrl-C during the
-    start is delivered as soon as it ends. POSIX and the main thread only; elsewhere nothing changes.
+    start is raised when the block ends, not half-way through starting the processes. POSIX and the main thread
+    only; elsewhere nothing changes.
     """
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
@@ -97,11 +108,18 @@ def _sigint_held() -> Iterator[None]:
 
     # Started first: starting it later (the pool's first queue does) unblocks SIGINT in this process (CPython 3.11).
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    # The mask holds the signal back from this thread only; another thread (Chroma's, torch's) may still take it, so
+    # the handler notes it instead of raising KeyboardInterrupt in the middle of the start.
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # one pending here goes to the noting handler
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous_handler is None else previous_handler)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was in place: KeyboardInterrupt by default
 
 
 def _start_watchdog(pool: Pool) -> Any:

@@ -67,15 +67,16 @@ def quiet_resource_tracker() -> None:
 
     Each encoder process of sentence-transformers' pool creates tqdm's multiprocessing lock, registered with the
     tracker, and is stopped with SIGTERM before it can unregister it; the tracker then removes the lock and prints a
-    two-line ``UserWarning`` that reads like a fault. Nothing is left behind, so this process and the ones it starts
-    (the tracker among them) ignore that module's warnings, through ``PYTHONWARNINGS``.
+    two-line ``UserWarning`` that reads like a fault. Nothing is left behind, so the interpreters multiprocessing
+    starts from now on (the tracker among them) get ``-W ignore::UserWarning:multiprocessing.resource_tracker``:
+    multiprocessing passes ``sys.warnoptions`` on as ``-W`` options, which also win over a ``-W default`` given to
+    this process. The environment is left alone; a tracker already running keeps its settings.
     """
-    import os
+    import sys
 
     ignore = "ignore::UserWarning:multiprocessing.resource_tracker"
-    given = os.environ.get("PYTHONWARNINGS")
-    if ignore not in (given or "").split(","):
-        os.environ["PYTHONWARNINGS"] = f"{given},{ignore}" if given else ignore
+    if ignore not in sys.warnoptions:
+        sys.warnoptions.append(ignore)
 
 
 def silence_progress_bars() -> None:

@@ -256,7 +256,8 @@ class HEALEncoder:
         self._note_truncation(texts, "document")
         if self.runtime is not None:
             return self.runtime.encode(texts, self._prompt("document"), self.batch_size)
-        if dead_workers(self._pool):  # the pool may still answer, or wait for ever on the dead one's lock
+        # the other workers might still answer, or one wait for ever on a queue lock the dead one held
+        if dead_workers(self._pool):
             raise encoder_process_error(self._pool)
         return np.asarray(
             self.model.encode_document(

@@ -166,14 +166,14 @@ def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
 
     Returns the build (ended), its stderr, and the processes it had spawned (two encoder workers and their watchdog).
     """
+    import contextlib
     import os
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
-    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("psutil")
     corpus = tmp_path / "big.jsonl"
     corpus.write_text("".join(f'{{"id": "d{i}", "text": "laser light lens study {i}"}}\n' for i in range(100_000)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -188,6 +188,20 @@ def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
         start_new_session=True,  # a process group of its own, as a terminal gives a command
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, even under a background job
     )
+    try:
+        return _stop_mid_way(build, stop, to, tmp_path / "db")
+    except BaseException:  # a failed check or a timeout: leave nothing of the build running in its own session
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(build.pid, signal.SIGKILL)
+        raise
+
+
+def _stop_mid_way(build, stop: int, to: str, db):
+    import os
+    import time
+
+    import psutil
+
     parent, spawned = psutil.Process(build.pid), []
     deadline = time.monotonic() + 120
     while len(spawned) < 3 and build.poll() is None and time.monotonic() < deadline:
@@ -196,7 +210,7 @@ def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
     assert len(spawned) == 3, "the encoder processes and their watchdog did not start"
 
     def stored_bytes() -> int:
-        return sum(f.stat().st_size for f in (tmp_path / "db").rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
 
     empty = stored_bytes()
     while build.poll() is None and stored_bytes() < empty + 200_000 and time.monotonic() < deadline:
@@ -205,7 +219,7 @@ def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
     if to == "group":
         os.killpg(build.pid, stop)
     elif to == "worker":
-        min(spawned, key=lambda p: p.create_time()).send_signal(stop)  # a worker: the watchdog is started last
+        min(spawned, key=lambda p: (p.create_time(), p.pid)).send_signal(stop)  # a worker: the watchdog starts last
     else:
         build.send_signal(stop)
     _, err = build.communicate(timeout=60)
@@ -306,3 +320,32 @@ def test_an_encoder_process_that_died_is_reported_with_what_to_do():
             worker.join(timeout=30)
             encoder.embed_documents(texts)
     assert encoder._pool is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_the_encoder_processes_start_is_raised_once_they_have_started():
+    import os
+    import signal
+    import threading
+    import time
+
+    from heal_rag._pool import _sigint_held
+
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever ran pytest
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # a thread that does not block SIGINT, as Chroma's and torch's
+    other.start()
+    started = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)  # the main thread blocks it: the other thread takes it
+                time.sleep(0.2)  # not raised here, in the middle of starting processes
+                started = True
+        assert started
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        stop.set()
+        other.join()
+        signal.signal(signal.SIGINT, handler)
