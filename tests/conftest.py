@@ -19,6 +19,14 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARXIV_MINI = SHARED_DATA / "arxiv_oai" / "arxiv_oai_hier_mini.jsonl"
 
 
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment of a command a test runs (``heal-rag``, ``torchrun``): one thread a process, offline, this
+    checkout importable, plus ``extra``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    return env
+
+
 def shared_file(path: Path) -> Path:
     """``path`` under ../shared/data, or skip the test when the shared data is absent."""
     if not path.is_file():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_model, make_corpus, write_corpus_jsonl
+from conftest import build_tiny_model, command_env, make_corpus, write_corpus_jsonl
 
 from heal_rag.labels import LabelPaths
 from heal_rag.losses import HEALLoss
@@ -94,15 +93,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launcher_env() -> dict[str, str]:
-    """The environment of a launched run: one thread a process, offline, this checkout importable."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = _launcher_env()
+    env = command_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -236,7 +228,7 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
 def test_the_cli_under_accelerate_launch_trains_on_two_processes(corpus_file, tmp_path):
     # accelerate's --cpu flag starts a single process; --multi_gpu starts one per --num_processes, with gloo on CPU
     out = tmp_path / "model"
-    env = {**_launcher_env(), "HF_HOME": str(tmp_path / "hf")}  # no accelerate config of the machine's
+    env = command_env(HF_HOME=str(tmp_path / "hf"))  # no accelerate config of the machine's
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]  # fmt: skip

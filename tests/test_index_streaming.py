@@ -7,7 +7,7 @@ import logging
 import shutil
 
 import pytest
-from conftest import build_tiny_heal_model, make_corpus, write_corpus_jsonl
+from conftest import build_tiny_heal_model, command_env, make_corpus, write_corpus_jsonl
 
 from heal_rag.chroma import build_index, open_collection
 from heal_rag.data import CorpusFormatError, iter_corpus, read_corpus
@@ -171,13 +171,11 @@ def _build_stopped_mid_way(tmp_path, stop: int, to: str = "build"):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     pytest.importorskip("psutil")
     corpus = tmp_path / "big.jsonl"
     corpus.write_text("".join(f'{{"id": "d{i}", "text": "laser light lens study {i}"}}\n' for i in range(100_000)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env = command_env()
     command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(build_tiny_heal_model()), "--data",
                str(corpus), "--db", str(tmp_path / "db"), "--processes", "2", "-q"]  # fmt: skip
     build = subprocess.Popen(

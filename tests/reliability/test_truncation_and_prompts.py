@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import _vocabulary, build_tiny_heal_model, build_tiny_model, make_corpus
+from conftest import _vocabulary, build_tiny_heal_model, build_tiny_model, command_env, make_corpus
 
 from heal_rag.encoder import HEALEncoder, TruncationWarning
 from heal_rag.training import fine_tune
@@ -124,16 +124,14 @@ def test_models_without_prompts_train_on_plain_texts(tmp_path):
 
 
 def test_the_cli_shows_its_own_warnings_as_one_line(tmp_path):
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     model = wordpiece_model(tmp_path)
     corpus = tmp_path / "corpus.jsonl"
     long_text = "laser light lens beam photon " * 20
     corpus.write_text(f'{{"id": "a", "text": "{long_text}"}}\n{{"id": "b", "text": "short"}}\n')
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "HF_HUB_OFFLINE": "1"}
+    env = command_env()
     command = [sys.executable, "-m", "heal_rag.cli", "index", "--model", str(model), "--data", str(corpus), "--db",
                str(tmp_path / "db"), "-q"]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # as a terminal shows it
