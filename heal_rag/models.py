@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,13 +172,14 @@ def load_sentence_transformer(
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(
-            resolved,
-            device=device,
-            local_files_only=True,
-            trust_remote_code=trust_remote_code,
-            model_kwargs={"use_safetensors": True},
-        )
+        with _no_loading_bar():
+            return SentenceTransformer(
+                resolved,
+                device=device,
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                model_kwargs={"use_safetensors": True},
+            )
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # the loaders raise anything from RuntimeError to a bare Exception for a bad file
@@ -186,6 +188,24 @@ def load_sentence_transformer(
             "not match the others (weights, tokenizer.json, modules.json, config.json): restore the directory or "
             "re-train the model."
         ) from exc
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Load without transformers' "Loading weights" bar; other bars are left as they were.
+
+    A fraction of a second for a small model, printed at every load (five times in ``make demo``), it says nothing a
+    user can act on.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def position_limit(model: SentenceTransformer) -> int | None:

@@ -149,3 +149,19 @@ def test_blend_with_base_weights_errors(tiny_model):
         blend_with_base_weights(tiny_model, {k: v for k, v in base.items() if k != name}, 0.5)
     with pytest.raises(ValueError, match="in the tuned model"):
         blend_with_base_weights(tiny_model, {**base, name: base[name].flatten()[:1]}, 0.5)
+
+
+@pytest.mark.parametrize("bars_on", [True, False])
+def test_loading_a_model_prints_no_loading_bar_and_leaves_transformers_bars_as_they_were(capfd, bars_on):
+    from transformers.utils import logging as transformers_logging
+
+    from heal_rag.models import load_sentence_transformer
+
+    (transformers_logging.enable_progress_bar if bars_on else transformers_logging.disable_progress_bar)()
+    try:
+        capfd.readouterr()
+        load_sentence_transformer(None)  # the default model: transformers shows the bar for it
+        assert "Loading weights" not in capfd.readouterr().err
+        assert transformers_logging.is_progress_bar_enabled() is bars_on
+    finally:
+        transformers_logging.enable_progress_bar()
