@@ -165,3 +165,14 @@ def test_loading_a_model_prints_no_loading_bar_and_leaves_transformers_bars_as_t
         assert transformers_logging.is_progress_bar_enabled() is bars_on
     finally:
         transformers_logging.enable_progress_bar()
+
+
+def test_the_cli_offers_exactly_the_backends_the_library_has():
+    from heal_rag.backends import BACKENDS
+    from heal_rag.cli import BACKEND_CHOICES, build_parser
+
+    assert BACKEND_CHOICES == BACKENDS  # spelt out in the CLI so --help stays light; kept equal here
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("index", "eval"):
+        backend = next(a for a in commands[command]._actions if a.dest == "backend")
+        assert tuple(backend.choices) == BACKENDS
