@@ -23,14 +23,22 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _positive_int(value: str) -> int:
+def _whole_number(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+        number = minimum - 1
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value!r}")
     return number
+
+
+def _positive_int(value: str) -> int:
+    return _whole_number(value, 1)
+
+
+def _non_negative_int(value: str) -> int:
+    return _whole_number(value, 0)
 
 
 def _finite_float(value: str) -> float:
@@ -91,6 +99,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="other_leaves: a query's own-leaf documents are not its negatives (fewer off-topic hits, lower MRR)",
     )
+    group.add_argument(
+        "--hard-negatives",
+        type=_non_negative_int,
+        default=None,
+        help="per query, this many of its nearest training documents from other leaves (base model) join its "
+        "ranking as negatives (default 0; each adds a document forward pass per row)",
+    )
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
     group.add_argument(
         "--gather-across-devices",
@@ -135,6 +150,7 @@ _TRAINING_KEYS = (
     "hierarchy_views",
     "inverse_cloze_rate",
     "pair_negatives",
+    "hard_negatives",
     "consistency_weight",
     "gather_across_devices",
     "samples_per_leaf",

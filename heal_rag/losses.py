@@ -102,6 +102,15 @@ class HEALLoss(nn.Module):
     - ``pair_loss="supcon"``: an extra finest SupCon level over the joint pool of queries and documents, whose label
       is the source document.
 
+    With more text columns ``(query, document, negative_1, ..., negative_k)`` (ranking form only), the negatives are
+    hard negatives (``heal_rag.fine_tune(hard_negatives=k)`` mines them from other leaves, see
+    :func:`heal_rag.negatives.mine_other_leaf_negatives`): every query of the batch ranks its document among the
+    batch's documents and every negative, as in MultipleNegativesRankingLoss with negative columns. Each label row
+    carries its negatives' ids after its own, so a negative counts as the document it is: another query's own
+    document is that query's target, ``pair_level_discount`` grades it by shared path, and
+    ``pair_negatives="other_leaves"`` leaves it out of the softmax of a query of its leaf. Negatives take part in
+    the query↔document level only, not in the hierarchy levels.
+
     ``hierarchy_views`` chooses who takes part in the hierarchy levels: ``"both"`` (default: queries and documents
     in one pool of ``2B``, so a query is pulled towards its topic's documents and the other queries of that topic
     too) or ``"documents"``.
@@ -159,6 +168,9 @@ class HEALLoss(nn.Module):
         +-------------------------+----------------------------------------------------------------------------+
         | (query, document)       | level ids plus the source-document key as last id (``C = L + 1``), or ids |
         |                         | then weights as floats (``C = 2(L + 1)``)                                  |
+        +-------------------------+----------------------------------------------------------------------------+
+        | (query, document,       | as for (query, document), then each negative's ids (its document's level   |
+        | negative_1, ...)        | ids and key): ``C = (L + 1)(1 + k)``, or ``(L + 1)(2 + k)`` as floats       |
         +-------------------------+----------------------------------------------------------------------------+
 
         An id of -1 means "no label at this level" (masked).
@@ -274,7 +286,8 @@ class HEALLoss(nn.Module):
         """Compute the weighted loss components from embeddings.
 
         Args:
-            embeddings: One ``(B, D)`` tensor (documents) or two (queries, documents).
+            embeddings: One ``(B, D)`` tensor (documents), two (queries, documents), or more (queries, documents,
+                then ``k`` columns of hard negatives; ranking form only).
             labels: ``(B, C)`` label rows as described in the class docstring.
             anchors: ``(B,)`` boolean, the rows whose losses are averaged (default: all); the others only serve as
                 positives and negatives (another rank's rows, see ``gather_across_devices``).
@@ -283,12 +296,23 @@ class HEALLoss(nn.Module):
         Returns:
             ``{"level_0": ..., "level_{L-1}": ..., ["query_document": ...], ["consistency": ...]}``; each value is
             already weighted, so their sum is the loss (as :class:`SentenceTransformerTrainer` computes it).
+
+        Raises:
+            ValueError: For no embeddings, negative columns with ``pair_loss="supcon"``, or label rows of the wrong
+                shape (the message says which).
         """
-        if len(embeddings) not in (1, 2):
+        if not embeddings:
+            raise ValueError("HEALLoss takes one text column (documents), two (query, document) or more (negatives).")
+        if len(embeddings) > 2 and self.pair_loss != "ranking":
             raise ValueError(
-                f"HEALLoss takes one text column (documents) or two (query, document), got {len(embeddings)}."
+                f"Got {len(embeddings)} text columns: hard-negative columns after (query, document) go with "
+                "pair_loss='ranking'; use it, or give one text column (documents) or two (query, document)."
             )
-        paired = len(embeddings) == 2
+        paired = len(embeddings) >= 2
+        negatives = embeddings[2:]
+        negative_ids = None
+        if negatives:
+            labels, negative_ids = _split_negative_labels(labels, len(negatives))
         ids, weights = _split_labels(labels, n_rows=embeddings[0].shape[0])
         n_hierarchy = ids.shape[1] - (1 if paired else 0)
         if n_hierarchy < 1:
@@ -302,12 +326,12 @@ class HEALLoss(nn.Module):
         anchors = torch.ones(n_rows, dtype=torch.bool, device=ids.device) if anchors is None else anchors
         present = torch.ones(n_rows, dtype=torch.bool, device=ids.device) if present is None else present
         if paired and self.hierarchy_views == "both":
-            pool = torch.cat(embeddings, dim=0)
+            pool = torch.cat(embeddings[:2], dim=0)
             pool_ids = torch.cat([ids, ids], dim=0)[:, :pool_levels]
             pool_weights = torch.cat([weights * self.query_hierarchy_weight, weights], dim=0)[:, :pool_levels]
             pool_anchors, pool_present = anchors.repeat(2), present.repeat(2)
         else:
-            pool = embeddings[-1]
+            pool = embeddings[1] if paired else embeddings[0]
             pool_ids, pool_weights = ids[:, :pool_levels], weights[:, :pool_levels]
             pool_anchors, pool_present = anchors, present
 
@@ -324,28 +348,50 @@ class HEALLoss(nn.Module):
         if pair_in_pool:
             components["query_document"] = per_level[-1]
         elif paired:
-            pair_temperature = self.pair_temperature or self.temperature
-            excluded = ~present[None, :].expand(n_rows, n_rows)  # padding is never a candidate
-            if self.pair_negatives == "other_leaves":  # rows of the same leaf (_ranking_loss keeps the own document)
-                nothing = torch.zeros(n_rows, n_rows, dtype=torch.bool, device=ids.device)
-                excluded = excluded | _same_label_masks(ids[:, n_hierarchy - 1 : n_hierarchy], nothing)[0]
-            rows = anchors.nonzero().squeeze(1)  # each anchor picks among every row of the (gathered) batch
-            ranking = _ranking_loss(
-                embeddings[0][rows], embeddings[1], ids[rows], ids, pair_temperature, self.pair_level_discount,
-                excluded[rows],
-            )  # fmt: skip
-            if self.symmetric_pairs:
-                backward = _ranking_loss(
-                    embeddings[1][rows], embeddings[0], ids[rows], ids, pair_temperature, self.pair_level_discount,
-                    excluded[rows],
-                )  # fmt: skip
-                ranking = (ranking + backward) / 2
-            components["query_document"] = self.query_document_weight * ranking
+            components["query_document"] = self.query_document_weight * self._pair_ranking(
+                embeddings[0], embeddings[1], negatives, ids, negative_ids, anchors, present, n_hierarchy
+            )
         if self.consistency_weight > 0:
             components["consistency"] = self.consistency_weight * _consistency_hinge(
                 cosine, same[:n_hierarchy], self.consistency_margin, pool_anchors
             )
         return components
+
+    def _pair_ranking(
+        self,
+        queries: Tensor,
+        documents: Tensor,
+        negatives: list[Tensor],
+        ids: Tensor,
+        negative_ids: Tensor | None,
+        anchors: Tensor,
+        present: Tensor,
+        n_hierarchy: int,
+    ) -> Tensor:
+        """The ranking form of the query↔document level: each anchor's query ranks the batch's documents and negatives.
+
+        ``negative_ids`` is ``(k, B, C)``: the negatives' level ids and keys, in the order of ``negatives``.
+        """
+        n_rows = ids.shape[0]
+        candidates, candidate_ids = documents, ids
+        if negatives and negative_ids is not None:
+            candidates = torch.cat([documents, *negatives], dim=0)
+            candidate_ids = torch.cat([ids, negative_ids.reshape(-1, ids.shape[1])], dim=0)
+        excluded = ~present.repeat(len(negatives) + 1)[None, :].expand(n_rows, -1)  # padding is never a candidate
+        if self.pair_negatives == "other_leaves":  # the query's leaf (_ranking_loss keeps its own document)
+            leaf = n_hierarchy - 1
+            excluded = excluded | ((ids[:, leaf, None] == candidate_ids[None, :, leaf]) & (ids[:, leaf, None] >= 0))
+        rows = anchors.nonzero().squeeze(1)  # each anchor picks among every row of the (gathered) batch
+        temperature, discount = self.pair_temperature or self.temperature, self.pair_level_discount
+        ranking = _ranking_loss(
+            queries[rows], candidates, ids[rows], candidate_ids, temperature, discount, excluded[rows]
+        )
+        if self.symmetric_pairs:  # each document ranks the batch's queries (the negatives have none)
+            backward = _ranking_loss(
+                documents[rows], queries, ids[rows], ids, temperature, discount, excluded[rows, :n_rows]
+            )
+            ranking = (ranking + backward) / 2
+        return ranking
 
     def get_config_dict(self) -> dict[str, Any]:
         """Settings shown in the model card."""
@@ -377,6 +423,26 @@ class HEALLoss(nn.Module):
     year={2024}
 }
 """
+
+
+def _split_negative_labels(labels: Tensor, n_negatives: int) -> tuple[Tensor, Tensor]:
+    """A row's own label columns, and its ``k`` negatives' ids as ``(k, B, C)`` (stored after its own)."""
+    if labels is None or labels.dim() != 2:
+        raise ValueError(
+            "With negative columns, labels must be (batch, width) rows: each row's own label ids (and weights), then "
+            "each negative's ids; see HEALLoss."
+        )
+    width = labels.shape[1]
+    parts = n_negatives + (2 if labels.is_floating_point() else 1)
+    if width % parts:
+        raise ValueError(
+            f"With {n_negatives} negative column(s), a label row holds its own ids"
+            f"{' and weights' if labels.is_floating_point() else ''} then each negative's ids, {parts} blocks of one "
+            f"width; got width {width}. heal_rag.fine_tune(hard_negatives=k) builds such rows."
+        )
+    n_ids = width // parts
+    negative_ids = labels[:, width - n_negatives * n_ids :].round().long()
+    return labels[:, : width - n_negatives * n_ids], negative_ids.reshape(-1, n_negatives, n_ids).transpose(0, 1)
 
 
 def _split_labels(labels: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:

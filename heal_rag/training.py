@@ -10,9 +10,9 @@ import os
 import random
 import tempfile
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -185,6 +185,11 @@ class HEALTrainingConfig:
             document *without* that sentence (the inverse cloze task of Lee et al., 2019), so the model learns what
             a passage is about instead of copying its words; titles and given queries are never affected (see
             :func:`heal_rag.queries.remove_key_sentence`). The blend's held-out documents are searched as trained.
+        hard_negatives: ``k >= 0`` hard negatives per query (ranking form, paired rows): before training, the
+            base model finds each query's ``k`` nearest training documents *of other leaves* (with a source-document
+            level, of the user's other leaves), and every query of a batch ranks its document among them too (see
+            :func:`heal_rag.negatives.mine_other_leaf_negatives`). 0 (default): in-batch negatives only. Each
+            negative adds a document forward pass per row, and mining embeds the training set once.
 
     Raises:
         ValueError: When a setting is not a finite number in its range (e.g. ``temperature=nan``,
@@ -222,6 +227,7 @@ class HEALTrainingConfig:
     blend_standard_errors: float = 0.0
     save_max_seq_length: int | None = None
     inverse_cloze_rate: float = 0.0
+    hard_negatives: int = 0
 
     def __post_init__(self) -> None:
         """Validate every setting up front (finite, in range), so nothing is trained with a value that cannot work.
@@ -290,6 +296,12 @@ class HEALTrainingConfig:
         check_real("blend_fallback_share", self.blend_fallback_share, minimum=0, maximum=1, max_open=True)
         check_real("blend_standard_errors", self.blend_standard_errors, minimum=0)
         check_real("inverse_cloze_rate", self.inverse_cloze_rate, minimum=0, maximum=1)
+        check_int("hard_negatives", self.hard_negatives, minimum=0)
+        if self.hard_negatives and self.pair_loss != "ranking":
+            raise ValueError(
+                f"hard_negatives={self.hard_negatives} goes with pair_loss='ranking' (the negatives join each "
+                "query's ranking of the batch's documents); use it, or set hard_negatives=0."
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-JSON view for ``heal_rag.json``."""
@@ -616,6 +628,8 @@ def fine_tune(
     fixed_share = config.blend_fallback_share if choose_share else float(config.base_weight_share)
     base_state = copy_weights(model) if validation is not None or fixed_share > 0 else None
     base_spread = _spread(model, documents)[1]
+    if config.hard_negatives:
+        rows = _with_hard_negatives(model, rows, config.hard_negatives, show_progress_bar)
 
     train_output = _train(
         model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
@@ -776,7 +790,7 @@ def _train(
             leaf_level=-2 if rows.source_level and rows.n_levels > 1 else -1,
             keep_together_level=-1 if rows.source_level else None,
         ),
-        "prompts": _training_prompts(model) or None,
+        "prompts": _training_prompts(model, config.hard_negatives) or None,
         "logging_steps": max(1, steps_hint // 10),
         "save_strategy": "no",
         "report_to": "none",
@@ -829,19 +843,18 @@ def _quiet_logger(name: str, quiet: bool) -> Any:
         logger.setLevel(level)
 
 
-def _training_prompts(model: SentenceTransformer) -> dict[str, str]:
+def _training_prompts(model: SentenceTransformer, hard_negatives: int = 0) -> dict[str, str]:
     """The model's own query and document prompts, keyed by the training columns they apply to.
 
     Serving goes through ``encode_query`` / ``encode_document``, which prepend these prompts; training with them
     too means the tuned model sees the same inputs in both (e.g. ``"query: "`` / ``"passage: "`` for e5 models).
+    The columns ``negative_1 ... negative_{hard_negatives}`` are documents and get the document prompt.
     """
     prompts = getattr(model, "prompts", None) or {}
     document_prompt = next((prompts[name] for name in ("document", "passage", "corpus") if name in prompts), "")
-    return {
-        column: prompt
-        for column, prompt in (("query", prompts.get("query", "")), ("document", document_prompt))
-        if prompt
-    }
+    columns = [("query", prompts.get("query", "")), ("document", document_prompt)]
+    columns += [(f"negative_{j + 1}", document_prompt) for j in range(hard_negatives)]
+    return {column: prompt for column, prompt in columns if prompt}
 
 
 def _checkpoint_location(
@@ -895,6 +908,44 @@ def _checkpoint_location(
     return location
 
 
+def _with_hard_negatives(
+    model: SentenceTransformer, rows: TrainingRows, hard_negatives: int, show_progress_bar: bool
+) -> TrainingRows:
+    """``rows`` with ``negative_1 ... negative_k`` columns: each query's nearest documents of other leaves.
+
+    ``model`` is the base model, before training; the documents are the rows' own (as the rows show them, so none
+    held out for the blend's choice), one per distinct text. With a source-document level the leaf is the user's,
+    one level up: the other chunks of a query's topic are never its negatives. Each label row gets the negatives'
+    label ids after its own (see :class:`heal_rag.HEALLoss`), so the loss treats a negative as the document it is.
+
+    Raises:
+        ValueError: When a query has fewer than ``hard_negatives`` documents outside its leaf.
+    """
+    from heal_rag.negatives import mine_other_leaf_negatives, negative_columns
+
+    n_ids = rows.n_levels + 1  # the levels, then the document key
+    ids = np.rint(np.asarray(rows.columns["label"], dtype=np.float64)[:, :n_ids]).astype(np.int64)
+    user_levels = rows.n_levels - 1 if rows.source_level and rows.n_levels > 1 else rows.n_levels
+    first_row_of: dict[str, int] = {}
+    for row, text in enumerate(rows.columns["document"]):
+        first_row_of.setdefault(text, row)
+    texts, document_rows = list(first_row_of), list(first_row_of.values())
+    encode = {"batch_size": 64, "normalize_embeddings": True, "show_progress_bar": show_progress_bar}
+    mined = mine_other_leaf_negatives(
+        np.asarray(model.encode_query(rows.columns["query"], **encode)),
+        np.asarray(model.encode_document(texts, **encode)),
+        ids[:, :user_levels],
+        ids[document_rows, :user_levels],
+        hard_negatives,
+        query_keys=[first_row_of[text] for text in rows.columns["document"]],  # a text's key: its first row
+        document_keys=document_rows,
+    )
+    negative_ids = ids[np.asarray(document_rows)[mined]].reshape(len(rows), -1)  # (rows, k · n_ids)
+    labels = [[*label, *extra] for label, extra in zip(rows.columns["label"], negative_ids.tolist(), strict=True)]
+    columns = {name: values for name, values in rows.columns.items() if name != "label"}
+    return replace(rows, columns={**columns, **negative_columns(texts, mined), "label": labels})
+
+
 def _embed_documents(
     model: SentenceTransformer, documents: Sequence[str], show_progress_bar: bool, batch_size: int = 64
 ) -> np.ndarray:
@@ -941,6 +992,22 @@ def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -
         raise ValueError(f"{exc}{extra}") from None
     if not rows.paired and not any(weights) and config.consistency_weight == 0:
         raise ValueError("Every level weight is 0 and there are no queries: there is nothing to train.")
+    if config.hard_negatives and not rows.paired:
+        raise ValueError(
+            f"hard_negatives={config.hard_negatives} needs queries (they are mined per query): give queries or a "
+            "query generator, or set hard_negatives=0."
+        )
+    if config.hard_negatives:
+        leaf = rows.n_levels - 2 if rows.source_level and rows.n_levels > 1 else rows.n_levels - 1
+        labels = rows.columns["label"]
+        leaf_of_text = {text: round(row[leaf]) for text, row in zip(rows.columns["document"], labels, strict=True)}
+        outside = len(leaf_of_text) - max(Counter(leaf_of_text.values()).values())
+        if outside < config.hard_negatives:
+            raise ValueError(
+                f"hard_negatives={config.hard_negatives} needs that many training documents outside each query's "
+                f"leaf, and the largest leaf has only {outside} outside it: set hard_negatives={outside} or lower, "
+                "or train on documents from more leaves."
+            )
 
 
 def _check_resume_point(

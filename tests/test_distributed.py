@@ -271,6 +271,23 @@ def test_anchor_and_padding_masks_leave_the_loss_unchanged_in_one_process():
         assert float(padded[name]) == pytest.approx(float(value), rel=1e-6), name
 
 
+def test_the_negatives_of_padding_rows_are_never_candidates():
+    torch.manual_seed(3)
+    columns = [torch.randn(6, 8) for _ in range(4)]  # queries, documents, two negative columns
+    own = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 2], [0, 1, 3], [1, 2, 4], [1, 2, 5]])
+    labels = torch.cat([own, torch.roll(own, 2, 0) + 10, torch.roll(own, 3, 0) + 20], dim=1)
+    loss = HEALLoss(torch.nn.Identity())
+    plain = loss.compute_loss_from_embeddings(columns, labels)
+    padded = loss.compute_loss_from_embeddings(
+        [torch.cat([column, torch.zeros(3, 8)]) for column in columns],
+        torch.cat([labels, torch.full((3, 9), -1)]),  # as _gather_batch pads a rank's rows
+        anchors=torch.tensor([True] * 6 + [False] * 3),
+        present=torch.tensor([True] * 6 + [False] * 3),
+    )
+    for name, value in plain.items():
+        assert float(padded[name]) == pytest.approx(float(value), rel=1e-6), name
+
+
 def test_gathering_across_ranks_is_the_default_and_the_cli_can_switch_it_off():
     from heal_rag.cli import _training_overrides, build_parser
     from heal_rag.training import HEALTrainingConfig

@@ -352,10 +352,82 @@ def test_level_weight_schedules():
         level_weight_schedule(2, [1.0, -1.0])
 
 
+def with_negative_ids(labels: torch.Tensor, *negative_ids: torch.Tensor) -> torch.Tensor:
+    """Label rows carrying each negative column's ids after the row's own, as fine_tune(hard_negatives=k) makes."""
+    return torch.cat([labels, *negative_ids], dim=1)
+
+
+@pytest.mark.parametrize("n_negatives", [1, 2])
+def test_hard_negative_columns_match_multiple_negatives_ranking_loss(n_negatives):
+    """With negative columns the query↔document level is sentence-transformers' MNRL on (anchor, positive,
+    negative_1, ...): every negative of the batch is a candidate for every query."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.manual_seed(0)
+    columns = [torch.randn(6, 8) for _ in range(2 + n_negatives)]
+    labels = torch.tensor([[0, 0, i] for i in range(6)])
+    negative_ids = [torch.tensor([[1, 1, 100 + 10 * j + i] for i in range(6)]) for j in range(n_negatives)]
+    heal = HEALLoss(IdentityModel(), temperature=0.05, level_weights=[0.0, 0.0], query_document_weight=1.0)
+    ours = heal.compute_loss_from_embeddings(columns, with_negative_ids(labels, *negative_ids))["query_document"]
+    theirs = MultipleNegativesRankingLoss(IdentityModel(), scale=20.0).compute_loss_from_embeddings(columns, labels)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_a_negative_counts_as_the_document_it_is():
+    torch.manual_seed(1)
+    queries, documents = torch.randn(6, 8), torch.randn(6, 8)
+    labels = torch.tensor([[i // 3, i // 2, i] for i in range(6)])
+    for options in ({}, {"symmetric_pairs": True}, {"pair_negatives": "other_leaves"}):
+        loss = HEALLoss(IdentityModel(), **options)
+        without = loss.compute_loss_from_embeddings([queries, documents], labels)
+        # another row's own document as a negative, with its ids: a second copy of that row's target, which leaves
+        # every query's probability of its own document (and the graded targets) as they were
+        shifted = torch.roll(torch.arange(6), 1)
+        copies = loss.compute_loss_from_embeddings(
+            [queries, documents, documents[shifted]], with_negative_ids(labels, labels[shifted])
+        )
+        for name, value in without.items():
+            assert float(copies[name]) == pytest.approx(float(value), rel=1e-5), (options, name)
+    # the hierarchy levels never see the negatives; only the ranking grows harder
+    loss = HEALLoss(IdentityModel())
+    outsiders = with_negative_ids(labels, torch.tensor([[5, 5, 50 + i] for i in range(6)]))
+    with_negatives = loss.compute_loss_from_embeddings([queries, documents, torch.randn(6, 8)], outsiders)
+    without = loss.compute_loss_from_embeddings([queries, documents], labels)
+    for level in ("level_0", "level_1"):
+        assert float(with_negatives[level]) == pytest.approx(float(without[level]))
+    assert float(with_negatives["query_document"]) > float(without["query_document"])
+
+
+def test_other_leaves_leaves_a_negative_of_the_querys_leaf_out():
+    torch.manual_seed(2)
+    queries, documents, negatives = torch.randn(6, 8), torch.randn(6, 8), torch.randn(6, 8)
+    labels = torch.tensor([[0, i % 3, i] for i in range(6)])
+    loss = HEALLoss(IdentityModel(), pair_negatives="other_leaves")
+    without = loss.compute_loss_from_embeddings([queries, documents], labels)["query_document"]
+    # every negative sits in one leaf (1) under another key: left out for the queries of leaf 1 only
+    in_leaf_1 = with_negative_ids(labels, torch.tensor([[0, 1, 100 + i] for i in range(6)]))
+    mixed = loss.compute_loss_from_embeddings([queries, documents, negatives], in_leaf_1)["query_document"]
+    assert float(mixed) > float(without)
+    only_leaf_1 = torch.tensor([1, 4])
+    rows_of_leaf_1 = loss.compute_loss_from_embeddings(
+        [queries, documents, negatives], in_leaf_1, anchors=torch.isin(torch.arange(6), only_leaf_1)
+    )["query_document"]
+    expected = loss.compute_loss_from_embeddings(
+        [queries, documents], labels, anchors=torch.isin(torch.arange(6), only_leaf_1)
+    )["query_document"]
+    assert float(rows_of_leaf_1) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_bad_inputs_raise_clear_errors():
     loss = HEALLoss(IdentityModel())
     with pytest.raises(ValueError, match="one text column"):
-        loss.compute_loss_from_embeddings([torch.randn(2, 4)] * 3, torch.zeros(2, 2, dtype=torch.long))
+        loss.compute_loss_from_embeddings([], torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="pair_loss='ranking'"):
+        HEALLoss(IdentityModel(), pair_loss="supcon").compute_loss_from_embeddings(
+            [torch.randn(2, 4)] * 3, torch.zeros(2, 6, dtype=torch.long)
+        )
+    with pytest.raises(ValueError, match="each negative's ids"):
+        loss.compute_loss_from_embeddings([torch.randn(2, 4)] * 3, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="label"):
         loss.compute_loss_from_embeddings([torch.randn(2, 4)], None)
     with pytest.raises(ValueError, match="shape"):

@@ -55,11 +55,15 @@ def top_k_indices(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: i
     k = min(k, doc_embeddings.shape[0])
     out = np.empty((query_embeddings.shape[0], k), dtype=np.int64)
     for start in range(0, query_embeddings.shape[0], chunk):
-        scores = query_embeddings[start : start + chunk] @ doc_embeddings.T
-        part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        out[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        out[start : start + chunk] = top_k_of_scores(query_embeddings[start : start + chunk] @ doc_embeddings.T, k)
     return out
+
+
+def top_k_of_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest of each row of ``scores`` (``(Q, N)``, ``1 <= k <= N``), largest first."""
+    part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
 
 
 def graded_gains(query_level_ids: np.ndarray, doc_level_ids: np.ndarray, gold_doc: Sequence[int]) -> np.ndarray:
