@@ -6,9 +6,11 @@ disease apart. If so, leaving the documents' vectors as the base model gives the
 to find its chunk among them, should raise MRR@10 without that loss. This trains such a query tower (the base model,
 tuned with in-batch negatives against the frozen base model's vectors of the same (query, chunk) pairs HEAL trains
 on; 100 steps of 32, 128 tokens, warm-up 10 %, linear decay, seed 42, scale 20 as MNRL) and scores it against the
-untouched model on the held-out tree.
+untouched model on the held-out tree. With ``--hard-negatives K`` each query also ranks its chunk below the frozen
+vectors of the K training chunks of other foci nearest to it (``heal_rag.negatives.mine_other_leaf_negatives``),
+shared across the batch.
 
-    python benchmarks/query_tower.py [--learning-rates 1e-4 3e-5]
+    python benchmarks/query_tower.py [--learning-rates 1e-4 3e-5] [--hard-negatives 4]
 
 Writes ``results/query_tower.json``; a few minutes per learning rate.
 """
@@ -16,6 +18,7 @@ Writes ``results/query_tower.json``; a few minutes per learning rate.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -69,8 +72,15 @@ def encode(model: Any, texts: list[str], side: str) -> np.ndarray:
     return np.asarray(encode_side(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
 
 
-def train_query_tower(queries: list[str], document_vectors: np.ndarray, learning_rate: float) -> Any:
-    """The base model tuned so each query finds its own document among the batch's frozen document vectors."""
+def train_query_tower(
+    queries: list[str],
+    document_vectors: np.ndarray,
+    learning_rate: float,
+    negative_vectors: np.ndarray | None = None,
+    negatives: np.ndarray | None = None,
+) -> Any:
+    """The base model tuned so each query finds its own document among the batch's frozen document vectors (and,
+    with ``negatives``, the pool rows ``negatives[i]`` of ``negative_vectors`` for every query of the batch)."""
     import torch
 
     from heal_rag.models import load_sentence_transformer, set_max_seq_length
@@ -91,7 +101,10 @@ def train_query_tower(queries: list[str], document_vectors: np.ndarray, learning
         batch = order[start : start + BATCH]
         features = model.preprocess([queries[i] for i in batch])
         vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
-        loss = torch.nn.functional.cross_entropy(SCALE * vectors @ targets[batch].T, torch.arange(len(batch)))
+        candidates = targets[batch]
+        if negatives is not None:
+            candidates = torch.cat([candidates, torch.tensor(negative_vectors[negatives[batch].ravel()])])
+        loss = torch.nn.functional.cross_entropy(SCALE * vectors @ candidates.T, torch.arange(len(batch)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -106,6 +119,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[1e-4, 3e-5])
+    parser.add_argument(
+        "--hard-negatives", type=int, default=0, help="also K mined negatives per query from other foci (0: none)"
+    )
     args = parser.parse_args()
     task, train_chunks = held_out_task()
     if task is None:
@@ -122,26 +138,43 @@ def main() -> None:
     results: dict[str, Any] = {"untouched": {m: untouched.retrieval.as_dict()[m] for m in METRICS}}
     queries, texts = documents.training_pairs(train_chunks)
     pair_vectors = encode(base, texts, "document")
+    mined: dict[str, Any] = {}
+    if args.hard_negatives:
+        from heal_rag.negatives import mine_other_leaf_negatives
+        from heal_rag.queries import KeySentenceQueryGenerator
+
+        generated = KeySentenceQueryGenerator()(train_chunks.texts, train_chunks.titles)
+        rows = [i for i, query in enumerate(generated) if query]  # the chunks of training_pairs, in its order
+        if [generated[i] for i in rows] != queries:
+            raise SystemExit("documents.training_pairs no longer keeps the chunks with a query in order; update.")
+        leaves = np.unique([" > ".join(path) for path in train_chunks.labels.paths], return_inverse=True)[1]
+        pool_vectors = encode(base, list(train_chunks.texts), "document")
+        mined = {
+            "negative_vectors": pool_vectors,
+            "negatives": mine_other_leaf_negatives(
+                encode(base, queries, "query"), pool_vectors, leaves[rows, None], leaves[:, None], args.hard_negatives
+            ),
+        }
     print("| run | " + " | ".join(METRICS) + " | train s |\n|---|" + "---:|" * (len(METRICS) + 1))
     print("| untouched | " + " | ".join(f"{results['untouched'][m]:.4f}" for m in METRICS) + " | 0 |")
     for learning_rate in args.learning_rates:
         started = time.perf_counter()
-        tower = train_query_tower(queries, pair_vectors, learning_rate)
+        tower = train_query_tower(queries, pair_vectors, learning_rate, **mined)
         seconds = time.perf_counter() - started
         evaluation = scored(encode(tower, list(task.query_texts), "query"), f"query tower {learning_rate:g}")
+        name = f"query tower, lr {learning_rate:g}" + (
+            f", {args.hard_negatives} other-focus negatives" if mined else ""
+        )
         row = {m: evaluation.retrieval.as_dict()[m] for m in METRICS}
         row["minus untouched"] = {
             m: paired_difference(evaluation.retrieval_per_query[m], untouched.retrieval_per_query[m]).as_dict()
             for m in METRICS
         }
         row["train_s"] = round(seconds, 1)
-        results[f"query tower, lr {learning_rate:g}"] = row
-        print(
-            f"| query tower, lr {learning_rate:g} | "
-            + " | ".join(f"{row[m]:.4f}" for m in METRICS)
-            + f" | {seconds:.0f} |"
-        )
-    write_json_atomic(RESULTS, results)
+        results[name] = row
+        print(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in METRICS) + f" | {seconds:.0f} |")
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    write_json_atomic(RESULTS, {**earlier, **results})  # runs of other settings stay
 
 
 if __name__ == "__main__":
