@@ -45,7 +45,8 @@ def encoder_pool(model: SentenceTransformer, devices: list[str]) -> Iterator[Poo
 
     Raises:
         EncoderProcessError: When a worker died during the block and the pool reported it (sentence-transformers'
-            ``RuntimeError``). A worker that died after its last task gives a :class:`~heal_rag.HEALWarning`.
+            ``RuntimeError``, or a reset pipe). A worker that died after its last task gives a
+            :class:`~heal_rag.HEALWarning`.
     """
     pool: Pool | None = None
     watchdog = None
@@ -54,7 +55,8 @@ def encoder_pool(model: SentenceTransformer, devices: list[str]) -> Iterator[Poo
             pool = model.start_multi_process_pool(target_devices=devices)
             watchdog = _start_watchdog(pool)
         yield pool
-    except RuntimeError as exc:  # sentence-transformers' "worker(s) died unexpectedly"
+    except (RuntimeError, OSError, EOFError) as exc:
+        # sentence-transformers' "worker(s) died unexpectedly", or its queue's pipe reset by a worker killed mid-task
         if dead_workers(pool):
             raise encoder_process_error(pool) from exc
         raise

@@ -220,7 +220,7 @@ def _stop_mid_way(build, stop: int, to: str, db):
         min(spawned, key=lambda p: (p.create_time(), p.pid)).send_signal(stop)  # a worker: the watchdog starts last
     else:
         build.send_signal(stop)
-    _, err = build.communicate(timeout=60)
+    _, err = build.communicate(timeout=180)
     return build, err, spawned
 
 
