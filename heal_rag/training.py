@@ -335,6 +335,11 @@ class TrainingRows:
     def __len__(self) -> int:
         return len(self.columns["label"])
 
+    @property
+    def leaf_column(self) -> int:
+        """The label column of the user's leaf: the finest level, or the one above a source-document level."""
+        return self.n_levels - 2 if self.source_level and self.n_levels > 1 else self.n_levels - 1
+
     def subset(self, rows: Sequence[int]) -> TrainingRows:
         """The given rows, in that order."""
         return TrainingRows(
@@ -787,7 +792,7 @@ def _train(
             samples_per_leaf=config.samples_per_leaf,
             leaves_per_parent=config.leaves_per_parent,
             # with a source level, batches are built on the user's leaves; chunks of one document stay together
-            leaf_level=-2 if rows.source_level and rows.n_levels > 1 else -1,
+            leaf_level=rows.leaf_column,
             keep_together_level=-1 if rows.source_level else None,
         ),
         "prompts": _training_prompts(model, config.hard_negatives) or None,
@@ -925,7 +930,7 @@ def _with_hard_negatives(
 
     n_ids = rows.n_levels + 1  # the levels, then the document key
     ids = np.rint(np.asarray(rows.columns["label"], dtype=np.float64)[:, :n_ids]).astype(np.int64)
-    user_levels = rows.n_levels - 1 if rows.source_level and rows.n_levels > 1 else rows.n_levels
+    user_levels = rows.leaf_column + 1
     first_row_of: dict[str, int] = {}
     for row, text in enumerate(rows.columns["document"]):
         first_row_of.setdefault(text, row)
@@ -998,8 +1003,7 @@ def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -
             "query generator, or set hard_negatives=0."
         )
     if config.hard_negatives:
-        leaf = rows.n_levels - 2 if rows.source_level and rows.n_levels > 1 else rows.n_levels - 1
-        labels = rows.columns["label"]
+        labels, leaf = rows.columns["label"], rows.leaf_column
         leaf_of_text = {text: round(row[leaf]) for text, row in zip(rows.columns["document"], labels, strict=True)}
         outside = len(leaf_of_text) - max(Counter(leaf_of_text.values()).values())
         if outside < config.hard_negatives:
