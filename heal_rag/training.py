@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import random
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heal_rag._validation import check_choice, check_int, check_real, check_unique_ids
-from heal_rag._warning import HEALWarning
 from heal_rag.artifacts import (
     METADATA_FILE,
     build_metadata,
@@ -46,7 +44,7 @@ from heal_rag.distributed import get_world_size, is_main_process
 from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer, set_max_seq_length
-from heal_rag.outputs import OutputPathError, atomic_directory, prepare_output_dir
+from heal_rag.outputs import atomic_directory, prepare_output_dir
 from heal_rag.queries import KeySentenceQueryGenerator, Query, QueryGenerator, remove_key_sentence
 
 if TYPE_CHECKING:
@@ -559,7 +557,9 @@ def fine_tune(
             ``training_args`` ask for them or ``resume_from_checkpoint`` is set).
         checkpoint_steps: Steps between checkpoints (with ``checkpoint_dir``).
         resume_from_checkpoint: ``True``: continue from the latest checkpoint in ``checkpoint_dir``; or a
-            checkpoint path. The result equals that of an uninterrupted run.
+            checkpoint path. The result equals that of an uninterrupted run; a checkpoint written with other
+            settings (only ``max_steps`` and ``epochs`` may change) or other training data is refused before any
+            work (see :mod:`heal_rag.checkpoints`).
         training_args: Extra ``SentenceTransformerTrainingArguments`` (e.g. ``{"logging_steps": 10}``).
         show_progress_bar: Show the trainer's progress bar.
         device: Torch device for a model loaded here.
@@ -575,7 +575,8 @@ def fine_tune(
         A :class:`FineTuneResult` with the tuned model and where it was saved.
 
     Raises:
-        ValueError: For a setting out of range, malformed documents, labels or ids (duplicates are named).
+        ValueError: For a setting out of range, malformed documents, labels or ids (duplicates are named), or a
+            checkpoint to resume from that is incomplete, at the end of training, or another run's.
         heal_rag.outputs.OutputPathError: When ``output_dir`` or ``checkpoint_dir`` may not be written (see
             :mod:`heal_rag.outputs`).
         heal_rag.losses.NonFiniteLossError: When the loss becomes NaN or infinite; nothing is saved.
@@ -605,7 +606,9 @@ def fine_tune(
     output_dir = prepare_output_dir(
         output_dir, overwrite=overwrite, inputs=[base_path], what="Model directory", kind="model"
     )
-    checkpoints = _checkpoint_location(output_dir, checkpoint_dir, training_args, resume_from_checkpoint)
+    from heal_rag.checkpoints import check_resume_point, checkpoint_location, run_record
+
+    checkpoints = checkpoint_location(output_dir, checkpoint_dir, training_args, resume_from_checkpoint)
 
     rows = build_training_rows(
         documents,
@@ -619,7 +622,8 @@ def fine_tune(
         seed=config.seed,
     )
     _check_rows_against_config(rows, config)
-    resume_from_checkpoint = _check_resume_point(checkpoints, resume_from_checkpoint, config)
+    record = run_record(config, rows)
+    resume_from_checkpoint = check_resume_point(checkpoints, resume_from_checkpoint, record, config.max_steps)
     validation: BlendValidation | None = None
     fallback_reason = ""
     if choose_share:
@@ -637,7 +641,15 @@ def fine_tune(
         rows = _with_hard_negatives(model, rows, config.hard_negatives, show_progress_bar)
 
     train_output = _train(
-        model, rows, config, checkpoints, checkpoint_steps, resume_from_checkpoint, training_args, show_progress_bar
+        model,
+        rows,
+        config,
+        checkpoints,
+        checkpoint_steps,
+        resume_from_checkpoint,
+        record,
+        training_args,
+        show_progress_bar,
     )
     if not is_main_process():  # rank 0 alone chooses the blend and writes; the weights are the same on every rank
         return _result(model, output_dir, {}, train_output)
@@ -748,15 +760,20 @@ def _train(
     checkpoints: Path | None,
     checkpoint_steps: int,
     resume_from_checkpoint: str | bool | None,
+    run_record: Mapping[str, Any],
     training_args: Mapping[str, Any] | None,
     show_progress_bar: bool,
 ) -> Any:
-    """Run ``SentenceTransformerTrainer`` with the HEAL loss and sampler; returns the trainer's ``TrainOutput``."""
+    """Run ``SentenceTransformerTrainer`` with the HEAL loss and sampler; returns the trainer's ``TrainOutput``.
+
+    Each checkpoint gets ``run_record`` (:func:`heal_rag.checkpoints.run_record`) beside the trainer's files.
+    """
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+    from heal_rag.checkpoints import RunRecordCallback
     from heal_rag.losses import HEALLoss
     from heal_rag.sampler import HierarchicalBatchSampler, SamplerEpochCallback
 
@@ -826,7 +843,7 @@ def _train(
                 args=args,
                 train_dataset=Dataset.from_dict(rows.columns),
                 loss=loss,
-                callbacks=[SamplerEpochCallback()],
+                callbacks=[SamplerEpochCallback(), RunRecordCallback(run_record)],
             )
         if not show_progress_bar:
             from transformers.trainer_callback import PrinterCallback
@@ -860,57 +877,6 @@ def _training_prompts(model: SentenceTransformer, hard_negatives: int = 0) -> di
     columns = [("query", prompts.get("query", "")), ("document", document_prompt)]
     columns += [(f"negative_{j + 1}", document_prompt) for j in range(hard_negatives)]
     return {column: prompt for column, prompt in columns if prompt}
-
-
-def _checkpoint_location(
-    output_dir: Path,
-    checkpoint_dir: str | os.PathLike[str] | None,
-    training_args: Mapping[str, Any] | None,
-    resume_from_checkpoint: str | bool | None,
-) -> Path | None:
-    """Where checkpoints go (``None``: nowhere), checked before any training.
-
-    A checkpoint directory may hold only the trainer's ``checkpoint-<step>`` folders. Existing checkpoints are
-    refused unless the run resumes from them, and ``resume_from_checkpoint=True`` needs one.
-
-    Raises:
-        OutputPathError: For a directory with other files, or leftover checkpoints without ``resume``.
-        ValueError: When resuming and there is no checkpoint.
-    """
-    args = dict(training_args or {})
-    wanted = checkpoint_dir or args.pop("output_dir", None)
-    if wanted is None and (str(args.get("save_strategy", "no")) != "no" or resume_from_checkpoint):
-        wanted = output_dir.with_name(output_dir.name + ".checkpoints")
-    if wanted is None:
-        return None
-    location = Path(wanted).expanduser().resolve()
-    if location.exists() and not location.is_dir():
-        raise OutputPathError(f"Checkpoint directory {str(wanted)!r} is an existing file; give a directory path.")
-    entries = list(location.iterdir()) if location.is_dir() else []
-    foreign = [e.name for e in entries if not (e.is_dir() and e.name.startswith("checkpoint-"))]
-    if foreign:
-        raise OutputPathError(
-            f"Checkpoint directory {str(wanted)!r} holds files that are not checkpoints "
-            f"({', '.join(sorted(foreign)[:3])}); heal_rag never replaces them. Choose a new or empty directory."
-        )
-    if isinstance(resume_from_checkpoint, str):
-        if not (Path(resume_from_checkpoint) / "trainer_state.json").is_file():
-            raise ValueError(f"{resume_from_checkpoint!r} is not a trainer checkpoint (no trainer_state.json).")
-    elif resume_from_checkpoint and not entries:
-        raise ValueError(
-            f"Nothing to resume: {str(wanted)!r} holds no checkpoint. Start without resume_from_checkpoint (--resume)."
-        )
-    elif entries and not resume_from_checkpoint:
-        raise OutputPathError(
-            f"Checkpoint directory {str(wanted)!r} holds checkpoints of an earlier run. Pass "
-            "resume_from_checkpoint=True (--resume) to continue it, or choose an empty checkpoint directory."
-        )
-    if location == output_dir or output_dir in location.parents:
-        raise OutputPathError("The checkpoint directory must lie outside the model directory.")
-    from heal_rag.outputs import check_writable
-
-    check_writable(location)
-    return location
 
 
 def _with_hard_negatives(
@@ -1012,79 +978,6 @@ def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -
                 f"leaf, and the largest leaf has only {outside} outside it: set hard_negatives={outside} or lower, "
                 "or train on documents from more leaves."
             )
-
-
-def _check_resume_point(
-    checkpoints: Path | None, resume_from_checkpoint: str | bool | None, config: HEALTrainingConfig
-) -> str | bool | None:
-    """Check the checkpoint a run resumes from: its weights (safetensors only) and that training is not over.
-
-    Returns:
-        What to hand the trainer: with ``resume_from_checkpoint=True``, the latest *complete* checkpoint (one a run
-        stopped while writing has no ``trainer_state.json`` and is passed over, with a warning).
-
-    Raises:
-        ValueError: When no checkpoint is complete, or training already ended at the checkpoint.
-    """
-    if not resume_from_checkpoint:
-        return resume_from_checkpoint
-    if isinstance(resume_from_checkpoint, str):
-        latest = Path(resume_from_checkpoint)
-    else:
-        found = [p for p in (checkpoints or Path()).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        if checkpoints is None or not found:
-            return resume_from_checkpoint
-        found.sort(key=lambda p: int(p.name.split("-")[-1]))
-        complete = [p for p in found if (p / "trainer_state.json").is_file()]
-        if not complete:
-            raise ValueError(
-                f"No complete checkpoint in {str(checkpoints)!r}: {found[-1].name} has no trainer_state.json (the run "
-                "stopped while writing it). Delete that folder to start over, or point --resume at a complete one."
-            )
-        latest = complete[-1]
-        if latest != found[-1]:
-            warnings.warn(
-                f"Resuming from {latest.name}: {found[-1].name} is incomplete (the run stopped while writing it).",
-                HEALWarning,
-                stacklevel=3,
-            )
-        resume_from_checkpoint = str(latest)
-    from heal_rag.models import check_model_files
-
-    check_model_files(latest)
-    _warn_other_world_size(latest)
-    state_file = latest / "trainer_state.json"
-    step = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0) if state_file.is_file() else 0
-    if config.max_steps is not None and step >= config.max_steps:
-        raise ValueError(
-            f"The checkpoint {str(latest)!r} is at step {step}, the end of training (max_steps {config.max_steps}): "
-            "there is nothing to resume. Raise --max-steps to train on, or start without --resume."
-        )
-    return resume_from_checkpoint
-
-
-def _warn_other_world_size(checkpoint: Path) -> None:
-    """Warn when ``checkpoint`` was written by another number of processes than this run has.
-
-    The trainer saves one ``rng_state_<rank>.pth`` per process of a multi-process run, ``rng_state.pth`` for one;
-    a checkpoint with neither (``save_only_model``, files removed) says nothing and is not warned about. Training
-    goes on from the checkpoint's weights and optimiser state either way, but the sampler deals the epoch's batches
-    to another number of ranks, so the rest of the epoch is not the uninterrupted run's.
-    """
-    ranks = len(list(checkpoint.glob("rng_state_*.pth")))
-    written_by = ranks or (1 if (checkpoint / "rng_state.pth").is_file() else None)
-    processes = get_world_size()
-    if written_by is not None and written_by != processes and is_main_process():
-        warnings.warn(
-            f"{checkpoint.name} was written by {written_by} process{'es' if written_by > 1 else ''} and this run has "
-            f"{processes}: training goes on "
-            "from its weights and optimiser state, but the rest of the epoch is dealt to another number of processes "
-            "(rows may repeat or be left out until the epoch ends), so the result is not the uninterrupted run's. "
-            f"Resume with {written_by} process{'es' if written_by > 1 else ''} "
-            f"({'torchrun --nproc_per_node ' + str(written_by) if written_by > 1 else 'no launcher'}) for that.",
-            HEALWarning,
-            stacklevel=4,
-        )
 
 
 def _warn_truncated(model: SentenceTransformer, documents: Sequence[str], max_seq_length: int | None) -> None:

@@ -210,16 +210,18 @@ def test_the_cli_under_torchrun_prints_once_and_writes_a_complete_model(corpus_f
     assert result.stdout.count("saved to") == 1, result.stdout
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 3
     assert (tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").is_file()  # rank 0 wrote the checkpoint
+    assert (tmp_path / "ckpt" / "checkpoint-2" / "heal_rag_run.json").is_file()  # and the run's record
     assert json.loads((out / "heal_rag.json").read_text())["training"]["gather_across_devices"] is False
 
-    # resuming that 2-process checkpoint in one process works, with a warning that the batches differ
+    # resuming that 2-process checkpoint in one process (same settings) works, with a warning that the batches differ
     from heal_rag.cli import main
 
     with pytest.warns(UserWarning, match="written by 2 processes and this run has 1.*torchrun --nproc_per_node 2"):
         code = main(
             ["train", "--data", str(corpus_file), "--out", str(tmp_path / "one"), "--base-model",
              str(build_tiny_model()), "--max-steps", "5", "--batch-size", "8", "--lr", "1e-2",
-             "--base-weight-share", "0", "--checkpoints", str(tmp_path / "ckpt"), "--resume"]
+             "--base-weight-share", "0", "--checkpoints", str(tmp_path / "ckpt"), "--resume",
+             "--no-gather-across-devices"]
         )  # fmt: skip
     assert code == 0
     assert json.loads((tmp_path / "one" / "heal_rag.json").read_text())["training"]["global_steps"] == 5

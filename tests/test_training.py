@@ -252,6 +252,37 @@ def test_checkpoints_and_resume_come_from_the_trainer(corpus, tiny_model_dir, tm
     assert read_metadata(out)["training"]["global_steps"] == 3
 
 
+def test_resuming_with_other_settings_or_data_is_refused_before_training(corpus, tiny_model_dir, tmp_path):
+    from heal_rag.checkpoints import RUN_RECORD_FILE
+
+    texts, paths, _ = corpus
+    common = {
+        **FAST,
+        "output_dir": tmp_path / "m",
+        "base_model": tiny_model_dir,
+        "show_progress_bar": False,
+        "checkpoint_dir": tmp_path / "ckpt",
+        "checkpoint_steps": 1,
+    }
+    fine_tune(texts, paths, **{**common, "max_steps": 2})
+    record = json.loads((tmp_path / "ckpt" / "checkpoint-2" / RUN_RECORD_FILE).read_text())
+    assert record["settings"]["temperature"] == HEALTrainingConfig().temperature
+    assert "max_steps" not in record["settings"] and len(record["rows_sha256"]) == 64
+
+    def state():  # every path, and every file's contents (the writability check touches directories' times)
+        return sorted((p.relative_to(tmp_path), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*"))
+
+    before = state()
+    with pytest.raises(ValueError, match=r"other settings \(temperature 0\.1 → 0\.3\).*only max_steps and epochs"):
+        fine_tune(texts, paths, **{**common, "temperature": 0.3}, resume_from_checkpoint=True, overwrite=True)
+    changed = [*texts[:-1], texts[-1] + " (edited)"]
+    with pytest.raises(ValueError, match="other training data"):
+        fine_tune(changed, paths, **common, resume_from_checkpoint=True, overwrite=True)
+    assert state() == before, "a refused resume must write nothing"
+    # the step budget may change: training goes on from checkpoint-2
+    assert fine_tune(texts, paths, **common, resume_from_checkpoint=True, overwrite=True).global_steps == 3
+
+
 def test_write_json_atomic_leaves_no_temp_files_and_normal_mode(tmp_path):
     import os
 
