@@ -40,7 +40,7 @@ from heal_rag.blending import (
     hold_out_pairs,
     select_base_weight_share,
 )
-from heal_rag.distributed import get_world_size, is_main_process
+from heal_rag.distributed import broadcast_from_main_process, get_world_size, is_main_process
 from heal_rag.labels import PATH_SEPARATOR, LabelPaths
 from heal_rag.losses import LevelWeights
 from heal_rag.models import blend_with_base_weights, copy_weights, load_sentence_transformer, set_max_seq_length
@@ -888,11 +888,13 @@ def _with_hard_negatives(
     held out for the blend's choice), one per distinct text. With a source-document level the leaf is the user's,
     one level up: the other chunks of a query's topic are never its negatives. Each label row gets the negatives'
     label ids after its own (see :class:`heal_rag.HEALLoss`), so the loss treats a negative as the document it is.
+    Under a launcher rank 0 alone mines and hands every rank its negatives (GPUs may differ in the last bit and would
+    otherwise pick different ones).
 
     Raises:
         ValueError: When a query has fewer than ``hard_negatives`` documents outside its leaf.
     """
-    from heal_rag.negatives import mine_other_leaf_negatives, negative_columns
+    from heal_rag import negatives
 
     n_ids = rows.n_levels + 1  # the levels, then the document key
     ids = np.rint(np.asarray(rows.columns["label"], dtype=np.float64)[:, :n_ids]).astype(np.int64)
@@ -902,19 +904,21 @@ def _with_hard_negatives(
         first_row_of.setdefault(text, row)
     texts, document_rows = list(first_row_of), list(first_row_of.values())
     encode = {"batch_size": 64, "normalize_embeddings": True, "show_progress_bar": show_progress_bar}
-    mined = mine_other_leaf_negatives(
-        np.asarray(model.encode_query(rows.columns["query"], **encode)),
-        np.asarray(model.encode_document(texts, **encode)),
-        ids[:, :user_levels],
-        ids[document_rows, :user_levels],
-        hard_negatives,
-        query_keys=[first_row_of[text] for text in rows.columns["document"]],  # a text's key: its first row
-        document_keys=document_rows,
+    mined = broadcast_from_main_process(
+        lambda: negatives.mine_other_leaf_negatives(
+            np.asarray(model.encode_query(rows.columns["query"], **encode)),
+            np.asarray(model.encode_document(texts, **encode)),
+            ids[:, :user_levels],
+            ids[document_rows, :user_levels],
+            hard_negatives,
+            query_keys=[first_row_of[text] for text in rows.columns["document"]],  # a text's key: its first row
+            document_keys=document_rows,
+        )
     )
     negative_ids = ids[np.asarray(document_rows)[mined]].reshape(len(rows), -1)  # (rows, k · n_ids)
     labels = [[*label, *extra] for label, extra in zip(rows.columns["label"], negative_ids.tolist(), strict=True)]
     columns = {name: values for name, values in rows.columns.items() if name != "label"}
-    return replace(rows, columns={**columns, **negative_columns(texts, mined), "label": labels})
+    return replace(rows, columns={**columns, **negatives.negative_columns(texts, mined), "label": labels})
 
 
 def _embed_documents(
