@@ -158,6 +158,18 @@ def test_per_query_scores_are_saved_and_reports_compare_any_models(corpus_file, 
     with pytest.raises(ValueError, match="different corpora or queries"):
         compare_reports([tmp_path / "ra", tmp_path / "ro"], tmp_path / "bad")
 
+    # one model name in reports whose folders share a name too: every distinct model keeps its own column
+    for index, run in enumerate(["x", "y", "z"]):
+        changed = json.loads(json.dumps(saved))
+        changed["per_query"]["run-a/model"]["nDCG@10"][0] = index / 10
+        (tmp_path / run / "report").mkdir(parents=True)
+        (tmp_path / run / "report" / "metrics.json").write_text(json.dumps(changed))
+    folders = [tmp_path / run / "report" for run in ["x", "y", "z", "y"]]
+    combined = json.loads((compare_reports(folders, tmp_path / "xyz") / "metrics.json").read_text())
+    tuned = ["run-a/model", "run-a/model (report)", f"run-a/model ({tmp_path / 'z' / 'report'})"]
+    assert list(combined["models"]) == ["tiny-static", *tuned]  # the base model and y twice: the same scores, once
+    assert [combined["per_query"][name]["nDCG@10"][0] for name in tuned] == [0.0, 0.1, 0.2]
+
 
 def test_quiet_means_quiet(corpus_file, tiny_model_dir, tmp_path, capfd):
     from heal_rag.training import fine_tune

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import html
+import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,13 @@ def _write_report_files(
     )
 
 
+def _unique_name(name: str, folder: Path, taken: Mapping[str, Any]) -> str:
+    """``name``, else with its report's folder name, else its path, else numbered: the first not in ``taken``."""
+    tried = [name, f"{name} ({folder.name})", f"{name} ({folder})"]
+    numbered = (f"{name} ({folder}) #{i}" for i in itertools.count(2))
+    return next(s for s in itertools.chain(tried, numbered) if s not in taken)
+
+
 def compare_reports(
     report_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -287,7 +295,7 @@ def compare_reports(
 
     The reports must come from the same corpus and queries (their task fingerprints must agree). A model that
     appears in several reports with the same scores is taken once; different models with the same name get the
-    report's folder name.
+    report's folder name, or its path where the folder names agree too (``runs/a/report``, ``runs/b/report``).
 
     Args:
         report_dirs: Folders written by ``heal-rag eval`` (or :func:`write_report`).
@@ -317,16 +325,19 @@ def compare_reports(
             "query: evaluate every model on the same --data and --queries."
         )
     evaluations: dict[str, ModelEvaluation] = {}
+    named: dict[str, str] = {}  # shown name -> the name in its report
     for folder, payload in loaded:
         k = int(next(key for key in next(iter(payload["per_query"].values())) if key.startswith("MRR@")).split("@")[1])
         for name, scores in payload["per_query"].items():
             per_query = {metric: np.asarray(values) for metric, values in scores.items()}
-            earlier = evaluations.get(name)
-            if earlier is not None and all(
-                np.array_equal(earlier.retrieval_per_query[m], per_query[m]) for m in per_query
+            if any(
+                named[shown] == name
+                and all(np.array_equal(earlier.retrieval_per_query[m], per_query[m]) for m in per_query)
+                for shown, earlier in evaluations.items()
             ):
                 continue  # the same model, evaluated again
-            shown = name if earlier is None else f"{name} ({folder.name})"
+            shown = _unique_name(name, folder, evaluations)
+            named[shown] = name
             context_k = int(next(m for m in per_query if m.startswith("context-miss@")).split("@")[1])
             recall_at = tuple(sorted(int(m.split("@")[1]) for m in per_query if m.startswith("Recall@")))
             retrieval = RetrievalReport.from_per_query(per_query, k=k, recall_at=recall_at, context_k=context_k)
