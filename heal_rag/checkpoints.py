@@ -3,10 +3,13 @@
 ``fine_tune(checkpoint_dir=..., resume_from_checkpoint=...)`` (``heal-rag train --checkpoints DIR --resume``) hands
 checkpointing to the sentence-transformers trainer. This module checks, before any work starts, that the directory
 holds only checkpoints, that the one resumed from is complete, safe to load and not at the end of training, and that
-it belongs to *this* run: every checkpoint also holds ``heal_rag_run.json``, the run's settings and a fingerprint of
-its training rows, and a resumed run with other settings or other data is refused (it would not give the
-uninterrupted run's result, which is what resuming promises). Only the step budget (``max_steps``, ``epochs``) may
-change, to train on.
+it belongs to *this* run: every checkpoint also holds ``heal_rag_run.json``, the run's settings, the trainer
+arguments that change training, and a fingerprint of its training rows, and a resumed run with other settings or
+other data is refused (it would not give the uninterrupted run's result, which is what resuming promises). Only the
+step budget (``max_steps``, ``epochs``) may change, to train on past the checkpoint; the learning-rate schedule then
+follows the new budget, so that result is not an uninterrupted run's either. The base model is not compared: the
+checkpoint's weights replace it, and what the base model still decides (the blend, mined negatives) uses the one
+given now.
 """
 
 from __future__ import annotations
@@ -34,22 +37,61 @@ RUN_RECORD_FILE = "heal_rag_run.json"
 # settings a resumed run may change: the step budget (to train on past the checkpoint) and the length the saved model
 # serves at, which training never sees
 RESUMABLE_SETTINGS = frozenset({"max_steps", "epochs", "save_max_seq_length"})
+# trainer arguments that say where and how often to write or show things, not how to train
+_UNRECORDED_ARGUMENT_PREFIXES = (
+    "output_dir",
+    "logging",
+    "save",
+    "report_to",
+    "disable_tqdm",
+    "dataloader",
+    "push_to_hub",
+    "hub_",
+    "run_name",
+)
 
 
-def run_record(config: HEALTrainingConfig, rows: TrainingRows) -> dict[str, Any]:
+def run_record(
+    config: HEALTrainingConfig, rows: TrainingRows, training_args: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What a checkpoint records about its run: the settings a resume must keep, and the rows' SHA-256.
 
-    The fingerprint covers the rows as :func:`heal_rag.training.build_training_rows` returns them (queries, documents,
-    label paths, in order), before the blend's hold-out and the mined negatives, which follow from them and the
-    settings.
+    Args:
+        config: The run's settings; all but :data:`RESUMABLE_SETTINGS` are recorded.
+        rows: The rows as :func:`heal_rag.training.build_training_rows` returns them (queries, documents, label
+            paths, in order), before the blend's hold-out and the mined negatives, which follow from them and the
+            settings. Their SHA-256 is recorded, not the rows.
+        training_args: The user's extra trainer arguments; those that change training are recorded (not where or
+            how often to save, log or load).
+
+    Returns:
+        ``{"settings": {...}, "training_args": {...}, "rows_sha256": "..."}``, plain JSON.
     """
     settings = {key: value for key, value in config.as_dict().items() if key not in RESUMABLE_SETTINGS}
-    payload = json.dumps(rows.columns, sort_keys=True, ensure_ascii=False, default=str)
-    return {"settings": settings, "rows_sha256": hashlib.sha256(payload.encode("utf-8")).hexdigest()}
+    arguments = {
+        key: value for key, value in (training_args or {}).items() if not key.startswith(_UNRECORDED_ARGUMENT_PREFIXES)
+    }
+    digest = hashlib.sha256()
+    for name in sorted(rows.columns):
+        digest.update(json.dumps(name).encode("utf-8"))
+        for value in rows.columns[name]:
+            digest.update(json.dumps(value, ensure_ascii=False, default=_plain).encode("utf-8") + b"\n")
+    record = {"settings": settings, "training_args": arguments, "rows_sha256": digest.hexdigest()}
+    return json.loads(json.dumps(record, default=_plain))  # numpy numbers as Python ones, tuples as lists
+
+
+def _plain(value: Any) -> Any:
+    """A JSON stand-in for ``value``: a numpy number's Python value, else its ``repr``."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "shape", None) == () else repr(value)
 
 
 class RunRecordCallback(TrainerCallback):
-    """Write the run's :func:`run_record` into each checkpoint the trainer saves (the main process only).
+    """Put the run's :func:`run_record` into each checkpoint folder *before* the trainer writes the checkpoint.
+
+    The trainer marks a checkpoint complete by writing ``trainer_state.json`` last, so a complete checkpoint always
+    holds the record: it is written when a step or epoch ends with a save due, ahead of the save, by every process
+    that saves (``args.should_save``: the main process, or one per node with ``save_on_each_node``).
 
     Args:
         record: The :func:`run_record` of the run being trained.
@@ -58,10 +100,18 @@ class RunRecordCallback(TrainerCallback):
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.record = dict(record)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Add ``heal_rag_run.json`` to the checkpoint just written (``<output_dir>/checkpoint-<step>``)."""
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the record into ``<output_dir>/checkpoint-<step>`` when this step ends with a save."""
+        self._write(args, state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the record when the epoch ends with a save (``save_strategy="epoch"``)."""
+        self._write(args, state, control)
+
+    def _write(self, args: Any, state: Any, control: Any) -> None:
+        if control.should_save and args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / RUN_RECORD_FILE, self.record)
 
 
@@ -117,7 +167,7 @@ def checkpoint_location(
 def check_resume_point(
     checkpoints: Path | None,
     resume_from_checkpoint: str | bool | None,
-    record: Mapping[str, Any],
+    record: Mapping[str, Any] | None,
     max_steps: int | None,
 ) -> str | bool | None:
     """Check the checkpoint a run resumes from: its weights, its run, and that training is not over.
@@ -126,7 +176,7 @@ def check_resume_point(
         checkpoints: The run's checkpoint directory (:func:`checkpoint_location`).
         resume_from_checkpoint: ``True`` (the latest checkpoint there), a checkpoint path, or ``None``/``False``.
         record: This run's :func:`run_record`, compared with the checkpoint's ``heal_rag_run.json`` (a checkpoint
-            written before heal_rag kept one is not compared).
+            written before heal_rag kept one is resumed with a warning); ``None``: not compared.
         max_steps: This run's step budget (``None``: epochs).
 
     Returns:
@@ -162,7 +212,8 @@ def check_resume_point(
             )
         resume_from_checkpoint = str(latest)
     check_model_files(latest)
-    _check_same_run(latest, record)
+    if record is not None:
+        _check_same_run(latest, record)
     _warn_other_world_size(latest)
     state_file = latest / "trainer_state.json"
     step = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0) if state_file.is_file() else 0
@@ -175,18 +226,38 @@ def check_resume_point(
 
 
 def _check_same_run(checkpoint: Path, record: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint whose ``heal_rag_run.json`` records other settings or other rows than this run's."""
+    """Refuse a checkpoint whose ``heal_rag_run.json`` records other settings or other rows than this run's.
+
+    A checkpoint without the file (written before heal_rag kept one) is resumed with a warning. A setting the
+    checkpoint's heal_rag did not have yet is compared only when this run changes it from its default, and
+    ``gather_across_devices`` not at all in one process, where it does nothing.
+    """
     file = checkpoint / RUN_RECORD_FILE
     if not file.is_file():
+        warnings.warn(
+            f"{checkpoint.name} has no {RUN_RECORD_FILE} (an older heal_rag wrote it), so whether this run has its "
+            "settings and data cannot be checked: resume with the same ones for the same result.",
+            HEALWarning,
+            stacklevel=4,
+        )
         return
     try:
         saved = json.loads(file.read_text(encoding="utf-8"))
         saved_settings, saved_rows = dict(saved["settings"]), saved["rows_sha256"]
+        saved_settings.update({f"training_args.{k}": v for k, v in dict(saved.get("training_args", {})).items()})
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{str(file)!r} is damaged ({error}); resume from another checkpoint.") from None
-    settings = json.loads(json.dumps(record["settings"]))  # tuples as lists, as the file has them
+    settings = {**record["settings"], **{f"training_args.{k}": v for k, v in record["training_args"].items()}}
+    from heal_rag.training import HEALTrainingConfig
+
+    defaults = json.loads(json.dumps(HEALTrainingConfig().as_dict()))
+    missing = object()
     changed = sorted(
-        key for key in settings.keys() | saved_settings.keys() if settings.get(key) != saved_settings.get(key)
+        key
+        for key in settings.keys() | saved_settings.keys()
+        if settings.get(key, missing) != saved_settings.get(key, missing)
+        and not (key not in saved_settings and key in defaults and settings[key] == defaults[key])
+        and not (key == "gather_across_devices" and get_world_size() == 1)
     )
     if changed:
         shown = ", ".join(f"{key} {saved_settings.get(key)!r} → {settings.get(key)!r}" for key in changed[:5])
@@ -198,7 +269,8 @@ def _check_same_run(checkpoint: Path, record: Mapping[str, Any]) -> None:
     if saved_rows != record["rows_sha256"]:
         raise ValueError(
             f"{checkpoint.name} was written by a run on other training data (the documents, queries or label paths "
-            "differ): resuming would mix the two. Resume with the same data, or start a new run without "
+            "differ; LLM-written questions differ between runs unless cached, see LLMQuestionGenerator's "
+            "cache_path): resuming would mix the two. Resume with the same data, or start a new run without "
             "resume_from_checkpoint (--resume) in an empty checkpoint directory."
         )
 

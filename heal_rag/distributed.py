@@ -61,12 +61,14 @@ def barrier() -> None:
 def broadcast_from_main_process(compute: Callable[[], T]) -> T:
     """``compute()`` run on rank 0 alone, its result handed to every rank; just ``compute()`` in one process.
 
-    For work before training that every rank needs the same answer to and that is too costly to repeat on each
-    (HNMFk label discovery on an unlabelled corpus). The launcher's process group is started here when the trainer
-    has not started it yet, and accelerate then trains on it: gloo on a CPU-only machine; with GPUs, gloo for CPU
-    tensors and NCCL for CUDA ones (``"cpu:gloo,cuda:nccl"``, each rank on the GPU ``LOCAL_RANK`` names), so both
-    CPU and GPU training work on it. The result travels as CPU tensors with
-    ``torch.distributed.broadcast_object_list``, pickled between the run's own processes (never read from a file).
+    For work before training that every rank needs the same answer to and that is too costly to repeat on each, or
+    that must not differ between ranks (HNMFk label discovery on an unlabelled corpus; mining hard negatives). The
+    launcher's process group is started here when the trainer has not started it yet, and accelerate then trains on
+    it: gloo on a CPU-only machine; with GPUs, gloo for CPU tensors and NCCL for CUDA ones (``"cpu:gloo,cuda:nccl"``,
+    each rank on the GPU ``LOCAL_RANK`` names), so both CPU and GPU training work on it. The result travels with
+    ``torch.distributed.broadcast_object_list``, pickled between the run's own processes (never read from a file):
+    as CPU tensors, or as CUDA ones on a group without gloo (one accelerate started with NCCL alone, e.g. for an
+    earlier ``fine_tune`` in the same process).
 
     Raises:
         Whatever ``compute`` raised on rank 0, on every rank (``RuntimeError`` naming it on the others), so no rank
@@ -89,7 +91,8 @@ def broadcast_from_main_process(compute: Callable[[], T]) -> T:
             payload = [(True, compute())]
         except Exception as exc:
             payload = [(False, exc)]
-    dist.broadcast_object_list(payload, src=0, device=torch.device("cpu"))
+    cpu = "cpu:" in dist.get_backend_config()  # e.g. "cpu:gloo,cuda:nccl"; "cuda:nccl" for NCCL alone
+    dist.broadcast_object_list(payload, src=0, device=torch.device("cpu") if cpu else torch.device("cuda"))
     succeeded, value = payload[0]
     if succeeded:
         return value  # type: ignore[no-any-return]

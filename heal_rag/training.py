@@ -622,7 +622,7 @@ def fine_tune(
         seed=config.seed,
     )
     _check_rows_against_config(rows, config)
-    record = run_record(config, rows)
+    record = run_record(config, rows, training_args) if checkpoints is not None else None
     resume_from_checkpoint = check_resume_point(checkpoints, resume_from_checkpoint, record, config.max_steps)
     validation: BlendValidation | None = None
     fallback_reason = ""
@@ -760,7 +760,7 @@ def _train(
     checkpoints: Path | None,
     checkpoint_steps: int,
     resume_from_checkpoint: str | bool | None,
-    run_record: Mapping[str, Any],
+    run_record: Mapping[str, Any] | None,
     training_args: Mapping[str, Any] | None,
     show_progress_bar: bool,
 ) -> Any:
@@ -843,7 +843,7 @@ def _train(
                 args=args,
                 train_dataset=Dataset.from_dict(rows.columns),
                 loss=loss,
-                callbacks=[SamplerEpochCallback(), RunRecordCallback(run_record)],
+                callbacks=[SamplerEpochCallback(), *([RunRecordCallback(run_record)] if run_record else [])],
             )
         if not show_progress_bar:
             from transformers.trainer_callback import PrinterCallback

@@ -185,6 +185,7 @@ def test_under_torchrun_rank_0_alone_discovers_the_labels_every_rank_trains_on(t
     assert [r["code"] for r in ranks] == [0, 0]
     assert [r["hnmfk_runs"] for r in ranks] == [1, 0]  # one HNMFk, on rank 0
     assert [r["minings"] for r in ranks] == [1, 0]  # the hard negatives too: every rank trains on rank 0's
+    assert ranks[0]["negatives"] == ranks[1]["negatives"] and len(ranks[0]["negatives"]) > 0
     assert ranks[0]["labels"] == ranks[1]["labels"] and len(ranks[0]["labels"]) == 72  # the same paths everywhere
     assert result.stdout.count("saved to") == 1
     assert json.loads((out / "heal_rag.json").read_text())["training"]["global_steps"] == 2

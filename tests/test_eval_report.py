@@ -166,7 +166,7 @@ def test_per_query_scores_are_saved_and_reports_compare_any_models(corpus_file, 
         (tmp_path / run / "report" / "metrics.json").write_text(json.dumps(changed))
     folders = [tmp_path / run / "report" for run in ["x", "y", "z", "y"]]
     combined = json.loads((compare_reports(folders, tmp_path / "xyz") / "metrics.json").read_text())
-    tuned = ["run-a/model", "run-a/model (report)", f"run-a/model ({tmp_path / 'z' / 'report'})"]
+    tuned = ["run-a/model", "run-a/model (y/report)", "run-a/model (z/report)"]
     assert list(combined["models"]) == ["tiny-static", *tuned]  # the base model and y twice: the same scores, once
     assert [combined["per_query"][name]["nDCG@10"][0] for name in tuned] == [0.0, 0.1, 0.2]
 

@@ -275,12 +275,32 @@ def test_resuming_with_other_settings_or_data_is_refused_before_training(corpus,
     before = state()
     with pytest.raises(ValueError, match=r"other settings \(temperature 0\.1 → 0\.3\).*only max_steps and epochs"):
         fine_tune(texts, paths, **{**common, "temperature": 0.3}, resume_from_checkpoint=True, overwrite=True)
+    with pytest.raises(ValueError, match=r"other settings \(training_args\.weight_decay None → 0\.1\)"):
+        args = {"weight_decay": 0.1, "logging_steps": 5}  # how often to log is not a setting of the run
+        fine_tune(texts, paths, **common, training_args=args, resume_from_checkpoint=True, overwrite=True)
     changed = [*texts[:-1], texts[-1] + " (edited)"]
     with pytest.raises(ValueError, match="other training data"):
         fine_tune(changed, paths, **common, resume_from_checkpoint=True, overwrite=True)
     assert state() == before, "a refused resume must write nothing"
     # the step budget may change: training goes on from checkpoint-2
     assert fine_tune(texts, paths, **common, resume_from_checkpoint=True, overwrite=True).global_steps == 3
+    # a checkpoint without the record (an older heal_rag's) is resumed, with a warning that it cannot be checked
+    (tmp_path / "ckpt" / "checkpoint-3" / RUN_RECORD_FILE).unlink()
+    with pytest.warns(UserWarning, match="has no heal_rag_run.json"):
+        resumed = fine_tune(texts, paths, **{**common, "max_steps": 4}, resume_from_checkpoint=True, overwrite=True)
+    assert resumed.global_steps == 4
+
+
+def test_the_run_record_is_plain_json_whatever_the_setting_types():
+    from heal_rag.checkpoints import run_record
+    from heal_rag.training import TrainingRows
+
+    rows = TrainingRows({"document": ["a", "b"], "label": [np.array([0.0, 1.0]), [1.0, 2.0]]}, 1, False, [0, 1])
+    record = run_record(HEALTrainingConfig(batch_size=np.int64(8), samples_per_leaf=2), rows, {"seed": np.int32(3)})
+    assert json.loads(json.dumps(record)) == record
+    assert record["settings"]["batch_size"] == 8 and record["training_args"] == {"seed": 3}
+    other = TrainingRows({"document": ["a", "c"], "label": [[0.0, 1.0], [1.0, 2.0]]}, 1, False, [0, 1])
+    assert run_record(HEALTrainingConfig(), other)["rows_sha256"] != record["rows_sha256"]
 
 
 def test_write_json_atomic_leaves_no_temp_files_and_normal_mode(tmp_path):

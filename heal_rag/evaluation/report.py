@@ -276,11 +276,21 @@ def _write_report_files(
     )
 
 
-def _unique_name(name: str, folder: Path, taken: Mapping[str, Any]) -> str:
-    """``name``, else with its report's folder name, else its path, else numbered: the first not in ``taken``."""
-    tried = [name, f"{name} ({folder.name})", f"{name} ({folder})"]
-    numbered = (f"{name} ({folder}) #{i}" for i in itertools.count(2))
-    return next(s for s in itertools.chain(tried, numbered) if s not in taken)
+def _report_labels(folders: Sequence[Path]) -> dict[Path, str]:
+    """Each report folder's shortest trailing path that no other folder ends in (``report``, else ``b/report``...)."""
+    paths = {folder: folder.resolve().parts for folder in folders}
+    labels = {}
+    for folder, parts in paths.items():
+        others = [p for f, p in paths.items() if p != parts]
+        n = next((n for n in range(1, len(parts)) if all(p[-n:] != parts[-n:] for p in others)), len(parts))
+        labels[folder] = "/".join(parts[-n:]).replace("//", "/")
+    return labels
+
+
+def _unique_name(name: str, label: str, taken: Mapping[str, Any]) -> str:
+    """``name``, else with its report's label (:func:`_report_labels`), else numbered: the first not in ``taken``."""
+    numbered = (f"{name} ({label} #{i})" for i in itertools.count(2))
+    return next(s for s in itertools.chain([name, f"{name} ({label})"], numbered) if s not in taken)
 
 
 def compare_reports(
@@ -295,7 +305,7 @@ def compare_reports(
 
     The reports must come from the same corpus and queries (their task fingerprints must agree). A model that
     appears in several reports with the same scores is taken once; different models with the same name get the
-    report's folder name, or its path where the folder names agree too (``runs/a/report``, ``runs/b/report``).
+    report's folder name, or as much of its path as tells the reports apart (``b/report`` beside ``a/report``).
 
     Args:
         report_dirs: Folders written by ``heal-rag eval`` (or :func:`write_report`).
@@ -326,6 +336,7 @@ def compare_reports(
         )
     evaluations: dict[str, ModelEvaluation] = {}
     named: dict[str, str] = {}  # shown name -> the name in its report
+    labels = _report_labels([folder for folder, _ in loaded])
     for folder, payload in loaded:
         k = int(next(key for key in next(iter(payload["per_query"].values())) if key.startswith("MRR@")).split("@")[1])
         for name, scores in payload["per_query"].items():
@@ -336,7 +347,7 @@ def compare_reports(
                 for shown, earlier in evaluations.items()
             ):
                 continue  # the same model, evaluated again
-            shown = _unique_name(name, folder, evaluations)
+            shown = _unique_name(name, labels[folder], evaluations)
             named[shown] = name
             context_k = int(next(m for m in per_query if m.startswith("context-miss@")).split("@")[1])
             recall_at = tuple(sorted(int(m.split("@")[1]) for m in per_query if m.startswith("Recall@")))

@@ -20,8 +20,10 @@ from heal_rag.distributed import get_rank
 record_dir, train_args = sys.argv[1], sys.argv[2:]
 calls: list[int] = []
 minings: list[int] = []
+negatives_got: list[str] = []
 trained_on: list[list[str]] = []
 _discover, _fine_tune, _mine = discover.discover_labels, training.fine_tune, negatives.mine_other_leaf_negatives
+_with_hard_negatives = training._with_hard_negatives
 
 
 def _counting_discover(*args, **kwargs):  # the real HNMFk, counted
@@ -34,6 +36,12 @@ def _counting_mine(*args, **kwargs):  # the real mining, counted
     return _mine(*args, **kwargs)
 
 
+def _recording_with_hard_negatives(*args, **kwargs):  # the real rows with negatives, as this rank got them
+    rows = _with_hard_negatives(*args, **kwargs)
+    negatives_got.extend(rows.columns["negative_1"])
+    return rows
+
+
 def _recording_fine_tune(documents, labels, *args, **kwargs):  # the real fine_tune, with the labels it was given
     trained_on.extend(list(path) for path in labels.paths)
     return _fine_tune(documents, labels, *args, **kwargs)
@@ -42,6 +50,14 @@ def _recording_fine_tune(documents, labels, *args, **kwargs):  # the real fine_t
 discover.discover_labels = _counting_discover
 training.fine_tune = _recording_fine_tune
 negatives.mine_other_leaf_negatives = _counting_mine
+training._with_hard_negatives = _recording_with_hard_negatives
 code = main(["train", *train_args])
-record = {"rank": get_rank(), "code": code, "hnmfk_runs": len(calls), "minings": len(minings), "labels": trained_on}
+record = {
+    "rank": get_rank(),
+    "code": code,
+    "hnmfk_runs": len(calls),
+    "minings": len(minings),
+    "negatives": negatives_got,
+    "labels": trained_on,
+}
 Path(record_dir, f"rank{get_rank()}.json").write_text(json.dumps(record))
