@@ -225,6 +225,12 @@ def check_resume_point(
     return resume_from_checkpoint
 
 
+def _flat_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A run record's settings and trainer arguments in one mapping, the latter as ``training_args.<name>``."""
+    training_args = dict(record.get("training_args", {}))
+    return {**dict(record["settings"]), **{f"training_args.{k}": v for k, v in training_args.items()}}
+
+
 def _check_same_run(checkpoint: Path, record: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose ``heal_rag_run.json`` records other settings or other rows than this run's.
 
@@ -243,11 +249,10 @@ def _check_same_run(checkpoint: Path, record: Mapping[str, Any]) -> None:
         return
     try:
         saved = json.loads(file.read_text(encoding="utf-8"))
-        saved_settings, saved_rows = dict(saved["settings"]), saved["rows_sha256"]
-        saved_settings.update({f"training_args.{k}": v for k, v in dict(saved.get("training_args", {})).items()})
+        saved_settings, saved_rows = _flat_settings(saved), saved["rows_sha256"]
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{str(file)!r} is damaged ({error}); resume from another checkpoint.") from None
-    settings = {**record["settings"], **{f"training_args.{k}": v for k, v in record["training_args"].items()}}
+    settings = _flat_settings(record)
     from heal_rag.training import HEALTrainingConfig
 
     defaults = json.loads(json.dumps(HEALTrainingConfig().as_dict()))

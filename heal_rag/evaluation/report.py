@@ -283,7 +283,7 @@ def _report_labels(folders: Sequence[Path]) -> dict[Path, str]:
     for folder, parts in paths.items():
         others = [p for f, p in paths.items() if p != parts]
         n = next((n for n in range(1, len(parts)) if all(p[-n:] != parts[-n:] for p in others)), len(parts))
-        labels[folder] = "/".join(parts[-n:]).replace("//", "/")
+        labels[folder] = Path(*parts[-n:]).as_posix()
     return labels
 
 
