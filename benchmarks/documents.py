@@ -3,7 +3,8 @@
 Folder trees are built from ../shared/data (outside the repository, written under runs/, never committed):
 
 - 20 Newsgroups as ``<group>/<newsgroup>/<id>.txt``, the subject line first (queries: the subject);
-- MedQuAD as ``<collection>/<focus>/<id>.md``, the question as the heading, the answer below (queries: the question).
+- MedQuAD as ``<collection>/<focus>/<id>.md``, the question as the heading, the answer below (queries: the question);
+- arXiv as ``<group>/<archive>/<category>/<id>.md``, the title as the heading, the abstract below (queries: the title).
 
 Each dataset is cut by hashed document id into a training tree and a held-out tree (MedQuAD by source document, so a
 focus keeps its question-answer pairs on one side). Every trained method starts from all-MiniLM-L6-v2 and gets the same
@@ -13,7 +14,9 @@ training chunks and queries, the same step budget (``--steps`` of batch 32, 128 
 - ``mnrl``: MultipleNegativesRankingLoss on the (query, chunk) pairs HEAL trains on (lr 1e-4, its usual rate);
 - ``llamaindex``: LlamaIndex's ``SentenceTransformersFinetuneEngine`` on the same pairs with its defaults except batch
   size and length (see ``baselines.py``);
-- ``heal``: ``fine_tune_documents`` on the training folder with its defaults (source document as the finest level);
+- ``heal``: ``fine_tune_documents`` on the training folder with its defaults (source document as the finest level)
+  and the ``--heal`` overrides; ``heal-defaults``: the same without the overrides, so a run can pair a proposed
+  recipe with the defaults of the code that runs it (it lives where ``heal`` without overrides does, for ``--reuse``);
 - ``heal-no-source``: the same without the source-document level (the ablation the issue asks for);
 - ``heal-headings`` / ``heal-generator-free``: MedQuAD only, training queries from the headings (the default) or
   from key sentences alone (no headings), reported separately; ``mnrl-generator-free`` /
@@ -59,6 +62,7 @@ RESULTS = Path(__file__).parent / "results" / "documents.json"
 SOURCES = {
     "20newsgroups": ("20newsgroups/20newsgroups.jsonl", "title", "labels", None, ".txt"),
     "medquad": ("medquad/medquad_qa.jsonl", "question", "labels", "doc_id", ".md"),
+    "arxiv": ("arxiv_oai/arxiv_oai_hier.jsonl", "title", "labels", None, ".md"),
 }
 METHODS = (
     "untouched",
@@ -66,15 +70,24 @@ METHODS = (
     "mnrl",
     "llamaindex",
     "heal",
+    "heal-defaults",
     "heal-no-source",
     "heal-generator-free",
     "mnrl-generator-free",
     "llamaindex-generator-free",
 )
-METRICS = ("nDCG@10", "MRR@10", "Recall@1", "hP@10/L0", "hP@10/L1", "off-topic@5", "context-miss@5")
+#: The columns of every table; ``hP@10/L*`` are added per dataset, one per level (see :func:`metric_names`).
+RANKING_METRICS = ("nDCG@10", "MRR@10", "Recall@1")
+TOPIC_METRICS = ("off-topic@5", "context-miss@5")
 #: Blend shares beyond ``auto``'s candidates that ``--blend-curve`` also scores.
 EXTRA_SHARES = (0.7, 0.8)
 CHUNK_SIZE = 126  # tokens: a chunk fits the 128 tokens every method trains and evaluates with
+
+
+def metric_names(values: dict[str, Any]) -> tuple[str, ...]:
+    """The table's columns for one dataset's scores: the ranking metrics, hP@10 at each level, the topic metrics."""
+    levels = sorted((m for m in values if m.startswith("hP@10/L")), key=lambda m: int(m.rsplit("L", 1)[1]))
+    return (*RANKING_METRICS, *levels, *TOPIC_METRICS)
 
 
 def _hash(value: str) -> bytes:
@@ -249,7 +262,7 @@ def blend_curve(model: Any, task: Any, selection: dict[str, Any], label: str) ->
         retrieval = evaluate_embedding_model(model, task, key, show_progress_bar=False).retrieval.as_dict()
         se = selection.get("difference_se@10", {}).get(key)
         curve[key] = {"validation MRR@10": validation.get(key), "validation SE": se}
-        curve[key] |= {m: retrieval[m] for m in METRICS}
+        curve[key] |= {m: retrieval[m] for m in metric_names(retrieval)}
         print(f"[{label}] share {key}: {json.dumps(curve[key])}", flush=True)
     return curve
 
@@ -314,6 +327,9 @@ def run(
             continue
         elif method.startswith(("mnrl", "llamaindex")):
             model, reused = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
+        elif method == "heal-defaults":
+            model, training, reused = train_heal(method, train_tree, steps, WORK / name / "heal", reuse)
+            summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         else:
             model, training, reused = train_heal(
                 method, train_tree, steps, WORK / work_name / method, reuse, overrides
@@ -326,7 +342,8 @@ def run(
         stage = f"{method} (reused model)" if reused else method
         times[stage] = time.perf_counter() - started
         times[f"{stage} (encode held-out)"] = times[stage] - trained
-        values = {m: round(evaluations[method].retrieval.as_dict()[m], 4) for m in METRICS}
+        scores_of_method = evaluations[method].retrieval.as_dict()
+        values = {m: round(scores_of_method[m], 4) for m in metric_names(scores_of_method)}
         print(f"[{name}] {method}: {json.dumps(values)}", flush=True)
         selection = summary.get(method, {}).get("blend_selection") or {}
         if with_blend_curve and "validation_mrr@10" in selection:
@@ -340,7 +357,7 @@ def run(
             if method != heal_method and (heal_method == "heal" or not method.startswith("heal")):
                 differences[f"{heal_method} - {method}"] = {
                     m: paired_difference(reference.retrieval_per_query[m], evaluation.retrieval_per_query[m]).as_dict()
-                    for m in METRICS
+                    for m in metric_names(reference.retrieval_per_query)
                 }
     return {
         "train_documents": len(train_docs_read),
@@ -380,19 +397,20 @@ def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[
 
 
 def format_tables(name: str, result: dict[str, Any]) -> str:
+    metrics = metric_names(next(iter(result["metrics"].values())))
     lines = [
         f"### {name}: {result['train_documents']} training documents ({result['train_chunks']} chunks), "
         f"{result['queries']} held-out queries over {result['test_chunks']} chunks, {result['steps']} steps",
         "",
-        "| method | " + " | ".join(METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
+        "| method | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
     ]
     for method, values in result["metrics"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
-    lines += ["", "| HEAL − | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+        lines.append(f"| {method} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    lines += ["", "| HEAL − | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for comparison, values in result["differences"].items():
         lines.append(
-            f"| {comparison.split(' - ')[1]} | " + " | ".join(format_paired(values[m]) for m in METRICS) + " |"
+            f"| {comparison.split(' - ')[1]} | " + " | ".join(format_paired(values[m]) for m in metrics) + " |"
         )
     if result.get("top1"):
         kinds = list(next(iter(result["top1"].values())))
