@@ -41,6 +41,15 @@ def _non_negative_int(value: str) -> int:
     return _whole_number(value, 0)
 
 
+def _non_negative_int_or_auto(value: str) -> int | str:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _non_negative_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'auto', got {value!r}") from None
+
+
 def _finite_float(value: str) -> float:
     try:
         number = float(value)
@@ -101,10 +110,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--hard-negatives",
-        type=_non_negative_int,
+        type=_non_negative_int_or_auto,
         default=None,
         help="per query, this many of its nearest training documents from other leaves (base model) join its "
-        "ranking as negatives (default 0; each adds a document forward pass per row)",
+        "ranking as negatives, or 'auto' (4 where the data allow); default 0, 'auto' for a folder's generated "
+        "queries; each adds a document forward pass per row",
     )
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
     group.add_argument(

@@ -226,6 +226,7 @@ def _read_and_chunk(
         {"training_record": {"chunking": chunking.as_dict(), "documents": len(docs)}},
         discovered_labels=label_names is not None,
         key_sentence_queries=only_key_sentence_queries(train_titles, None, DEFAULT_QUERY_GENERATOR),
+        heading_queries=True,  # the demo's queries are its chunks' headings and key sentences
     )
     return chunks, train_ids, label_names, overrides
 

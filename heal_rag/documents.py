@@ -34,6 +34,7 @@ from heal_rag.training import (
     FineTuneResult,
     fine_tune,
     measured_settings,
+    only_generated_queries,
     only_key_sentence_queries,
 )
 
@@ -186,8 +187,10 @@ def fine_tune_documents(
         show_progress_bar: Progress bars and stage messages.
         **fine_tune_kwargs: Passed to :func:`heal_rag.fine_tune` (``overwrite``, ``max_steps``, ``epochs``, ...).
             Unless ``config`` is given whole, discovered labels get
-            :data:`~heal_rag.training.DISCOVERED_LABELS_SETTINGS` and chunks whose queries are all generated key
-            sentences :data:`~heal_rag.training.KEY_SENTENCE_QUERY_SETTINGS`, under the settings given here.
+            :data:`~heal_rag.training.DISCOVERED_LABELS_SETTINGS`, chunks whose queries are all generated key
+            sentences :data:`~heal_rag.training.KEY_SENTENCE_QUERY_SETTINGS` and chunks whose queries are their
+            headings and key sentences (the default generator, no ``question_generator``)
+            :data:`~heal_rag.training.HEADING_QUERY_SETTINGS`, under the settings given here.
 
     Returns:
         A :class:`DocumentsFineTuneResult`: the model, and the chunks it was tuned on.
@@ -250,6 +253,7 @@ def fine_tune_documents(
             fine_tune_kwargs,
             discovered_labels=label_names is not None,
             key_sentence_queries=only_key_sentence_queries(chunks.titles, queries, query_generator),
+            heading_queries=only_generated_queries(queries, query_generator),
         )
     result = fine_tune(
         chunks.texts,

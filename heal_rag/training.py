@@ -66,23 +66,59 @@ DISCOVERED_LABELS_SETTINGS: Mapping[str, Any] = MappingProxyType(
 #: The generator used when ``fine_tune`` is given no queries: titles, else key sentences.
 DEFAULT_QUERY_GENERATOR = KeySentenceQueryGenerator()
 
-#: Measured settings for training queries that are all generated key sentences (a folder of plain-text files, a
-#: corpus without titles): the queries stay out of the hierarchy levels, 90 % of them are paired with their document
-#: without the sentence (the inverse cloze task, which lets the blend's validation tell the shares apart), the
-#: blend may go nearer the base model and keeps the share nearest it within one standard error of the best (the
-#: held-out key sentences cannot tell those shares apart; real queries found their documents better nearer the
-#: base). The first three chosen on the 20 Newsgroups folder tree and confirmed on MedQuAD's without headings, the
-#: rule measured on both (benchmarks/README.md, "A recipe for generated queries", "The one-standard-error rule").
-#: ``heal-rag train``/``demo`` and :func:`heal_rag.documents.fine_tune_documents` apply them (see
-#: :func:`measured_settings`) unless set, and not to discovered labels, which have their own.
-KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
+#: Hard negatives per query that ``hard_negatives="auto"`` mines where the training set has that many documents
+#: outside the largest leaf (fewer where it has fewer). Four lifted focus precision on MedQuAD's folder tree and
+#: newsgroup precision on 20 Newsgroups' at level exact retrieval (benchmarks/README.md, "The sixth lever").
+AUTO_HARD_NEGATIVES = 4
+
+#: Measured settings for training queries generated from the chunks themselves: each chunk's heading where it is
+#: the first chunk under one, else its key sentence (the folder path's default). The queries stay out of the
+#: hierarchy levels, 90 % of the key-sentence queries are paired with their chunk without the sentence (the inverse
+#: cloze task, which lets the blend's validation tell the shares apart), the blend may go nearer the base model, and
+#: each query ranks its chunk above its nearest chunks of other leaves (``hard_negatives="auto"``). Chosen on
+#: MedQuAD's folder tree with question headings (better on every topic column, exact retrieval level with MNRL),
+#: checked on arXiv's with title headings (level with the earlier defaults on every column) at about three times
+#: the training time (benchmarks/README.md, "The sixth lever with the generated-query recipe").
+#: :func:`heal_rag.documents.fine_tune_documents`, ``heal-rag train --data DIR`` and the demo apply them (see
+#: :func:`measured_settings`) unless set; titles of a JSONL corpus, given queries and LLM questions keep the defaults.
+HEADING_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
     {
         "hierarchy_views": "documents",
         "inverse_cloze_rate": 0.9,
         "blend_candidate_shares": (0.0, 0.2, 0.4, 0.6, 0.7, 0.8),
-        "blend_standard_errors": 1.0,
+        "hard_negatives": "auto",
     }
 )
+
+#: Measured settings for training queries that are all generated key sentences (a folder of plain-text files, a
+#: corpus without titles): those of :data:`HEADING_QUERY_SETTINGS`, and the blend keeps the share nearest the base
+#: model within one standard error of the best (the held-out key sentences cannot tell those shares apart; real
+#: queries found their documents better nearer the base). The recipe chosen on the 20 Newsgroups folder tree and
+#: confirmed on MedQuAD's without headings, the rule measured on both, the negatives measured on 20 Newsgroups'
+#: (benchmarks/README.md, "A recipe for generated queries", "The one-standard-error rule", "The sixth lever ...").
+#: ``heal-rag train``/``demo`` and :func:`heal_rag.documents.fine_tune_documents` apply them (see
+#: :func:`measured_settings`) unless set, and not to discovered labels, which have their own.
+KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {**HEADING_QUERY_SETTINGS, "blend_standard_errors": 1.0}
+)
+
+
+def only_generated_queries(queries: Sequence[Any] | None, query_generator: QueryGenerator | None) -> bool:
+    """Whether every training query will come from the default offline generator: a title, else a key sentence.
+
+    For chunks (:func:`heal_rag.documents.fine_tune_documents`, the demo) a chunk's title is the heading above it, so
+    these are heading and key-sentence queries: :data:`HEADING_QUERY_SETTINGS` applies (see
+    :func:`measured_settings`). False when queries are given or the generator is any other (a subclass, an LLM),
+    which may write real questions.
+
+    Args:
+        queries: The given training queries, if any.
+        query_generator: The generator ``fine_tune`` will use for documents without a query.
+
+    Returns:
+        Whether no queries are given and the generator is a :class:`~heal_rag.queries.KeySentenceQueryGenerator`.
+    """
+    return not queries and type(query_generator) is KeySentenceQueryGenerator
 
 
 def only_key_sentence_queries(
@@ -104,13 +140,17 @@ def only_key_sentence_queries(
     Returns:
         Whether :data:`KEY_SENTENCE_QUERY_SETTINGS` applies (see :func:`measured_settings`).
     """
-    if queries or type(query_generator) is not KeySentenceQueryGenerator:
+    if not only_generated_queries(queries, query_generator):
         return False
     return not query_generator.use_titles or not any(title and title.strip() for title in titles or ())
 
 
 def measured_settings(
-    overrides: Mapping[str, Any], *, discovered_labels: bool, key_sentence_queries: bool
+    overrides: Mapping[str, Any],
+    *,
+    discovered_labels: bool,
+    key_sentence_queries: bool,
+    heading_queries: bool = False,
 ) -> dict[str, Any]:
     """The settings a run gets: ``overrides`` over the measured settings for its kind of data.
 
@@ -119,6 +159,9 @@ def measured_settings(
         discovered_labels: The labels were discovered (HNMFk): :data:`DISCOVERED_LABELS_SETTINGS`.
         key_sentence_queries: Every training query is a generated key sentence (:func:`only_key_sentence_queries`):
             :data:`KEY_SENTENCE_QUERY_SETTINGS`, unless the labels were discovered (not measured together).
+        heading_queries: The rows are chunks and every query is generated from them, the heading above a chunk or
+            its key sentence (:func:`only_generated_queries` on the chunk path): :data:`HEADING_QUERY_SETTINGS`,
+            unless one of the above applies. Leave it False for titles of whole documents (a JSONL corpus).
 
     Returns:
         The merged settings, for ``fine_tune(**settings)``.
@@ -127,6 +170,8 @@ def measured_settings(
         return {**DISCOVERED_LABELS_SETTINGS, **overrides}
     if key_sentence_queries:
         return {**KEY_SENTENCE_QUERY_SETTINGS, **overrides}
+    if heading_queries:
+        return {**HEADING_QUERY_SETTINGS, **overrides}
     return dict(overrides)
 
 
@@ -186,8 +231,11 @@ class HEALTrainingConfig:
         hard_negatives: ``k >= 0`` hard negatives per query (ranking form, paired rows): before training, the
             base model finds each query's ``k`` nearest training documents *of other leaves* (with a source-document
             level, of the user's other leaves), and every query of a batch ranks its document among them too (see
-            :func:`heal_rag.negatives.mine_other_leaf_negatives`). 0 (default): in-batch negatives only. Each
-            negative adds a document forward pass per row, and mining embeds the training set once.
+            :func:`heal_rag.negatives.mine_other_leaf_negatives`). 0 (default): in-batch negatives only. ``"auto"``:
+            :data:`AUTO_HARD_NEGATIVES`, or as many as the training documents outside the largest leaf allow, and
+            none without queries or with ``pair_loss="supcon"`` (the generated-query settings use it; an integer
+            that cannot be met is an error instead). Each negative adds a document forward pass per row, and
+            mining embeds the training set once.
 
     Raises:
         ValueError: When a setting is not a finite number in its range (e.g. ``temperature=nan``,
@@ -225,7 +273,7 @@ class HEALTrainingConfig:
     blend_standard_errors: float = 0.0
     save_max_seq_length: int | None = None
     inverse_cloze_rate: float = 0.0
-    hard_negatives: int = 0
+    hard_negatives: int | str = 0
 
     def __post_init__(self) -> None:
         """Validate every setting up front (finite, in range), so nothing is trained with a value that cannot work.
@@ -294,7 +342,17 @@ class HEALTrainingConfig:
         check_real("blend_fallback_share", self.blend_fallback_share, minimum=0, maximum=1, max_open=True)
         check_real("blend_standard_errors", self.blend_standard_errors, minimum=0)
         check_real("inverse_cloze_rate", self.inverse_cloze_rate, minimum=0, maximum=1)
-        check_int("hard_negatives", self.hard_negatives, minimum=0)
+        if self.hard_negatives != "auto":
+            self._check_hard_negatives()
+
+    def _check_hard_negatives(self) -> None:
+        """An integer ``hard_negatives`` (``"auto"`` adapts to the data and needs no check)."""
+        try:
+            check_int("hard_negatives", self.hard_negatives, minimum=0)
+        except ValueError:
+            raise ValueError(
+                f"hard_negatives must be an integer >= 0 or 'auto', got {self.hard_negatives!r}."
+            ) from None
         if self.hard_negatives and self.pair_loss != "ranking":
             raise ValueError(
                 f"hard_negatives={self.hard_negatives} goes with pair_loss='ranking' (the negatives join each "
@@ -637,13 +695,14 @@ def fine_tune(
     fixed_share = config.blend_fallback_share if choose_share else float(config.base_weight_share)
     base_state = copy_weights(model) if validation is not None or fixed_share > 0 else None
     base_spread = _spread(model, documents)[1]
-    if config.hard_negatives:
-        rows = _with_hard_negatives(model, rows, config.hard_negatives, show_progress_bar)
+    negatives_per_query = _negatives_per_query(rows, config)  # after the hold-out: mined among the rows' documents
+    if negatives_per_query:
+        rows = _with_hard_negatives(model, rows, negatives_per_query, show_progress_bar)
 
     train_output = _train(
         model,
         rows,
-        config,
+        replace(config, hard_negatives=negatives_per_query),
         checkpoints,
         checkpoint_steps,
         resume_from_checkpoint,
@@ -658,6 +717,7 @@ def fine_tune(
     settings = {
         **config.as_dict(),
         "training_rows": len(rows),
+        "hard_negatives_per_query": negatives_per_query,
         "paired_queries": rows.paired,
         "source_level": rows.source_level,
         "global_steps": int(train_output.global_step),
@@ -967,21 +1027,41 @@ def _check_rows_against_config(rows: TrainingRows, config: HEALTrainingConfig) -
         raise ValueError(f"{exc}{extra}") from None
     if not rows.paired and not any(weights) and config.consistency_weight == 0:
         raise ValueError("Every level weight is 0 and there are no queries: there is nothing to train.")
+    if config.hard_negatives == "auto":
+        return  # resolved after the hold-out, to what the rows allow (_negatives_per_query)
     if config.hard_negatives and not rows.paired:
         raise ValueError(
             f"hard_negatives={config.hard_negatives} needs queries (they are mined per query): give queries or a "
             "query generator, or set hard_negatives=0."
         )
     if config.hard_negatives:
-        labels, leaf = rows.columns["label"], rows.leaf_column
-        leaf_of_text = {text: round(row[leaf]) for text, row in zip(rows.columns["document"], labels, strict=True)}
-        outside = len(leaf_of_text) - max(Counter(leaf_of_text.values()).values())
+        outside = _documents_outside_largest_leaf(rows)
         if outside < config.hard_negatives:
             raise ValueError(
                 f"hard_negatives={config.hard_negatives} needs that many training documents outside each query's "
                 f"leaf, and the largest leaf has only {outside} outside it: set hard_negatives={outside} or lower, "
                 "or train on documents from more leaves."
             )
+
+
+def _documents_outside_largest_leaf(rows: TrainingRows) -> int:
+    """Distinct training documents outside the leaf that holds the most: every query's least choice of negatives."""
+    labels, leaf = rows.columns["label"], rows.leaf_column
+    leaf_of_text = {text: round(row[leaf]) for text, row in zip(rows.columns["document"], labels, strict=True)}
+    return len(leaf_of_text) - max(Counter(leaf_of_text.values()).values())
+
+
+def _negatives_per_query(rows: TrainingRows, config: HEALTrainingConfig) -> int:
+    """The hard negatives each query gets: ``config.hard_negatives``, or what ``"auto"`` resolves to on ``rows``.
+
+    ``"auto"``: :data:`AUTO_HARD_NEGATIVES`, at most the distinct documents outside the largest leaf, and 0 without
+    paired rows or with ``pair_loss="supcon"`` (the negatives join the ranking form only).
+    """
+    if config.hard_negatives != "auto":
+        return int(config.hard_negatives)
+    if not rows.paired or config.pair_loss != "ranking":
+        return 0
+    return min(AUTO_HARD_NEGATIVES, _documents_outside_largest_leaf(rows))
 
 
 def _warn_truncated(model: SentenceTransformer, documents: Sequence[str], max_seq_length: int | None) -> None:

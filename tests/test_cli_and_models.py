@@ -42,7 +42,7 @@ def test_cli_train_on_a_tiny_unlabelled_corpus_explains_why_it_cannot_cluster(tm
 def test_cli_bad_hard_negatives(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", "x", "--out", "y", "--hard-negatives", "-1"])
-    assert "expected a whole number >= 0, got '-1'" in capsys.readouterr().err
+    assert "expected a whole number >= 0 or 'auto', got '-1'" in capsys.readouterr().err
     assert main(["train", "--data", "x", "--out", "y", "--hard-negatives", "1", "--pair-loss", "supcon"]) == 2
     assert "hard_negatives=1 goes with pair_loss='ranking'" in capsys.readouterr().err
 
@@ -58,7 +58,8 @@ def test_cli_bad_level_weights(capsys):
     [
         (["--pair-loss", "supcon", "--hierarchy-views", "both"], {"pair_loss": "supcon", "hierarchy_views": "both"}),
         (["--pair-negatives", "other_leaves"], {"pair_loss": "ranking", "pair_negatives": "other_leaves"}),
-        (["--hard-negatives", "2"], {"hard_negatives": 2}),
+        (["--hard-negatives", "2"], {"hard_negatives": 2, "hard_negatives_per_query": 2}),
+        (["--hard-negatives", "auto"], {"hard_negatives": "auto", "hard_negatives_per_query": 4}),
         (["--base-weight-share", "0"], {"base_weight_share": 0.0, "learning_rate": 2e-4}),
     ],
 )

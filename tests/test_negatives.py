@@ -67,6 +67,41 @@ def test_hard_negatives_need_the_ranking_form_and_queries(corpus, tiny_model_dir
     assert not (tmp_path / "m").exists()
 
 
+def test_auto_hard_negatives_take_what_the_data_allow():
+    from heal_rag.training import AUTO_HARD_NEGATIVES, _negatives_per_query
+
+    texts = [f"passage {i} about topic {i % 3}" for i in range(7)]
+    # five documents in the largest leaf: two outside it
+    paths = LabelPaths([["a", "x"]] * 5 + [["b", "y"], ["b", "z"]])
+    paired = build_training_rows(texts, paths, titles=[f"title {i}" for i in range(7)])
+    auto = HEALTrainingConfig(hard_negatives="auto")
+    assert _negatives_per_query(paired, auto) == 2
+    assert _negatives_per_query(paired, HEALTrainingConfig(hard_negatives=1)) == 1
+    wide = build_training_rows(texts, LabelPaths([[str(i), "x"] for i in range(7)]), titles=texts)
+    assert _negatives_per_query(wide, auto) == AUTO_HARD_NEGATIVES == 4
+    one_leaf = build_training_rows(texts, LabelPaths([["a", "x"]] * 7), titles=texts)
+    assert _negatives_per_query(one_leaf, auto) == 0
+    unpaired = build_training_rows(texts, paths, query_generator=None)
+    assert _negatives_per_query(unpaired, auto) == 0, "no queries: nothing to mine for"
+    supcon = HEALTrainingConfig(hard_negatives="auto", pair_loss="supcon", hierarchy_views="both")
+    assert _negatives_per_query(paired, supcon) == 0, "the negatives join the ranking form only"
+    with pytest.raises(ValueError, match="an integer >= 0 or 'auto', got 'many'"):
+        HEALTrainingConfig(hard_negatives="many")
+
+
+def test_fine_tune_with_auto_hard_negatives_mines_as_many_as_the_leaves_allow(corpus, tiny_model_dir, tmp_path):
+    texts, paths, titles = corpus
+    # the first leaf whole (four documents) and two of the second: two documents outside the largest leaf
+    keep = [0, 1, 2, 3, 4, 5]
+    result = fine_tune(
+        [texts[i] for i in keep], [paths[i] for i in keep], titles=[titles[i] for i in keep],
+        output_dir=tmp_path / "m", base_model=tiny_model_dir, hard_negatives="auto", show_progress_bar=False, **FAST,
+    )  # fmt: skip
+    assert result.global_steps == 2 and np.isfinite(result.train_loss)
+    training = result.metadata["training"]
+    assert training["hard_negatives"] == "auto" and training["hard_negatives_per_query"] == 2
+
+
 @pytest.mark.parametrize("source_level", [False, True])
 def test_training_rows_get_negatives_from_other_leaves(corpus, tiny_model, source_level):
     from heal_rag.training import _with_hard_negatives
@@ -107,3 +142,4 @@ def test_fine_tune_with_hard_negatives_trains_and_records_the_setting(corpus, ti
     )  # fmt: skip
     assert result.global_steps == 2 and np.isfinite(result.train_loss)
     assert result.metadata["training"]["hard_negatives"] == 1
+    assert result.metadata["training"]["hard_negatives_per_query"] == 1

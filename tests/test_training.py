@@ -383,13 +383,37 @@ def test_only_key_sentence_queries_is_true_only_when_every_query_will_be_a_key_s
 
 
 def test_measured_settings_never_override_the_users_own():
-    from heal_rag.training import DISCOVERED_LABELS_SETTINGS, KEY_SENTENCE_QUERY_SETTINGS, measured_settings
+    from heal_rag.training import (
+        DISCOVERED_LABELS_SETTINGS,
+        HEADING_QUERY_SETTINGS,
+        KEY_SENTENCE_QUERY_SETTINGS,
+        measured_settings,
+    )
 
     mine = {"inverse_cloze_rate": 0.0, "max_steps": 3}
-    settings = measured_settings(mine, discovered_labels=False, key_sentence_queries=True)
+    settings = measured_settings(mine, discovered_labels=False, key_sentence_queries=True, heading_queries=True)
     assert settings == {**KEY_SENTENCE_QUERY_SETTINGS, "inverse_cloze_rate": 0.0, "max_steps": 3}
-    assert settings["hierarchy_views"] == "documents"
-    discovered = measured_settings(mine, discovered_labels=True, key_sentence_queries=True)
+    assert settings["hierarchy_views"] == "documents" and settings["blend_standard_errors"] == 1.0
+    headings = measured_settings(mine, discovered_labels=False, key_sentence_queries=False, heading_queries=True)
+    assert headings == {**HEADING_QUERY_SETTINGS, **mine} and "blend_standard_errors" not in headings
+    assert headings["hard_negatives"] == "auto"
+    discovered = measured_settings(mine, discovered_labels=True, key_sentence_queries=True, heading_queries=True)
     assert discovered == {**DISCOVERED_LABELS_SETTINGS, **mine}, "discovered labels keep their own settings"
-    assert measured_settings(mine, discovered_labels=False, key_sentence_queries=False) == mine
-    HEALTrainingConfig(**KEY_SENTENCE_QUERY_SETTINGS)  # a valid configuration
+    assert measured_settings(mine, discovered_labels=False, key_sentence_queries=False) == mine, "document titles"
+    HEALTrainingConfig(**KEY_SENTENCE_QUERY_SETTINGS)  # valid configurations
+    HEALTrainingConfig(**HEADING_QUERY_SETTINGS)
+
+
+def test_only_generated_queries_is_true_only_for_the_default_generator_without_given_queries():
+    from heal_rag.queries import KeySentenceQueryGenerator
+    from heal_rag.training import DEFAULT_QUERY_GENERATOR, only_generated_queries
+
+    assert only_generated_queries(None, DEFAULT_QUERY_GENERATOR)
+    assert only_generated_queries([], KeySentenceQueryGenerator(use_titles=False))
+    assert not only_generated_queries([Query("q", "0")], DEFAULT_QUERY_GENERATOR), "given (or LLM) questions"
+    assert not only_generated_queries(None, None), "no queries at all"
+
+    class Questions(KeySentenceQueryGenerator):
+        pass
+
+    assert not only_generated_queries(None, Questions())
