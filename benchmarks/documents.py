@@ -327,12 +327,11 @@ def run(
             continue
         elif method.startswith(("mnrl", "llamaindex")):
             model, reused = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
-        elif method == "heal-defaults":
-            model, training, reused = train_heal(method, train_tree, steps, WORK / name / "heal", reuse)
-            summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
-        else:
+        else:  # a HEAL variant; heal-defaults ignores --heal and lives where heal without overrides does
+            defaults = method == "heal-defaults"
+            output_dir = WORK / name / "heal" if defaults else WORK / work_name / method
             model, training, reused = train_heal(
-                method, train_tree, steps, WORK / work_name / method, reuse, overrides
+                method, train_tree, steps, output_dir, reuse, None if defaults else overrides
             )
             summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         trained = time.perf_counter() - started
