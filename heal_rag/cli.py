@@ -92,15 +92,15 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--hierarchy-views",
         choices=["both", "documents"],
         default=None,
-        help="who joins the hierarchy levels: both (default; documents when every query is a generated key "
-        "sentence, unless the labels are discovered) or documents",
+        help="who joins the hierarchy levels: both (default; documents when every query is a generated heading or "
+        "key sentence, unless the labels are discovered) or documents",
     )
     group.add_argument(
         "--inverse-cloze-rate",
         type=_finite_float,
         default=None,
         help="share of generated key-sentence queries paired with their text without the sentence (default 0; 0.9 "
-        "when every query is a generated key sentence, unless the labels are discovered)",
+        "when every query is a generated heading or key sentence, unless the labels are discovered)",
     )
     group.add_argument(
         "--pair-negatives",
@@ -113,8 +113,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         type=_non_negative_int_or_auto,
         default=None,
         help="per query, this many of its nearest training documents from other leaves (base model) join its "
-        "ranking as negatives, or 'auto' (4 where the data allow); default 0, 'auto' for a folder's generated "
-        "queries; each adds a document forward pass per row",
+        "ranking as negatives, or 'auto' (4 where the data allow); default 0, 'auto' when every query is "
+        "generated on given labels; each adds a document forward pass per row",
     )
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
     group.add_argument(
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--documents",
         type=_positive_int,
         default=800,
-        help="use a hashed sample of N documents (default 800, to stay inside 10 minutes on 2 cores)",
+        help="use a hashed sample of N documents (default 800, to stay near a quarter of an hour on 2 cores)",
     )
     demo.add_argument(
         "--chunks-per-document",

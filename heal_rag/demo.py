@@ -34,11 +34,12 @@ from heal_rag.data import Corpus, hashed_split
 from heal_rag.outputs import prepare_output_dir, write_marker
 from heal_rag.queries import Query
 
-#: Token limit of the demo's chunks and training (the model reads 256; 128 keeps the demo inside 10 minutes).
+#: Token limit of the demo's chunks and training (the model reads 256; 128 keeps the demo near a quarter of an hour).
 DEMO_MAX_SEQ_LENGTH = 128
-#: The demo's size, chosen so that it finishes inside 10 minutes on 2 slow CPU cores (~25 chunks/s to encode, ~7 s
-#: per training step): a hashed sample of the documents, their first chunks (signature, description, parameters),
-#: and one epoch. ``heal-rag train --data runs/demo/api_docs`` takes the whole tree.
+#: The demo's size, chosen so that it finishes in about a quarter of an hour on 2 slow CPU cores (~25 chunks/s to
+#: encode, ~20 s per training step with the mined hard negatives): a hashed sample of the documents, their first
+#: chunks (signature, description, parameters), and one epoch. ``heal-rag train --data runs/demo/api_docs`` takes
+#: the whole tree.
 DEMO_DOCUMENTS = 800
 DEMO_CHUNKS_PER_DOCUMENT = 2
 DEMO_EPOCHS = 1.0

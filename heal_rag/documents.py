@@ -176,7 +176,7 @@ def fine_tune_documents(
         chunk_size: Tokens per chunk at most (``None``: the model's window).
         chunk_overlap: Tokens shared by neighbouring chunks (``None``: an eighth of the chunk size).
         source_level: Make the source document one more, finest level of the loss, so chunks of one document are
-            positives there (see the README's "From your own documents").
+            positives there (see the README's "How it works").
         question_generator: An :class:`~heal_rag.question_generation.LLMQuestionGenerator` (or anything with
             ``generate(texts, ids) -> list[Query]``) for LLM-written questions; chunks it gives none get
             ``query_generator``'s.
