@@ -113,7 +113,9 @@ def chunk_documents(
 
     Each section (the text under one heading trail, or one PDF page) is split on its own, so no chunk spans two
     headings. A chunk's title is the heading above it when it is the first chunk of its section (a heading is what
-    a reader asks about; the default query generator turns titles into training queries), else ``None``.
+    a reader asks about; the default query generator turns titles into training queries), else ``None``; in a
+    document without headings (a JSONL record, plain text, an HTML page with only a ``<title>``) the document's
+    title, if any, is its first chunk's.
 
     Args:
         documents: Documents from :mod:`heal_rag.sources`.
@@ -151,6 +153,8 @@ def chunk_documents(
     metadata: list[dict[str, Any]] = []
     for document in tqdm(documents, desc="chunking", unit="doc", disable=not show_progress):
         index = 0
+        # a document without headings (a JSONL record's title, an HTML <title>) asks its title of its first chunk
+        untitled = None if any(s.headings for s in document.sections) else document.title
         for section in document.sections:
             start = -1
             for position, piece in enumerate(splitter.split_text(section.text)):
@@ -168,6 +172,8 @@ def chunk_documents(
                 ids.append(f"{document.id}#{index}")
                 texts.append(piece)
                 titles.append(section.headings[-1] if section.headings and position == 0 else None)
+                if index == 0 and untitled and untitled.strip():
+                    titles[-1] = untitled
                 if document.path is not None:
                     paths.append(document.path)
                 metadata.append(record)

@@ -72,6 +72,21 @@ def test_chunking_a_tiny_static_model_counts_its_word_tokens():
     assert max(len(t.split()) for t in corpus.texts) <= 50
 
 
+def test_a_document_without_headings_asks_its_title_of_its_first_chunk(tmp_path, minilm):
+    from heal_rag.documents import load_documents
+
+    body = " ".join(f"w{i}" for i in range(600))
+    path = write_corpus_jsonl(tmp_path / "c.jsonl", [body, body], [("A",), ("B",)], ["Pump setup", None], ["p", "q"])
+    documents, _ = load_documents(path, show_progress=False)
+    corpus = chunk_documents(documents, minilm, chunk_size=100, show_progress=False)
+    first_q = corpus.ids.index("q#0")
+    assert corpus.titles[0] == "Pump setup" and set(corpus.titles[1:first_q]) == {None}
+    assert set(corpus.titles[first_q:]) == {None}  # no title, no heading: key sentences, as before
+    # a document with headings keeps its headings' queries: its title (the first heading) is not asked twice
+    headed = chunk_documents([long_document()], minilm, show_progress=False)
+    assert headed.titles.count("Guide") == 1
+
+
 def test_parse_questions_robustly():
     assert parse_questions(
         "Sure! Here they are:\n1. How do pumps fail?\n2) What is priming?\n3. Extra one here?", 2
