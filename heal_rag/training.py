@@ -80,7 +80,8 @@ AUTO_HARD_NEGATIVES = 4
 #: checked on arXiv's with title headings (level with the earlier defaults on every column) at about three times
 #: the training time (benchmarks/README.md, "The sixth lever with the generated-query recipe").
 #: :func:`heal_rag.documents.fine_tune_documents`, ``heal-rag train --data DIR`` and the demo apply them (see
-#: :func:`measured_settings`) unless set; titles of a JSONL corpus, given queries and LLM questions keep the defaults.
+#: :func:`measured_settings`) unless set; ``heal-rag train`` on a JSONL corpus's titles, given queries and LLM
+#: questions keep the defaults.
 HEADING_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
     {
         "hierarchy_views": "documents",
@@ -106,10 +107,10 @@ KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
 def only_generated_queries(queries: Sequence[Any] | None, query_generator: QueryGenerator | None) -> bool:
     """Whether every training query will come from the default offline generator: a title, else a key sentence.
 
-    For chunks (:func:`heal_rag.documents.fine_tune_documents`, the demo) a chunk's title is the heading above it, so
-    these are heading and key-sentence queries: :data:`HEADING_QUERY_SETTINGS` applies (see
-    :func:`measured_settings`). False when queries are given or the generator is any other (a subclass, an LLM),
-    which may write real questions.
+    For chunks (:func:`heal_rag.documents.fine_tune_documents`, the demo) a chunk's title is the heading above it (or
+    its headingless document's title), so these are heading and key-sentence queries: :data:`HEADING_QUERY_SETTINGS`
+    applies (see :func:`measured_settings`). False when queries are given or the generator is any other (a subclass,
+    an LLM), which may write real questions.
 
     Args:
         queries: The given training queries, if any.
