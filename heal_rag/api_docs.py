@@ -120,9 +120,14 @@ def split_docstring(docstring: str) -> tuple[str, str]:
     return " ".join(summary), "\n".join(lines).strip()
 
 
+#: `` at 0x7f...`` in a default value's repr (``<object object at 0x7f...>``): a memory address, new in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _signature(qualified_name: str, value: Any) -> str:
+    """``name(signature)``, without the memory addresses some defaults print, so the tree is the same every run."""
     try:
-        return f"{qualified_name}{inspect.signature(value)}"
+        return _ADDRESS.sub("", f"{qualified_name}{inspect.signature(value)}")
     except (TypeError, ValueError):
         return qualified_name
 

@@ -71,3 +71,16 @@ def test_the_demo_runs_the_whole_path_on_a_small_slice(tmp_path, capsys):
     assert (result.report_dir / "report.html").is_file() and (result.report_dir / "metrics.json").is_file()
     metrics = json.loads((result.report_dir / "metrics.json").read_text())
     assert list(metrics["models"]) == ["untouched", "HEAL", "HEAL + reranker"]
+
+
+def test_signatures_carry_no_memory_address_so_the_tree_is_the_same_in_every_process():
+    from heal_rag.api_docs import _signature
+
+    sentinel = object()
+
+    def function(x, call=sentinel, flag=None):
+        return x
+
+    text = _signature("pkg.function", function)
+    assert text == "pkg.function(x, call=<object object>, flag=None)" and "0x" not in text
+    assert _signature("pkg.len", len) == "pkg.len(obj, /)"
