@@ -19,7 +19,8 @@ training chunks and queries, the same step budget (``--steps`` of batch 32, 128 
   recipe with the defaults of the code that runs it (it lives where ``heal`` without overrides does, for ``--reuse``);
 - ``heal-no-source``: the same without the source-document level (the ablation the issue asks for);
 - ``heal-headings`` / ``heal-generator-free``: MedQuAD only, training queries from the headings (the default) or
-  from key sentences alone (no headings), reported separately; ``mnrl-generator-free`` /
+  from key sentences alone (no headings), reported separately; ``heal-generator-free-defaults``: the latter without
+  the ``--heal`` overrides (paired with it, as ``heal-defaults`` with ``heal``); ``mnrl-generator-free`` /
   ``llamaindex-generator-free``: the stock fine-tunes on those key-sentence pairs.
 
 Evaluation: each held-out document's query (subject / question) searched among all held-out chunks, cut as the model
@@ -73,6 +74,7 @@ METHODS = (
     "heal-defaults",
     "heal-no-source",
     "heal-generator-free",
+    "heal-generator-free-defaults",
     "mnrl-generator-free",
     "llamaindex-generator-free",
 )
@@ -215,7 +217,7 @@ def heal_settings(method: str, steps: int, overrides: dict[str, Any] | None = No
     }
     if method == "heal-no-source":
         settings["source_level"] = False
-    if method == "heal-generator-free":
+    if method.startswith("heal-generator-free"):
         settings["query_generator"] = KeySentenceQueryGenerator(use_titles=False)
     return settings
 
@@ -314,7 +316,7 @@ def run(
 
     evaluations, summary, top1 = {}, {}, {}
     for method in methods:
-        if method.endswith("-generator-free") and name != "medquad":
+        if "-generator-free" in method and name != "medquad":
             continue
         started = time.perf_counter()
         reused = False
@@ -327,9 +329,10 @@ def run(
             continue
         elif method.startswith(("mnrl", "llamaindex")):
             model, reused = train_baseline(method, train_chunks, steps, WORK / name / method, reuse)
-        else:  # a HEAL variant; heal-defaults ignores --heal and lives where heal without overrides does
-            defaults = method == "heal-defaults"
-            output_dir = WORK / name / "heal" if defaults else WORK / work_name / method
+        else:  # a HEAL variant; X-defaults ignores --heal and lives where X without overrides does
+            defaults = method.endswith("-defaults")
+            variant = method.removesuffix("-defaults")
+            output_dir = WORK / (name if defaults else work_name) / variant
             model, training, reused = train_heal(
                 method, train_tree, steps, output_dir, reuse, None if defaults else overrides
             )
@@ -348,16 +351,12 @@ def run(
         if with_blend_curve and "validation_mrr@10" in selection:
             summary[method]["blend_curve"] = blend_curve(model, task, selection, f"{name}/{method}")
     differences = {}
-    for heal_method, reference in evaluations.items():
-        if not heal_method.startswith("heal"):
-            continue
-        for method, evaluation in evaluations.items():
-            # every HEAL variant against the baselines; the default HEAL also against the other variants (ablations)
-            if method != heal_method and (heal_method == "heal" or not method.startswith("heal")):
-                differences[f"{heal_method} - {method}"] = {
-                    m: paired_difference(reference.retrieval_per_query[m], evaluation.retrieval_per_query[m]).as_dict()
-                    for m in metric_names(reference.retrieval_per_query)
-                }
+    for heal_method, method in paired_comparisons(list(evaluations)):
+        reference, evaluation = evaluations[heal_method], evaluations[method]
+        differences[f"{heal_method} - {method}"] = {
+            m: paired_difference(reference.retrieval_per_query[m], evaluation.retrieval_per_query[m]).as_dict()
+            for m in metric_names(reference.retrieval_per_query)
+        }
     return {
         "train_documents": len(train_docs_read),
         "train_chunks": len(train_chunks),
@@ -372,6 +371,20 @@ def run(
         "top1": top1,
         "seconds": times,
     }
+
+
+def paired_comparisons(methods: list[str]) -> list[tuple[str, str]]:
+    """The (HEAL variant, other method) pairs a run reports intervals for: every HEAL variant against the baselines
+    and against its own ``-defaults`` twin; the default HEAL also against the other variants (ablations)."""
+    pairs = []
+    for heal_method in methods:
+        if not heal_method.startswith("heal"):
+            continue
+        for method in methods:
+            own_defaults = method == f"{heal_method}-defaults"
+            if method != heal_method and (heal_method == "heal" or own_defaults or not method.startswith("heal")):
+                pairs.append((heal_method, method))
+    return pairs
 
 
 def merge_runs(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:

@@ -158,3 +158,16 @@ def test_merge_runs_keeps_other_methods_and_drops_intervals_a_rerun_made_stale()
     other_recipe = run({"heal": 9}, {}) | {"heal_overrides": {"learning_rate": 2e-5}}
     assert documents.merge_runs(previous, other_recipe) is other_recipe  # another HEAL recipe never merges
     assert documents.merge_runs(previous, run({"mnrl": 5}, {}) | {"heal_overrides": {}})["metrics"]["heal"] == 1
+
+
+def test_paired_comparisons_pair_a_variant_with_its_own_defaults_and_the_default_with_every_variant():
+    import documents
+
+    methods = ["untouched", "heal", "heal-no-source", "heal-generator-free", "heal-generator-free-defaults"]
+    pairs = documents.paired_comparisons(methods)
+    assert ("heal-generator-free", "heal-generator-free-defaults") in pairs
+    assert ("heal", "heal-no-source") in pairs and ("heal", "heal-generator-free") in pairs
+    assert ("heal-no-source", "heal-generator-free") not in pairs  # two variants: neither is the other's defaults
+    assert ("heal-generator-free-defaults", "untouched") in pairs  # the default recipe against a baseline
+    assert all(method != "untouched" for method, _ in pairs)  # a baseline is never the reference
+    assert len(pairs) == len(set(pairs))
