@@ -421,9 +421,9 @@ def format_tables(name: str, result: dict[str, Any]) -> str:
         lines.append(f"| {method} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
     lines += ["", "| HEAL − | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for comparison, values in result["differences"].items():
-        lines.append(
-            f"| {comparison.split(' - ')[1]} | " + " | ".join(format_paired(values[m]) for m in metrics) + " |"
-        )
+        reference, method = comparison.split(" - ", 1)
+        label = method if reference == "heal" else f"{reference} − {method}"  # several variants: say which
+        lines.append(f"| {label} | " + " | ".join(format_paired(values[m]) for m in metrics) + " |")
     if result.get("top1"):
         kinds = list(next(iter(result["top1"].values())))
         lines += ["", "| first-ranked chunk | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]

@@ -92,15 +92,17 @@ HEADING_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
 )
 
 #: Measured settings for training queries that are all generated key sentences (a folder of plain-text files, a
-#: corpus without titles): those of :data:`HEADING_QUERY_SETTINGS`, and the blend keeps the share nearest the base
-#: model within one standard error of the best (the held-out key sentences cannot tell those shares apart; real
-#: queries found their documents better nearer the base). The recipe chosen on the 20 Newsgroups folder tree and
-#: confirmed on MedQuAD's without headings, the rule measured on both, the negatives measured on 20 Newsgroups'
-#: (benchmarks/README.md, "A recipe for generated queries", "The one-standard-error rule", "The sixth lever ...").
+#: corpus without titles): those of :data:`HEADING_QUERY_SETTINGS` without the mined negatives, and the blend keeps
+#: the share nearest the base model within one standard error of the best (the held-out key sentences cannot tell
+#: those shares apart; real queries found their documents better nearer the base). The recipe chosen on the 20
+#: Newsgroups folder tree and confirmed on MedQuAD's without headings, the rule measured on both. The negatives,
+#: measured on both in pairs, lifted 20 Newsgroups' topic columns but cost MedQuAD's exact retrieval against the
+#: untouched model, at about three times the training time (benchmarks/README.md, "A recipe for generated queries",
+#: "The one-standard-error rule", "Hard negatives with key-sentence queries").
 #: ``heal-rag train``/``demo`` and :func:`heal_rag.documents.fine_tune_documents` apply them (see
 #: :func:`measured_settings`) unless set, and not to discovered labels, which have their own.
 KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
-    {**HEADING_QUERY_SETTINGS, "blend_standard_errors": 1.0}
+    {**HEADING_QUERY_SETTINGS, "hard_negatives": 0, "blend_standard_errors": 1.0}
 )
 
 

@@ -297,14 +297,14 @@ def test_plain_text_folders_train_with_the_settings_measured_for_generated_queri
     assert training["hierarchy_views"] == "documents" and training["inverse_cloze_rate"] == 0.9
     assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
     assert training["blend_standard_errors"] == 1.0
-    assert training["hard_negatives"] == "auto" and training["hard_negatives_per_query"] == 4
+    assert training["hard_negatives"] == 0 and training["hard_negatives_per_query"] == 0, "none for key sentences"
     mine = ["--inverse-cloze-rate", "0", "--hierarchy-views", "both", "--blend-standard-errors", "0", "--overwrite",
-            "--hard-negatives", "0"]  # fmt: skip
+            "--hard-negatives", "auto"]  # fmt: skip
     assert main(["train", "--data", str(tmp_path / "kb"), "--out", str(tmp_path / "m"), *flags, *mine]) == 0
     training = json.loads((tmp_path / "m" / "heal_rag.json").read_text())["training"]
     assert training["hierarchy_views"] == "both" and training["inverse_cloze_rate"] == 0, "the user's flags win"
     assert training["blend_standard_errors"] == 0
-    assert training["hard_negatives"] == 0 and training["hard_negatives_per_query"] == 0
+    assert training["hard_negatives"] == "auto" and training["hard_negatives_per_query"] == 4, "negatives on request"
     assert training["blend_candidate_shares"] == [0.0, 0.2, 0.4, 0.6, 0.7, 0.8]
 
 

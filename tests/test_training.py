@@ -394,6 +394,7 @@ def test_measured_settings_never_override_the_users_own():
     settings = measured_settings(mine, discovered_labels=False, key_sentence_queries=True, heading_queries=True)
     assert settings == {**KEY_SENTENCE_QUERY_SETTINGS, "inverse_cloze_rate": 0.0, "max_steps": 3}
     assert settings["hierarchy_views"] == "documents" and settings["blend_standard_errors"] == 1.0
+    assert settings["hard_negatives"] == 0, "no mined negatives for key-sentence queries"
     headings = measured_settings(mine, discovered_labels=False, key_sentence_queries=False, heading_queries=True)
     assert headings == {**HEADING_QUERY_SETTINGS, **mine} and "blend_standard_errors" not in headings
     assert headings["hard_negatives"] == "auto"
