@@ -113,8 +113,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         type=_non_negative_int_or_auto,
         default=None,
         help="per query, this many of its nearest training documents from other leaves (base model) join its "
-        "ranking as negatives, or 'auto' (4 where the data allow); default 0, 'auto' when every query is "
-        "generated on given labels; each adds a document forward pass per row",
+        "ranking as negatives, or 'auto' (4 where the data allow); default 0, 'auto' when the queries are "
+        "headings and key sentences on given labels; each adds a document forward pass per row",
     )
     group.add_argument("--consistency-weight", type=_finite_float, default=None)
     group.add_argument(

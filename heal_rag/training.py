@@ -236,7 +236,7 @@ class HEALTrainingConfig:
             level, of the user's other leaves), and every query of a batch ranks its document among them too (see
             :func:`heal_rag.negatives.mine_other_leaf_negatives`). 0 (default): in-batch negatives only. ``"auto"``:
             :data:`AUTO_HARD_NEGATIVES`, or as many as the training documents outside the largest leaf allow, and
-            none without queries or with ``pair_loss="supcon"`` (the generated-query settings use it; an integer
+            none without queries or with ``pair_loss="supcon"`` (the heading-query settings use it; an integer
             that cannot be met is an error instead). Each negative adds a document forward pass per row, and
             mining embeds the training set once.
 
