@@ -95,10 +95,10 @@ HEADING_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
 #: corpus without titles): those of :data:`HEADING_QUERY_SETTINGS` without the mined negatives, and the blend keeps
 #: the share nearest the base model within one standard error of the best (the held-out key sentences cannot tell
 #: those shares apart; real queries found their documents better nearer the base). The recipe chosen on the 20
-#: Newsgroups folder tree and confirmed on MedQuAD's without headings, the rule measured on both. The negatives,
-#: measured on both in pairs, lifted 20 Newsgroups' topic columns but cost MedQuAD's exact retrieval against the
-#: untouched model, at about three times the training time (benchmarks/README.md, "A recipe for generated queries",
-#: "The one-standard-error rule", "Hard negatives with key-sentence queries").
+#: Newsgroups folder tree and confirmed on MedQuAD's without headings, the rule measured on both. The negatives
+#: lifted 20 Newsgroups' topic columns (separate runs) and, paired on MedQuAD's, cost its exact retrieval (MRR@10
+#: -0.034) for no topic gain, at about three times the training time (benchmarks/README.md, "A recipe for
+#: generated queries", "The one-standard-error rule", "Hard negatives with key-sentence queries").
 #: ``heal-rag train``/``demo`` and :func:`heal_rag.documents.fine_tune_documents` apply them (see
 #: :func:`measured_settings`) unless set, and not to discovered labels, which have their own.
 KEY_SENTENCE_QUERY_SETTINGS: Mapping[str, Any] = MappingProxyType(
