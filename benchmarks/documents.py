@@ -217,7 +217,7 @@ def heal_settings(method: str, steps: int, overrides: dict[str, Any] | None = No
     }
     if method == "heal-no-source":
         settings["source_level"] = False
-    if method.startswith("heal-generator-free"):
+    if method == "heal-generator-free":
         settings["query_generator"] = KeySentenceQueryGenerator(use_titles=False)
     return settings
 
@@ -334,7 +334,7 @@ def run(
             variant = method.removesuffix("-defaults")
             output_dir = WORK / (name if defaults else work_name) / variant
             model, training, reused = train_heal(
-                method, train_tree, steps, output_dir, reuse, None if defaults else overrides
+                variant, train_tree, steps, output_dir, reuse, None if defaults else overrides
             )
             summary[method] = {k: training.get(k) for k in ("blend_selection", "chunks", "global_steps")}
         trained = time.perf_counter() - started
