@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         required=True,
         help="a folder of documents (.md .txt .rst .html .pdf; the folders are the label path), or a JSONL corpus "
-        "{id, text, labels[, title]} per line",
+        "{id, text[, labels][, title]} per line (without labels, a hierarchy is discovered)",
     )
     train.add_argument(
         "--out", required=True, help="output model directory (new or empty; written atomically at the end)"
